@@ -1,0 +1,151 @@
+"""Load and save Alpaca-format data, and the shipped seed and evaluation sets.
+
+Alpaca format: a JSON list (or JSONL, one object a line) of records with string fields
+`instruction`, `input` (may be missing or empty) and `output`. Extra fields are kept.
+Every problem is a one-line `AlpacaFormatError` naming the file, the line or index, and the field:
+nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from .paths import data_dir
+
+FIELDS = ("instruction", "input", "output")
+SEED_FILE = "seed_tasks.jsonl"
+EVAL_FILE = "user_oriented_instructions.jsonl"
+DAVINCI_FILE = "text-davinci-003_predictions.jsonl"
+
+
+class AlpacaFormatError(ValueError):
+    """A record or file that is not valid Alpaca data; the message names where and what."""
+
+
+def validate_record(record: Any, where: str) -> dict[str, Any]:
+    """Check one record and return a copy with `input` defaulted to "" (`where` names it in errors)."""
+    if not isinstance(record, Mapping):
+        raise AlpacaFormatError(f"{where}: expected an object, got {type(record).__name__}")
+    out = dict(record)
+    out.setdefault("input", "")
+    if out["input"] is None:
+        out["input"] = ""
+    for field in FIELDS:
+        if field not in out:
+            raise AlpacaFormatError(f"{where}: missing field '{field}'")
+        if not isinstance(out[field], str):
+            raise AlpacaFormatError(
+                f"{where}: field '{field}' must be a string, got {type(out[field]).__name__}"
+            )
+    if not out["instruction"].strip():
+        raise AlpacaFormatError(f"{where}: field 'instruction' is empty")
+    return out
+
+
+def _read_json_objects(path: Path) -> list[tuple[str, Any]]:
+    """Parse a JSON list or a JSONL file into (location, object) pairs, with one-line errors."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise AlpacaFormatError(f"{path}: line {e.lineno}: malformed JSON ({e.msg})") from None
+        return [(f"{path}: index {i}", item) for i, item in enumerate(items)]
+    objects = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            objects.append((f"{path}: line {lineno}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise AlpacaFormatError(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
+    return objects
+
+
+def load_alpaca(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read Alpaca-format records from a JSON list or a JSONL file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    return [validate_record(obj, where) for where, obj in _read_json_objects(path)]
+
+
+def save_alpaca(records: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write records as a JSON list (`.json`) or JSONL (`.jsonl`), atomically; returns the path."""
+    path = Path(path)
+    checked = [validate_record(r, f"record {i}") for i, r in enumerate(records)]
+    if path.suffix == ".jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in checked)
+    else:
+        text = json.dumps(checked, ensure_ascii=False, indent=4) + "\n"
+    atomic_write_text(path, text)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _first_instance(task: Any, where: str) -> Mapping[str, Any]:
+    instances = task.get("instances") if isinstance(task, Mapping) else None
+    if not isinstance(instances, list) or not instances or not isinstance(instances[0], Mapping):
+        raise AlpacaFormatError(f"{where}: field 'instances' must be a non-empty list of objects")
+    return instances[0]
+
+
+def _tasks_to_alpaca(path: Path, extra: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Convert self-instruct task files (instruction + instances[0]) to Alpaca records."""
+    records = []
+    for where, task in _read_json_objects(path):
+        inst = _first_instance(task, where)
+        record = {"instruction": task.get("instruction"), "input": inst.get("input", ""),
+                  "output": inst.get("output")}
+        record.update({k: task[k] for k in extra if k in task})
+        records.append(validate_record(record, where))
+    return records
+
+
+def load_seed_tasks(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The 175 self-instruct seed tasks as Alpaca records (plus `id`, `name`, `is_classification`)."""
+    return _tasks_to_alpaca(Path(path or data_dir() / SEED_FILE), ("id", "name", "is_classification"))
+
+
+def load_eval_set(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The 252 user-oriented evaluation instructions as Alpaca records (plus `id`, `motivation_app`).
+
+    `output` is the human-written reference answer. Never train on these.
+    """
+    return _tasks_to_alpaca(Path(path or data_dir() / EVAL_FILE), ("id", "motivation_app"))
+
+
+def load_davinci_predictions(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """text-davinci-003's answers to the evaluation set, same order, as Alpaca records.
+
+    `output` is the response with surrounding whitespace stripped (the raw text keeps a leading space).
+    """
+    path = Path(path or data_dir() / DAVINCI_FILE)
+    records = []
+    for where, row in _read_json_objects(path):
+        if not isinstance(row, Mapping) or not isinstance(row.get("response"), str):
+            raise AlpacaFormatError(f"{where}: field 'response' must be a string")
+        record = {"instruction": (row.get("instruction") or "").strip(), "input": row.get("input", ""),
+                  "output": row["response"].strip()}
+        records.append(validate_record(record, where))
+    return records

