@@ -4,6 +4,7 @@ import ast
 import re
 
 import nbformat
+import papermill
 import pytest
 
 from alpaca_helpers.course import course_notebooks
@@ -25,13 +26,17 @@ def test_notebook_conventions(path):
     assert "What you will learn" in nb.cells[0].source
     params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, "exactly one cell tagged 'parameters'"
+    assigned = set()
     for node in ast.parse(params[0].source).body:
+        assigned |= {t.id for t in node.targets}
         assert isinstance(node, ast.Assign) and isinstance(node.value, (ast.Constant, ast.List, ast.Dict,
                                                                         ast.Tuple, ast.UnaryOp))
     for line in params[0].source.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             assert "  # " in line, f"parameter without a comment: {line}"
     assert "output_dir" in params[0].source
+    # papermill silently skips a parameter whose comment holds "=": then it cannot be overridden.
+    assert set(papermill.inspect_notebook(str(path))) == assigned
     assert "write_summary(" in code[-1].source, "the last code cell writes the JSON summary"
     sections = [c for c in nb.cells if c.cell_type == "markdown" and re.search(r"^## \d+\. ", c.source, re.M)]
     assert len(sections) >= 3, "numbered sections"

@@ -1,0 +1,493 @@
+"""Tokenize Alpaca examples for training, with the loss on the response only.
+
+Each example becomes `prompt_ids + response_ids + [eos]`, with `labels` equal to `input_ids` except
+`IGNORE_INDEX` (-100) on every prompt token. The prompt and the response are tokenized *separately* and
+concatenated, rather than tokenizing the full text and masking `len(prompt_ids)` labels as the Alpaca
+recipe does: BPE merges across the `### Response:` boundary (e.g. `:-` or `:"`), so the prompt's tokens are
+not always a prefix of the full text's tokens and the original masks one token too many or too few.
+Tokenizing separately makes the boundary exact by construction and matches inference, where the prompt is
+tokenized alone and the model continues from its last token. `check_tokenizer` refuses tokenizers for which
+that concatenation does not decode back to the text (SentencePiece ones that add a dummy space to every text).
+
+Length policy (`max_length`, default 512): the prompt is never cut. When prompt + response + eos is too
+long, `overflow="truncate"` (default) cuts the response and still appends a trained eos; `overflow="drop"`
+drops the example. An example whose prompt leaves no room for one response token plus eos is always dropped
+and counted: it would otherwise train on nothing, silently. eos is appended by id, never as text, so it is
+always present and trained.
+
+`build_dataset` gives a `datasets.Dataset` of input_ids, labels, example_id and truncated (no attention_mask:
+`AlpacaCollator` builds it when it pads). Padding: right padding. The collator pads `labels` with -100 by position, never by comparing ids with the
+pad id, so a tokenizer whose pad equals its eos (the default model: both `<|im_end|>`, id 2) still trains
+the real eos.
+
+Packing: `pack_dataset` puts several examples in one row with `position_ids` restarting at 0 for each;
+the collator then leaves `attention_mask` out, which is how transformers (5.x) recognises packed rows and
+builds a block-diagonal causal mask, *provided the forward pass runs with `use_cache=False`* (with a
+cache, the detection is skipped and examples would see each other). `packed_attention_mask` builds the
+explicit 4D mask for code paths that need one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, NamedTuple
+
+from .data import AlpacaFormatError, validate_record
+from .prompts import format_prompt
+
+IGNORE_INDEX = -100
+DEFAULT_MAX_LENGTH = 512
+Overflow = Literal["truncate", "drop"]
+_OVERFLOW = ("truncate", "drop")
+_PROBE_PROMPT = "### Response:"
+_PROBE_RESPONSES = ("Hello", "- item", '"quoted"', " spaced", "\nnew line", "Ünïcödé 東京")
+
+
+# ---------------------------------------------------------------- tokenizer checks and padding
+
+
+def special_prefix(tokenizer) -> list[int]:
+    """Ids the tokenizer puts before a text when adding special tokens (e.g. `[bos]` for LLaMA, `[]` here)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return list(full[:start])
+    raise ValueError(f"cannot locate the text among the special tokens of {type(tokenizer).__name__}")
+
+
+def check_tokenizer(tokenizer) -> None:
+    """Raise ValueError unless this tokenizer suits separate prompt/response tokenization.
+
+    It needs an eos token, and prompt ids + response ids must decode to prompt + response exactly
+    (SentencePiece tokenizers that prepend a space to every text fail this: the response would gain a space).
+    """
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no eos token: the model could never learn to stop")
+    for response in _PROBE_RESPONSES:
+        ids = (tokenizer(_PROBE_PROMPT, add_special_tokens=False)["input_ids"]
+               + tokenizer(response, add_special_tokens=False)["input_ids"])
+        text = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+        if text != _PROBE_PROMPT + response:
+            raise ValueError(
+                f"{type(tokenizer).__name__}: prompt and response tokenized separately decode to {text!r}, "
+                f"not {_PROBE_PROMPT + response!r}; this tokenizer changes text at the boundary"
+            )
+
+
+def ensure_pad_token(tokenizer, model=None, pad_token: str = "<pad>") -> int:
+    """Return the pad id, adding `pad_token` when the tokenizer has none (as Alpaca did).
+
+    When a token is added and `model` is given, its embeddings are resized and the new rows (input and
+    output) set to the mean of the old ones. A pad equal to eos is kept: the collator masks by position.
+    """
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    tokenizer.add_special_tokens({"pad_token": pad_token})
+    if model is not None:
+        resize_embeddings_mean(model, len(tokenizer))
+    return tokenizer.pad_token_id
+
+
+def resize_embeddings_mean(model, new_size: int) -> None:
+    """Resize a model's token embeddings to `new_size`, new rows = mean of the old rows (Alpaca's recipe)."""
+    import torch
+
+    old_size = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(new_size, mean_resizing=False)
+    if new_size <= old_size:
+        return
+    with torch.no_grad():
+        for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
+            if emb is None:
+                continue
+            w = emb.weight
+            w[old_size:] = w[:old_size].mean(dim=0, keepdim=True)
+
+
+# ---------------------------------------------------------------- one example
+
+
+def _assemble(prefix: list[int], prompt_ids: list[int], response_ids: list[int], eos_id: int,
+              max_length: int, overflow: str) -> tuple[list[int], list[int], bool] | None:
+    """Concatenate and label; None when dropped. Returns (input_ids, labels, truncated)."""
+    prompt = prefix + prompt_ids
+    room = max_length - len(prompt) - 1  # response tokens that fit beside the prompt and the eos
+    needed = min(1, len(response_ids))  # at least one response token, unless the output is empty
+    if room < needed:
+        return None
+    truncated = len(response_ids) > room
+    if truncated:
+        if overflow == "drop":
+            return None
+        response_ids = response_ids[:room]
+    trained = list(response_ids) + [eos_id]
+    return prompt + trained, [IGNORE_INDEX] * len(prompt) + trained, truncated
+
+
+def _check_args(max_length: int, overflow: str) -> None:
+    if overflow not in _OVERFLOW:
+        raise ValueError(f"overflow must be one of {_OVERFLOW}, got {overflow!r}")
+    if max_length < 2:
+        raise ValueError(f"max_length must be at least 2, got {max_length}")
+
+
+def tokenize_example(example: Mapping[str, Any], tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
+                     overflow: Overflow = "truncate", index: int | None = None) -> dict[str, list[int]] | None:
+    """Tokenize one Alpaca record into `input_ids`, `labels`, `attention_mask`; None when it must be dropped.
+
+    Labels are IGNORE_INDEX on the prompt; the response (cut if needed) plus one eos are trained.
+    `index` only names the record in errors.
+    """
+    _check_args(max_length, overflow)
+    record = validate_record(example, f"record {index}" if index is not None else "record")
+    out = _assemble(special_prefix(tokenizer),
+                    tokenizer(format_prompt(record), add_special_tokens=False)["input_ids"],
+                    tokenizer(record["output"], add_special_tokens=False)["input_ids"],
+                    tokenizer.eos_token_id, max_length, overflow)
+    if out is None:
+        return None
+    ids, labels, _ = out
+    return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
+
+
+# ---------------------------------------------------------------- many examples
+
+
+def _encode_many(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of many texts without special tokens, in one call to the Rust tokenizer when there is one
+    (`encode_batch_fast` skips the offsets the transformers wrapper computes and we do not need)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+
+
+def dataset_features():
+    """The `datasets.Features` of `tokenize_batch`'s output (given to `map`, which then skips type inference)."""
+    from datasets import Features, List, Value
+
+    return Features({"input_ids": List(Value("int32")), "labels": List(Value("int32")),
+                     "example_id": Value("int64"), "truncated": Value("bool")})
+
+
+def tokenize_batch(batch: Mapping[str, Sequence], indices: Sequence[int] | None = None, *, tokenizer,
+                   max_length: int = DEFAULT_MAX_LENGTH, overflow: Overflow = "truncate") -> dict[str, list]:
+    """Batched form for `Dataset.map(batched=True, with_indices=True, remove_columns=...)`.
+
+    Tokenizes all prompts and all outputs of the batch in two fast-tokenizer calls. Returns only the kept
+    rows, with `input_ids`, `labels`, `example_id` (the record's index, or the batch's `example_id` column
+    when present) and `truncated`. No `attention_mask`: it is all ones until the collator pads.
+    """
+    _check_args(max_length, overflow)
+    n = len(next(iter(batch.values())))
+    if "example_id" in batch:
+        ids_in = list(batch["example_id"])
+    else:
+        ids_in = list(indices) if indices is not None else list(range(n))
+    present = [f for f in ("instruction", "input", "output") if f in batch]
+    prompts, outputs = [], []
+    for j, example_id in enumerate(ids_in):
+        record = validate_record({f: batch[f][j] for f in present}, f"record {example_id}")
+        prompts.append(format_prompt(record))
+        outputs.append(record["output"])
+    prompt_ids = _encode_many(tokenizer, prompts)
+    response_ids = _encode_many(tokenizer, outputs)
+    prefix, eos_id = special_prefix(tokenizer), tokenizer.eos_token_id
+    result: dict[str, list] = {"input_ids": [], "labels": [], "example_id": [], "truncated": []}
+    for example_id, p, r in zip(ids_in, prompt_ids, response_ids):
+        out = _assemble(prefix, p, r, eos_id, max_length, overflow)
+        if out is None:
+            continue
+        ids, labels, truncated = out
+        result["input_ids"].append(ids)
+        result["labels"].append(labels)
+        result["example_id"].append(example_id)
+        result["truncated"].append(truncated)
+    return result
+
+
+@dataclass
+class TokenizeStats:
+    """What happened to the records: kept (of which truncated) and dropped, with the dropped indices."""
+
+    total: int
+    kept: int
+    truncated: int
+    dropped: int
+    max_length: int
+    overflow: str
+    dropped_ids: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class BuiltDataset(NamedTuple):
+    dataset: Any  # datasets.Dataset
+    stats: TokenizeStats
+
+
+def validate_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Check every record up front (clear error naming the index and field); `input` defaults to ""."""
+    return [validate_record(r, f"record {i}") for i, r in enumerate(records)]
+
+
+def build_dataset(records: Sequence[Mapping[str, Any]], tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
+                  num_proc: int | None = 1, overflow: Overflow = "truncate",
+                  batch_size: int = 1000) -> BuiltDataset:
+    """Tokenize Alpaca records into a `datasets.Dataset` (input_ids, labels, example_id, truncated) and
+    return it with its `TokenizeStats`. `example_id` is the record's index in `records`."""
+    from datasets import Dataset
+
+    _check_args(max_length, overflow)
+    check_tokenizer(tokenizer)
+    checked = validate_records(records)
+    raw = Dataset.from_dict({
+        "instruction": [r["instruction"] for r in checked],
+        "input": [r["input"] for r in checked],
+        "output": [r["output"] for r in checked],
+        "example_id": list(range(len(checked))),
+    })
+    num_proc = num_proc if num_proc and num_proc > 1 and len(checked) > batch_size else None
+    ds = raw.map(tokenize_batch, batched=True, batch_size=batch_size, num_proc=num_proc,
+                 remove_columns=raw.column_names, features=dataset_features(),
+                 fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "overflow": overflow},
+                 desc="tokenize" if num_proc else None)
+    kept_ids = set(ds.data.column("example_id").to_pylist())
+    dropped_ids = [i for i in range(len(checked)) if i not in kept_ids]
+    truncated = sum(ds.data.column("truncated").to_pylist())
+    stats = TokenizeStats(total=len(checked), kept=len(ds), truncated=truncated,
+                          dropped=len(dropped_ids), max_length=max_length, overflow=overflow,
+                          dropped_ids=dropped_ids)
+    return BuiltDataset(ds, stats)
+
+
+# ---------------------------------------------------------------- collation
+
+
+def _round_up(n: int, multiple: int | None) -> int:
+    return n if not multiple else -(-n // multiple) * multiple
+
+
+@dataclass
+class AlpacaCollator:
+    """Right-pad a list of features into tensors: `input_ids` with `pad_token_id`, `labels` with -100.
+
+    Plain rows get an `attention_mask`. Packed rows (features with `position_ids`) get `position_ids`
+    (padding continues as its own short sequence) and no 2D mask, so that transformers builds the
+    block-diagonal mask from the position restarts (run the model with `use_cache=False`); with
+    `packed_4d_mask=True` they get an explicit 4D additive mask instead (`packed_attention_mask`).
+    Other keys (example_id, truncated, ...) are ignored.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    packed_4d_mask: bool = False
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        if not features:
+            raise ValueError("cannot collate an empty batch")
+        width = _round_up(max(len(f["input_ids"]) for f in features), self.pad_to_multiple_of)
+        packed = "position_ids" in features[0]
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        positions = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            if len(f["labels"]) != n:
+                raise ValueError(f"row {row}: {n} input_ids but {len(f['labels'])} labels")
+            input_ids[row, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            labels[row, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
+            mask[row, :n] = 1
+            if packed:
+                positions[row, :n] = torch.as_tensor(f["position_ids"], dtype=torch.long)
+                positions[row, n:] = torch.arange(width - n)
+        batch = {"input_ids": input_ids, "labels": labels}
+        if not packed:
+            batch["attention_mask"] = mask
+            return batch
+        batch["position_ids"] = positions
+        if self.packed_4d_mask:
+            batch["attention_mask"] = packed_attention_mask(positions)
+        return batch
+
+
+def packed_attention_mask(position_ids, dtype=None):
+    """4D additive mask (batch, 1, q, k) for packed rows: causal, and no attention across examples
+    (a new example starts wherever `position_ids` does not continue by +1). 0 = attend, dtype min = not."""
+    import torch
+
+    dtype = dtype or torch.float32
+    first = position_ids[:, :1] - 1
+    seq = (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
+    n = position_ids.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=position_ids.device).tril()
+    allowed = (seq[:, :, None] == seq[:, None, :]) & causal
+    out = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
+    out.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return out[:, None]
+
+
+# ---------------------------------------------------------------- display
+
+
+def label_html(tokenizer, input_ids: Sequence[int], labels: Sequence[int]) -> str:
+    """HTML of one example's tokens: grey = masked (prompt, label -100), green = trained (output + eos).
+    Hover a token for its id and label."""
+    import html
+
+    colors = {True: "#c8f7c5", False: "#e6e6e6"}
+    spans = []
+    for token_id, label in zip(input_ids, labels):
+        text = html.escape(tokenizer.decode([token_id])).replace("\n", "&#x23CE;<br>").replace(" ", "&nbsp;")
+        spans.append(f'<span style="background:{colors[label != IGNORE_INDEX]};border:1px solid #bbb;'
+                     f'border-radius:3px;padding:0 1px;margin:1px" title="id {token_id}, label {label}">{text}</span>')
+    legend = (f'<p><span style="background:{colors[False]}">masked (label -100)</span> '
+              f'<span style="background:{colors[True]}">trained</span></p>')
+    return legend + '<div style="font-family:monospace;line-height:2">' + "".join(spans) + "</div>"
+
+
+# ---------------------------------------------------------------- the original recipe, for comparison
+
+
+def alpaca_original_tokenize(example: Mapping[str, Any], tokenizer,
+                             max_length: int = DEFAULT_MAX_LENGTH) -> dict[str, list[int]]:
+    """Stanford Alpaca's `preprocess` (train.py) for one example, kept only to measure against: do not train with it.
+
+    As in the original, prompt + output + eos-as-text and the prompt alone are each tokenized on their own
+    (to tensors, truncated to `max_length`), and the first `len(prompt_ids)` labels are masked, that length
+    being counted as the non-pad tokens. Wrong when BPE merges across the prompt's end, when truncation cuts
+    the eos, and when the prompt fills the window (every label masked).
+    """
+    import copy
+
+    record = validate_record(example, "record")
+    source = format_prompt(record)
+    target = f"{record['output']}{tokenizer.eos_token}"
+    tokenized = [tokenizer(text, return_tensors="pt", padding="longest", max_length=max_length, truncation=True)
+                 for text in (source + target, source)]
+    input_ids = [t.input_ids[0] for t in tokenized]
+    lens = [t.input_ids.ne(tokenizer.pad_token_id).sum().item() for t in tokenized]
+    labels = copy.deepcopy(input_ids[0])
+    labels[:lens[1]] = IGNORE_INDEX
+    return {"input_ids": input_ids[0].tolist(), "labels": labels.tolist()}
+
+
+def original_recipe_fault(example: Mapping[str, Any], original: Mapping[str, Sequence[int]], tokenizer) -> str | None:
+    """Why `alpaca_original_tokenize`'s result for `example` is wrong, or None when it is right."""
+    prompt_ids = tokenizer(format_prompt(validate_record(example, "record")))["input_ids"]
+    if all(label == IGNORE_INDEX for label in original["labels"]):
+        return "all labels masked"
+    if list(original["input_ids"][:len(prompt_ids)]) != prompt_ids:
+        return "prompt not a prefix (boundary merge)"
+    if original["input_ids"][-1] != tokenizer.eos_token_id:
+        return "eos cut by truncation"
+    return None
+
+
+# ---------------------------------------------------------------- packing and ordering
+
+
+def pack_lengths(lengths: Sequence[int], max_length: int) -> list[list[int]]:
+    """Group item indices into bins whose lengths sum to at most `max_length` (best-fit decreasing).
+
+    Items longer than `max_length` raise. Each bin lists its items in ascending index order.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # sorted (remaining room, bin number)
+    for i in order:
+        n = lengths[i]
+        if n > max_length:
+            raise ValueError(f"item {i} has length {n} > max_length {max_length}")
+        at = bisect.bisect_left(free, (n, -1))
+        if at < len(free):
+            room, b = free.pop(at)
+        else:
+            room, b = max_length, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        if room - n > 0:
+            bisect.insort(free, (room - n, b))
+    return [sorted(b) for b in bins]
+
+
+def pack_features(features: Sequence[Mapping[str, Any]], max_length: int = DEFAULT_MAX_LENGTH) -> list[dict]:
+    """Pack tokenized examples into rows of at most `max_length` tokens.
+
+    Each row has `input_ids`, `labels` (each example's first label forced to -100: it would otherwise be
+    predicted from the previous example's last token), `position_ids` restarting at 0 per example,
+    `example_ids` and `lengths`.
+    """
+    rows = []
+    for group in pack_lengths([len(f["input_ids"]) for f in features], max_length):
+        row: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "example_ids": [], "lengths": []}
+        for i in group:
+            f = features[i]
+            n = len(f["input_ids"])
+            row["input_ids"].extend(f["input_ids"])
+            row["labels"].extend([IGNORE_INDEX] + list(f["labels"][1:]))
+            row["position_ids"].extend(range(n))
+            row["example_ids"].append(f.get("example_id", i))
+            row["lengths"].append(n)
+        rows.append(row)
+    return rows
+
+
+def pack_dataset(dataset, max_length: int = DEFAULT_MAX_LENGTH):
+    """`pack_features` over a tokenized `datasets.Dataset`, returned as a new Dataset of packed rows."""
+    from datasets import Dataset
+
+    cols = ["input_ids", "labels"] + (["example_id"] if "example_id" in dataset.column_names else [])
+    features = dataset.select_columns(cols).to_list()
+    return Dataset.from_list(pack_features(features, max_length))
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int = 0,
+                           mega_batch_mult: int = 50) -> list[list[int]]:
+    """Batches of similar lengths in random order (like transformers' `group_by_length`): shuffle,
+    cut into mega-batches of `mega_batch_mult * batch_size`, sort each by length, slice into batches,
+    then shuffle the batches."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = batch_size * mega_batch_mult
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start:start + mega], key=lambda i: -lengths[i])
+        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def random_batches(n: int, batch_size: int, seed: int = 0) -> list[list[int]]:
+    """Shuffled indices cut into batches (the usual random order)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return [order[j:j + batch_size] for j in range(0, n, batch_size)]
+
+
+def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]],
+                  pad_to_multiple_of: int | None = None) -> float:
+    """Fraction of the padded batch tensors that is padding (0 = none)."""
+    real = total = 0
+    for batch in batches:
+        width = _round_up(max(lengths[i] for i in batch), pad_to_multiple_of)
+        real += sum(lengths[i] for i in batch)
+        total += width * len(batch)
+    return 1 - real / total if total else 0.0
+
+
+__all__ = [
+    "IGNORE_INDEX", "DEFAULT_MAX_LENGTH", "AlpacaCollator", "alpaca_original_tokenize", "original_recipe_fault", "AlpacaFormatError", "BuiltDataset", "TokenizeStats",
+    "build_dataset", "check_tokenizer", "dataset_features", "label_html", "ensure_pad_token", "length_grouped_batches", "pack_dataset",
+    "pack_features", "pack_lengths", "packed_attention_mask", "padding_waste", "random_batches",
+    "resize_embeddings_mean", "special_prefix", "tokenize_batch", "tokenize_example", "validate_records",
+]

@@ -1,0 +1,55 @@
+"""Notebook 02 (dedup analysis) runs end to end and reports the same filter decisions as the helper."""
+
+from __future__ import annotations
+
+import random
+
+import nbformat
+
+from alpaca_helpers.analysis import verb_object_counts
+from alpaca_helpers.data import load_eval_set, load_seed_tasks, save_alpaca
+from alpaca_helpers.rouge import filter_similar, max_similarity
+
+
+def planted_duplicates(n: int = 100, n_dups: int = 20) -> list[dict]:
+    """The first `n` evaluation-set records plus `n_dups` copies of some of them with one word changed."""
+    rng = random.Random(0)
+    records = load_eval_set()[:n]
+    dups = []
+    for record in rng.sample(records, n_dups):
+        words = record["instruction"].split()
+        words[rng.randrange(len(words))] = "banana"
+        dups.append({**record, "instruction": " ".join(words)})
+    return records + dups
+
+
+def test_notebook_02_on_a_file_with_planted_duplicates(execute_notebook, tmp_path):
+    records = planted_duplicates()
+    path = save_alpaca(records, tmp_path / "data.json")
+    summary, executed = execute_notebook("02_dedup_analysis", data_path=str(path), top_verbs=10, n_closest=5)
+    instructions = [r["instruction"] for r in records]
+    seeds = [r["instruction"] for r in load_seed_tasks()]
+    kept = filter_similar(instructions, seeds)
+    assert summary["data_source"] == str(path) and summary["n_records"] == 120
+    assert summary["kept"] == sum(kept) and summary["rejected"] == 120 - sum(kept)
+    assert summary["rejected"] >= 10  # most one-word edits of a ~10-word instruction are caught
+    best, _ = max_similarity(instructions)
+    assert summary["mean_max_rouge"] == float(best.mean())
+    assert summary["closest_pair_rouge"] == float(best.max())
+    assert summary["scratch_agrees"] is True and summary["scratch_pairs_checked"] == 300
+    assert summary["verb_object_method"] == "heuristic" and len(summary["top_verbs"]) == 5
+    out = tmp_path / "course" / "02_dedup_analysis"
+    for name in ("max_rouge_hist.png", "lengths.png", "verbs_objects.png"):
+        assert (out / name).stat().st_size > 10_000
+    nb = nbformat.read(executed, as_version=4)
+    assert not any(o.output_type == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_notebook_02_falls_back_to_the_seed_tasks(execute_notebook, tmp_path):
+    summary, _ = execute_notebook("02_dedup_analysis", data_path=str(tmp_path / "missing.json"))
+    assert summary["data_source"] == "seed tasks" and summary["n_records"] == 175
+    assert summary["mean_max_rouge"] == summary["seed_mean_max_rouge"]
+    assert summary["rejected"] == sum(not k for k in filter_similar([r["instruction"] for r in load_seed_tasks()], []))
+    verb, count, _ = verb_object_counts([r["instruction"] for r in load_seed_tasks()])[0]
+    assert summary["top_verbs"][0] == [verb, count] and verb == "write"
+    assert summary["scratch_agrees"] is True
