@@ -149,3 +149,22 @@ def load_davinci_predictions(path: str | os.PathLike | None = None) -> list[dict
                   "output": row["response"].strip()}
         records.append(validate_record(record, where))
     return records
+
+
+def _task_key(record: Mapping[str, Any]) -> tuple[str, str]:
+    return tuple(" ".join((record.get(f) or "").lower().split()) for f in ("instruction", "input"))
+
+
+def check_not_eval_set(records: Iterable[Mapping[str, Any]], eval_records: Iterable[Mapping[str, Any]] | None = None,
+                       source: str = "training data") -> None:
+    """Refuse training data that contains a task of the evaluation set: the same instruction and input, case
+    and spacing ignored. (Instruction alone is too strict: generic ones such as "Answer the following
+    question." appear in both the seed and the evaluation set with different inputs.)
+
+    Training on the 252 evaluation tasks would make notebook 06's comparison meaningless.
+    """
+    held_out = {_task_key(r) for r in (eval_records if eval_records is not None else load_eval_set())}
+    leaked = [i for i, r in enumerate(records) if _task_key(r) in held_out]
+    if leaked:
+        raise AlpacaFormatError(f"{source}: {len(leaked)} record(s) repeat evaluation-set instructions "
+                                f"(first at index {leaked[0]}); never train on the evaluation set")

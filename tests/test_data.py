@@ -92,3 +92,15 @@ def test_json_written_like_alpaca_data(tmp_path):
     text = path.read_text()
     assert text.startswith("[\n    {") and "é" in text
     assert json.loads(text)[0]["instruction"] == "é"
+
+
+def test_training_data_with_eval_instructions_is_refused():
+    from alpaca_helpers.data import check_not_eval_set
+
+    evals = load_eval_set()
+    check_not_eval_set(load_seed_tasks())  # the seeds are fine
+    leaked = load_seed_tasks()[:3] + [{"instruction": "  " + evals[5]["instruction"].upper(),
+                                       "input": evals[5]["input"] + " ", "output": "x"}]
+    with pytest.raises(AlpacaFormatError, match=r"train\.json: 1 record\(s\) repeat evaluation-set instructions "
+                                                r"\(first at index 3\)"):
+        check_not_eval_set(leaked, source="train.json")

@@ -1,0 +1,199 @@
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+from alpaca_helpers.data import load_davinci_predictions, load_eval_set
+from alpaca_helpers.evaluate import (LOSS, TIE, UNPARSED, WIN, VoteStore, combine_orders, eval_subset,
+                                     generate_answers, judge_item, make_blind_pairs, outcome_of_choice,
+                                     parse_verdict, read_answers, read_votes, save_blind_pairs, tally, tally_by,
+                                     vote_outcomes)
+
+
+@pytest.fixture(scope="module")
+def eval_records():
+    return load_eval_set()
+
+
+def _pairs(records, seed):
+    ours = [f"ours {r['id']}" for r in records]
+    theirs = [f"theirs {r['id']}" for r in records]
+    return make_blind_pairs(records, ours, theirs, seed=seed)
+
+
+def test_blind_order_is_reproducible_balanced_and_hides_the_key(eval_records, tmp_path):
+    visible, key = _pairs(eval_records, seed=7)
+    again, key_again = _pairs(eval_records, seed=7)
+    _, other_key = _pairs(eval_records, seed=8)
+    assert visible == again and key == key_again and key != other_key
+    assert 0.35 < sum(side == "A" for side in key.values()) / len(key) < 0.65
+    for item in visible:
+        model_side = key[item["id"]]
+        assert item[f"answer_{model_side.lower()}"] == f"ours {item['id']}"
+        assert set(item) == {"id", "category", "instruction", "input", "answer_a", "answer_b"}
+    pairs, key_path = save_blind_pairs(visible, key, tmp_path)
+    assert "ours" in pairs.read_text() and '"A"' not in pairs.read_text()
+    assert json.loads(key_path.read_text()) == key
+
+
+def test_rater_choices_map_to_model_outcomes():
+    assert outcome_of_choice("A", "A") == WIN and outcome_of_choice("B", "A") == LOSS
+    assert outcome_of_choice("tie", "B") == TIE
+    with pytest.raises(ValueError, match="unknown choice"):
+        outcome_of_choice("C", "A")
+
+
+@pytest.mark.parametrize("reply,verdict", [
+    ("Verdict: 1", "1"), ("Both are fine.\nverdict: TIE", "tie"), ("**Verdict:** 2.", "2"),
+    ("Answer 1 is better.", None), ("Verdict: 1\nVerdict: 2", None), ("Verdict: 3", None), ("", None),
+    ("The verdict: 1 is obvious because", None),
+])
+def test_verdict_parser_is_strict(reply, verdict):
+    assert parse_verdict(reply) == verdict
+
+
+def test_both_order_judging_turns_an_always_left_judge_into_ties(eval_records):
+    prompts = []
+
+    def always_first(prompt):
+        prompts.append(prompt)
+        return "Verdict: 1"
+
+    outcomes = [judge_item(always_first, r["instruction"], r["input"], "ours", "theirs")["outcome"]
+                for r in eval_records[:20]]
+    assert outcomes == [TIE] * 20
+    assert prompts[0].index("ours") < prompts[0].index("theirs")
+    assert prompts[1].index("theirs") < prompts[1].index("ours")
+
+
+def test_a_consistent_judge_and_garbage():
+    def prefers_ours(prompt):
+        return "Verdict: 1" if prompt.index("ours") < prompt.index("theirs") else "Verdict: 2"
+
+    assert judge_item(prefers_ours, "q", "", "ours", "theirs")["outcome"] == WIN
+    assert judge_item(lambda p: "I cannot decide", "q", "", "ours", "theirs")["outcome"] == UNPARSED
+    assert combine_orders("2", "1") == LOSS and combine_orders("1", "tie") == WIN
+
+
+def test_tally_arithmetic_and_standard_error():
+    outcomes = [WIN] * 3 + [LOSS] + [TIE] * 2 + [UNPARSED]
+    result = tally(outcomes)
+    scores = [1, 1, 1, 0, 0.5, 0.5]
+    assert (result["wins"], result["losses"], result["ties"], result["unparsed"], result["n"]) == (3, 1, 2, 1, 6)
+    assert result["record"] == "3 vs 1"
+    assert result["win_rate"] == pytest.approx(4 / 6)
+    assert result["win_rate_se"] == pytest.approx(statistics.stdev(scores) / math.sqrt(6))
+    # Alpaca's headline: 90 wins, 89 losses (ties not reported) is a coin flip.
+    alpaca = tally([WIN] * 90 + [LOSS] * 89)
+    assert alpaca["record"] == "90 vs 89" and abs(alpaca["win_rate"] - 0.5) < alpaca["win_rate_se"]
+    by = tally_by([WIN, LOSS, WIN], ["Gmail", "Netflix", "Gmail"])
+    assert list(by) == ["Gmail", "Netflix"] and by["Gmail"]["wins"] == 2
+    with pytest.raises(ValueError, match="unknown outcomes"):
+        tally(["draw"])
+
+
+def test_votes_append_resume_and_combine(tmp_path, eval_records):
+    ids = [r["id"] for r in eval_records[:5]]
+    ann = VoteStore(tmp_path / "votes_ann.csv", "ann")
+    ann.add(ids[0], "A")
+    ann.add(ids[1], "tie")
+    assert ann.next_item(ids) == ids[2]
+    bob = VoteStore(tmp_path / "votes_bob.csv", "bob")
+    bob.add(ids[0], "B")
+    rows = read_votes([ann.path, bob.path])
+    outcomes = vote_outcomes(rows, {i: "A" for i in ids})
+    assert sorted((o["rater"], o["outcome"]) for o in outcomes) == [("ann", TIE), ("ann", WIN), ("bob", LOSS)]
+    with pytest.raises(ValueError, match="rater name"):
+        VoteStore(tmp_path / "x.csv", "../../etc")
+
+
+def test_a_torn_vote_line_is_ignored_then_repaired(tmp_path, eval_records):
+    ids = [r["id"] for r in eval_records[:5]]
+    store = VoteStore(tmp_path / "votes.csv", "ann")
+    store.add(ids[0], "A")
+    with open(store.path, "a") as f:
+        f.write("2026-11-21T10:00:00+00:00,ann,user_orie")  # a crash mid-line
+    assert store.votes() == {ids[0]: "A"} and store.next_item(ids) == ids[1]
+    store.add(ids[1], "B")
+    assert store.path.read_text().endswith("\n")
+    assert store.votes() == {ids[0]: "A", ids[1]: "B"}
+
+
+def test_votes_survive_kill_9_while_writing(tmp_path):
+    """A real process voting as fast as it can is killed with SIGKILL; every complete vote is kept."""
+    path = tmp_path / "votes.csv"
+    code = ("import sys; from alpaca_helpers.evaluate import VoteStore\n"
+            "s = VoteStore(sys.argv[1], 'ann')\n"
+            "for i in range(10**9): s.add(f'item_{i}', 'A')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)])
+    deadline = time.time() + 60
+    while time.time() < deadline and (not path.exists() or path.stat().st_size < 2000):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = VoteStore(path, "ann")
+    votes = store.votes()
+    assert len(votes) > 10
+    assert list(votes) == [f"item_{i}" for i in range(len(votes))]  # no gap, no garbage
+    store.add("after", "tie")
+    assert store.votes()["after"] == "tie" and len(store.votes()) == len(votes) + 1
+
+
+def test_eval_subset_is_seeded_and_ordered():
+    assert eval_subset(list(range(252)), None) == list(range(252))
+    sub = eval_subset(list(range(252)), 10, seed=3)
+    assert sub == sorted(sub) and len(set(sub)) == 10 and sub == eval_subset(list(range(252)), 10, seed=3)
+
+
+def test_answers_are_generated_resumably_with_the_real_model(tmp_path, eval_records):
+    from alpaca_helpers.generate import load_model
+
+    model, tokenizer = load_model("default")
+    records = eval_records[:3]
+    path = tmp_path / "answers.jsonl"
+    decoding = {"temperature": 0.0, "max_new_tokens": 12}
+    first = generate_answers(model, tokenizer, records[:2], path, batch_size=2, progress=False, **decoding)
+    assert list(first) == [r["id"] for r in records[:2]]
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][:15])  # the second answer was torn by a crash
+    answers = generate_answers(model, tokenizer, records, path, batch_size=2, progress=False, **decoding)
+    assert list(read_answers(path)) == [r["id"] for r in records]
+    assert answers[records[1]["id"]]["output"] == first[records[1]["id"]]["output"]  # greedy: same answer again
+    assert all(a["decoding"] == decoding and a["output"] for a in answers.values())
+    assert len(load_davinci_predictions()) == len(eval_records)
+
+
+def test_rating_widget_records_each_click_and_resumes(tmp_path, eval_records):
+    from alpaca_helpers.rating import RatingWidget
+
+    visible, key = _pairs(eval_records[:4], seed=1)
+    store = VoteStore(tmp_path / "votes_ann.csv", "ann")
+    widget = RatingWidget(visible, store)
+    assert widget.current == visible[0]["id"] and "0 / 4" in widget.header.value
+    assert "ours" in widget.body.value and "theirs" in widget.body.value
+    widget.buttons["A"].click()
+    widget.buttons["tie"].click()
+    assert store.votes() == {visible[0]["id"]: "A", visible[1]["id"]: "tie"}  # on disk at once
+    reopened = RatingWidget(visible, VoteStore(tmp_path / "votes_ann.csv", "ann"))
+    assert reopened.current == visible[2]["id"] and "2 / 4" in reopened.header.value
+    reopened.buttons["B"].click()
+    reopened.buttons["B"].click()
+    assert reopened.current is None and all(b.disabled for b in reopened.buttons.values())
+    outcomes = vote_outcomes(read_votes([store.path]), key)
+    assert len(outcomes) == 4
+
+
+def test_tally_of_nothing_is_json_safe_and_printable():
+    from alpaca_helpers.evaluate import format_tally
+
+    empty = tally([UNPARSED, UNPARSED])
+    assert empty["win_rate"] is None and empty["win_rate_se"] is None
+    json.dumps(empty, allow_nan=False)
+    assert format_tally(empty) == "0 vs 0 (ties 0, unparsed 2)"
+    assert format_tally(tally([WIN, LOSS, TIE])) == "1 vs 1 (ties 1, unparsed 0), win rate 0.50 ± 0.29"
