@@ -1,0 +1,545 @@
+"""Alpaca's data step: self-instruct generation through any OpenAI-compatible teacher.
+
+Each request shows the teacher a list of tasks that starts with `num_prompt_instructions` seed tasks and
+asks it to continue the list with `tasks_per_prompt` new ones. The completion is parsed into
+(instruction, input, output) tasks, each is filtered (length, blacklisted words, leading text), and a
+task is kept only if its instruction's ROUGE-L F-measure against every seed and kept instruction is at
+most 0.7. Kept records are appended to a checkpoint as they are kept, so a crashed run continues where it
+stopped when started again with the same output folder.
+
+    python -m alpaca_helpers.self_instruct --num-instructions 20 --output-dir runs/self_instruct
+    python -m alpaca_helpers.self_instruct --base-url https://api.openai.com/v1 --model gpt-4o-mini --api chat ...
+
+Without `--base-url` the embedded default model is served locally with `transformers serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import string
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .data import atomic_write_text, load_seed_tasks, save_alpaca
+from .teacher import Completion, Teacher, TeacherConfig, TeacherError, estimate_cost, price_per_million
+
+NUM_PROMPT_INSTRUCTIONS = 3  # seed tasks shown in each prompt (Alpaca)
+TASKS_PER_PROMPT = 20  # new tasks asked for in each prompt (Alpaca)
+SIMILARITY_THRESHOLD = 0.7
+ALPACA_SIZE = 52_002  # records in Stanford Alpaca's alpaca_data.json
+OUTPUT_FILE = "regen.json"
+META_FILE = "regen.meta.json"
+CHECKPOINT_FILE = "regen.checkpoint.jsonl"
+NO_INPUT = "<noinput>"
+
+# Tasks a text-only model cannot do (Alpaca's list); matched as whole words, case-insensitive.
+BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+             "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram")
+_BLACKLIST_RE = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in BLACKLIST) + r")\b", re.I)
+
+# Why a task was dropped; parse failures first, then filters in the order they are applied.
+PARSE_REASONS = ("truncated", "missing_input", "missing_output", "empty_instruction", "empty_output",
+                 "no_task_found")
+FILTER_REASONS = ("too_short", "too_long", "blacklisted_word", "write_a_program", "starts_with_punctuation",
+                  "starts_non_ascii", "too_similar")
+
+PROMPT_HEADER = """\
+You are helping to build a training set for an assistant that follows instructions. Continue the list \
+below until it holds {total} tasks: the first {shown} are examples, and the {new} you add must be new \
+and different from them and from each other. Each task has an instruction, an input and an output.
+
+What makes a good task:
+1. Vary the opening verb: no two instructions should start with the same one.
+2. Vary the kind of task: questions, rewriting, classification, brainstorming, extraction, editing, \
+reasoning, open-ended writing and more.
+3. Write everything in English.
+4. An instruction is one or two sentences, either a command or a question.
+5. The assistant reads and writes text only: no task may ask it to see, hear, draw or do anything \
+outside the conversation.
+6. When an instruction needs material to work on, give a realistic and specific input (a passage, a list, \
+a sentence, a short code snippet), not a placeholder. When it needs none, the input is exactly {no_input}.
+7. The output is a correct, helpful answer to the instruction and its input, under about 100 words.
+
+Tasks:
+"""
+
+
+# ---------------------------------------------------------------------------------------------- prompt
+
+def _clean_instruction(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().rstrip(":")
+
+
+def encode_prompt(examples: Sequence[Mapping[str, str]], tasks_per_prompt: int = TASKS_PER_PROMPT) -> str:
+    """The generation prompt: requirements, the example tasks as numbered blocks, and the next open slot."""
+    shown = len(examples)
+    prompt = PROMPT_HEADER.format(total=shown + tasks_per_prompt, shown=shown, new=tasks_per_prompt,
+                                  no_input=NO_INPUT)
+    for i, task in enumerate(examples, start=1):
+        inp = (task.get("input") or "").strip() or NO_INPUT
+        prompt += (f"###\n{i}. Instruction: {_clean_instruction(task['instruction'])}\n"
+                   f"{i}. Input:\n{inp}\n{i}. Output:\n{task['output'].strip()}\n")
+    return prompt + f"###\n{shown + 1}. Instruction:"
+
+
+def request_prompt(seeds: Sequence[Mapping[str, str]], seed: int, index: int,
+                   num_prompt_instructions: int = NUM_PROMPT_INSTRUCTIONS,
+                   tasks_per_prompt: int = TASKS_PER_PROMPT) -> str:
+    """The prompt of request number `index` of a run: its example seed tasks depend only on (seed, index)."""
+    examples = random.Random(f"{seed}:{index}:examples").sample(list(seeds), num_prompt_instructions)
+    return encode_prompt(examples, tasks_per_prompt)
+
+
+def stop_strings(num_examples: int, tasks_per_prompt: int = TASKS_PER_PROMPT) -> list[str]:
+    """Where the teacher should stop: at the block after the last one asked for."""
+    return [f"{num_examples + tasks_per_prompt + 1}. Instruction"]
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+@dataclass
+class ParseResult:
+    """The tasks found in one completion, and a count of every block that could not be used, by reason."""
+
+    tasks: list[dict[str, str]] = field(default_factory=list)
+    failures: Counter = field(default_factory=Counter)
+
+
+_NUM = r"(?:\d+[ \t]*[.)][ \t]*)?"
+_BLOCK_START = re.compile(rf"^[ \t]*{_NUM}Instruction[ \t]*:", re.M | re.I)
+_LABEL = re.compile(rf"^[ \t]*{_NUM}(Instruction|Input|Output)[ \t]*:", re.M | re.I)
+_SEPARATOR = re.compile(r"^[ \t]*#{3,}[ \t]*$", re.M)
+
+
+def _parse_block(block: str) -> tuple[dict[str, str] | None, str | None]:
+    """One `N. Instruction / N. Input / N. Output` block -> (task, None) or (None, failure reason)."""
+    block = _SEPARATOR.split(block)[0]  # anything after a ### line is not part of this task
+    labels = list(_LABEL.finditer(block))
+    names = [m.group(1).lower() for m in labels]
+    fields: dict[str, str] = {}
+    for k, m in enumerate(labels):
+        end = labels[k + 1].start() if k + 1 < len(labels) else len(block)
+        fields.setdefault(names[k], block[m.end():end].strip())
+    if "input" not in fields:
+        return None, "missing_input"
+    if "output" not in fields:
+        return None, "missing_output"
+    instruction = re.sub(r"\s+", " ", fields["instruction"]).strip()
+    if not instruction:
+        return None, "empty_instruction"
+    if not fields["output"]:
+        return None, "empty_output"
+    inp = fields["input"]
+    if inp.lower().replace(" ", "") in (NO_INPUT, "noinput", "<none>"):
+        inp = ""
+    return {"instruction": instruction, "input": inp, "output": fields["output"]}, None
+
+
+def parse_completion(text: str, first_number: int, finish_reason: str | None = None) -> ParseResult:
+    """Parse a completion that continues the prompt after `"{first_number}. Instruction:"`.
+
+    Blocks start at each `N. Instruction:` line (numbers optional, `###` separators optional, so merged
+    blocks are split too). When the completion stopped for length, the last block is dropped as truncated.
+    """
+    full = f"{first_number}. Instruction:" + text
+    starts = [m.start() for m in _BLOCK_START.finditer(full)]
+    blocks = [full[a:b] for a, b in zip(starts, starts[1:] + [len(full)])]
+    result = ParseResult()
+    if finish_reason == "length" and blocks:
+        blocks.pop()
+        result.failures["truncated"] += 1
+    for block in blocks:
+        task, reason = _parse_block(block)
+        if task is None:
+            result.failures[reason] += 1
+        else:
+            result.tasks.append(task)
+    if not blocks and not result.failures:
+        result.failures["no_task_found"] += 1
+    return result
+
+
+# --------------------------------------------------------------------------------------------- filters
+
+def filter_reason(instruction: str) -> str | None:
+    """Why Alpaca's filters reject `instruction` (a key of FILTER_REASONS), or None if it passes them.
+
+    ROUGE-L similarity is checked separately, against the pool (see `rouge.filter_similar_detailed`).
+    """
+    words = len(instruction.split())
+    if words <= 3:
+        return "too_short"
+    if words > 150:
+        return "too_long"
+    if _BLACKLIST_RE.search(instruction):
+        return "blacklisted_word"
+    if instruction.startswith("Write a program"):
+        return "write_a_program"
+    if instruction[0] in string.punctuation:
+        return "starts_with_punctuation"
+    if not instruction[0].isascii():
+        return "starts_non_ascii"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ checkpoint
+
+class Checkpoint:
+    """An append-only JSONL log of kept records and finished requests, safe against `kill -9`.
+
+    Each finished request is one `write()` of its kept records followed by a `request` line, then fsync;
+    a torn last line (power loss) is dropped on load.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.records: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        good = 0
+        for line in data.splitlines(keepends=True):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                break
+            if not line.endswith(b"\n"):
+                break
+            (self.records if entry.get("type") == "record" else self.requests).append(entry)
+            good += len(line)
+        if good < len(data):  # drop a torn tail so that appends start on a clean line
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+
+    def append(self, records: Sequence[Mapping[str, Any]], request: Mapping[str, Any]) -> None:
+        lines = [json.dumps({"type": "record", **r}, ensure_ascii=False) for r in records]
+        lines.append(json.dumps({"type": "request", **request}, ensure_ascii=False))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, ("\n".join(lines) + "\n").encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.records.extend({"type": "record", **r} for r in records)
+        self.requests.append({"type": "request", **request})
+
+
+# -------------------------------------------------------------------------------------------- pipeline
+
+@dataclass
+class RunResult:
+    """What a run produced (counts cover every session of a resumed run)."""
+
+    records: list[dict[str, str]]
+    target: int
+    requests: int
+    rejections: dict[str, int]
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+    wall_seconds: float
+    retries: int
+    complete: bool
+    output_path: Path
+    meta_path: Path
+    example: dict[str, Any] | None = None  # the first request of this session: prompt, completion, parse
+
+    @property
+    def kept(self) -> int:
+        return len(self.records)
+
+    @property
+    def kept_per_minute(self) -> float:
+        return 60 * self.kept / self.wall_seconds if self.wall_seconds else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and rates as a small JSON-safe dict."""
+        return {"kept": self.kept, "target": self.target, "complete": self.complete, "requests": self.requests,
+                "rejections": dict(self.rejections), "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "cost_usd": self.cost_usd,
+                "wall_seconds": round(self.wall_seconds, 2), "kept_per_minute": round(self.kept_per_minute, 3),
+                "retries": self.retries}
+
+
+def projection(result: RunResult, teacher: TeacherConfig, size: int = ALPACA_SIZE,
+               concurrency: int = 1) -> dict[str, float | None]:
+    """Scale the measured rates of `result` to `size` kept instructions (Alpaca: 52,002)."""
+    if not result.kept or not result.requests:
+        return {"instructions": size, "requests": None, "prompt_tokens": None, "completion_tokens": None,
+                "cost_usd": None, "hours": None}
+    per_kept = size / result.kept
+    prompt_tokens = result.prompt_tokens * per_kept
+    completion_tokens = result.completion_tokens * per_kept
+    return {"instructions": size, "requests": round(result.requests * per_kept),
+            "prompt_tokens": round(prompt_tokens), "completion_tokens": round(completion_tokens),
+            "cost_usd": estimate_cost(teacher.model, int(prompt_tokens), int(completion_tokens), teacher.base_url),
+            "hours": result.wall_seconds * per_kept / 3600, "concurrency": concurrency}
+
+
+def _request_seed(seed: int, index: int) -> int:
+    return random.Random(f"{seed}:{index}").randrange(2**31)
+
+
+class _Run:
+    """One session of a self-instruct run (state shared by `generate`'s helpers)."""
+
+    def __init__(self, teacher: Teacher, seeds: list[dict[str, Any]], output_dir: Path, target: int,
+                 num_prompt_instructions: int, tasks_per_prompt: int, seed: int, threshold: float) -> None:
+        self.teacher, self.seeds, self.target = teacher, seeds, target
+        self.k, self.n, self.seed, self.threshold = num_prompt_instructions, tasks_per_prompt, seed, threshold
+        self.checkpoint = Checkpoint(output_dir / CHECKPOINT_FILE)
+        self.pool = [s["instruction"] for s in seeds] + [r["instruction"] for r in self.checkpoint.records]
+        self.session = uuid.uuid4().hex[:12]
+        self.start = time.perf_counter()
+        self.example: dict[str, Any] | None = None
+
+    def ask(self, index: int) -> tuple[int, str, Completion]:
+        prompt = request_prompt(self.seeds, self.seed, index, self.k, self.n)
+        reply = self.teacher.complete(prompt, stop=stop_strings(self.k, self.n), seed=_request_seed(self.seed, index))
+        return index, prompt, reply
+
+    def process(self, index: int, prompt: str, reply: Completion, room: int) -> int:
+        """Parse, filter and deduplicate one reply; checkpoint what is kept (at most `room`). Returns kept."""
+        from .rouge import filter_similar_detailed
+
+        parsed = parse_completion(reply.text, self.k + 1, reply.finish_reason)
+        rejections = Counter(parsed.failures)
+        rejected: list[tuple[str, str]] = []
+        candidates = []
+        for task in parsed.tasks:
+            reason = filter_reason(task["instruction"])
+            if reason is None:
+                candidates.append(task)
+            else:
+                rejections[reason] += 1
+                rejected.append((reason, task["instruction"][:200]))
+        detail = filter_similar_detailed([t["instruction"] for t in candidates], self.pool, self.threshold,
+                                         top_k=10)
+        kept = []
+        for task, ok, mean, neighbors in zip(candidates, detail.kept, detail.mean_score, detail.neighbors):
+            if not ok:
+                rejections["too_similar"] += 1
+                rejected.append(("too_similar", task["instruction"][:200]))
+            elif len(kept) < room:
+                kept.append({**task, "most_similar_instructions": dict(neighbors),
+                             "avg_similarity_score": float(mean), "request": index})
+        request = {"index": index, "session": self.session, "elapsed": time.perf_counter() - self.start,
+                   "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                   "finish_reason": reply.finish_reason, "parsed": len(parsed.tasks), "kept": len(kept),
+                   "rejections": dict(rejections), "rejected": rejected, "retries": reply.retries}
+        self.checkpoint.append(kept, request)
+        self.pool.extend(r["instruction"] for r in kept)
+        if self.example is None:
+            self.example = {"index": index, "prompt": prompt, "completion": reply.text,
+                            "finish_reason": reply.finish_reason, "parsed": parsed.tasks,
+                            "parse_failures": dict(parsed.failures)}
+        return len(kept)
+
+    def wall_seconds(self, finished_at: float) -> float:
+        """This session's time plus the earlier sessions' (each up to its last finished request)."""
+        earlier: dict[str, float] = {}
+        for r in self.checkpoint.requests:
+            if r.get("session") != self.session:
+                earlier[r["session"]] = max(earlier.get(r["session"], 0.0), r.get("elapsed", 0.0))
+        return sum(earlier.values()) + (finished_at - self.start)
+
+
+def generate(teacher: Teacher, num_instructions: int, output_dir: str | os.PathLike, *,
+             num_prompt_instructions: int = NUM_PROMPT_INSTRUCTIONS, tasks_per_prompt: int = TASKS_PER_PROMPT,
+             concurrency: int = 1, seed: int = 42, threshold: float = SIMILARITY_THRESHOLD,
+             max_requests: int | None = None, seed_tasks: list[dict[str, Any]] | None = None,
+             progress: bool = True, check: bool = True) -> RunResult:
+    """Generate `num_instructions` new instructions into `<output_dir>/regen.json` (Alpaca JSON).
+
+    Continues from `<output_dir>/regen.checkpoint.jsonl` if a run was interrupted. `concurrency` requests
+    are kept in flight; `max_requests` bounds this session's requests (the run then ends incomplete).
+    Metadata (neighbours, rejections, tokens, cost, wall time) goes to `<output_dir>/regen.meta.json`.
+    Raises `TeacherUnreachable` before starting if the endpoint does not answer, `TeacherError` when a
+    request's retries are spent (kept records stay in the checkpoint).
+    """
+    from tqdm.auto import tqdm
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    seeds = seed_tasks if seed_tasks is not None else load_seed_tasks()
+    if check:
+        teacher.check()
+    run = _Run(teacher, seeds, output_dir, num_instructions, num_prompt_instructions, tasks_per_prompt, seed,
+               threshold)
+    done_indices = [r["index"] for r in run.checkpoint.requests]
+    next_index = max(done_indices, default=-1) + 1
+    kept = len(run.checkpoint.records)
+    submitted = 0
+    bar = tqdm(total=num_instructions, initial=min(kept, num_instructions), desc="kept", unit="instr",
+               disable=not progress, dynamic_ncols=True)
+    finished_at = None
+    executor = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="teacher")
+    pending: set[Future] = set()
+    try:
+        while kept < num_instructions:
+            while len(pending) < concurrency and (max_requests is None or submitted < max_requests):
+                pending.add(executor.submit(run.ask, next_index))
+                next_index += 1
+                submitted += 1
+            if not pending:
+                break
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                if kept >= num_instructions:
+                    break  # target reached by an earlier reply of this batch
+                new = run.process(*future.result(), room=num_instructions - kept)
+                kept += new
+                bar.update(new)
+                rejected = sum(sum(r["rejections"].values()) for r in run.checkpoint.requests)
+                bar.set_postfix(requests=len(run.checkpoint.requests), rejected=rejected, refresh=False)
+        finished_at = time.perf_counter()
+    finally:
+        for future in pending:
+            future.cancel()
+        # On success wait for requests still in flight (so none outlives the run); on an error or Ctrl-C don't.
+        executor.shutdown(wait=finished_at is not None, cancel_futures=True)
+        bar.close()
+    return _finish(run, output_dir, num_instructions, finished_at)
+
+
+def _finish(run: _Run, output_dir: Path, target: int, finished_at: float) -> RunResult:
+    """Write regen.json and regen.meta.json from the checkpoint."""
+    entries = run.checkpoint.records[:target]
+    records = [{"instruction": e["instruction"], "input": e["input"], "output": e["output"]} for e in entries]
+    output_path = save_alpaca(records, output_dir / OUTPUT_FILE)
+    requests = run.checkpoint.requests
+    rejections: Counter = Counter()
+    rejected_examples: dict[str, list[str]] = {}
+    for r in requests:
+        rejections.update(r["rejections"])
+        for reason, text in r.get("rejected", []):
+            examples = rejected_examples.setdefault(reason, [])
+            if len(examples) < 3:
+                examples.append(text)
+    prompt_tokens = sum(r["prompt_tokens"] for r in requests)
+    completion_tokens = sum(r["completion_tokens"] for r in requests)
+    cfg = run.teacher.config
+    result = RunResult(
+        records=records, target=target, requests=len(requests), rejections=dict(rejections),
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+        cost_usd=estimate_cost(cfg.model, prompt_tokens, completion_tokens, cfg.base_url),
+        wall_seconds=run.wall_seconds(finished_at), retries=sum(r.get("retries", 0) for r in requests),
+        complete=len(records) >= target, output_path=output_path, meta_path=output_dir / META_FILE,
+        example=run.example)
+    meta = {**result.summary(), "teacher": cfg.to_dict(),
+            "price_per_million_usd": price_per_million(cfg.model, cfg.base_url),
+            "num_prompt_instructions": run.k, "tasks_per_prompt": run.n, "seed": run.seed,
+            "similarity_threshold": run.threshold, "rejected_examples": rejected_examples,
+            "example_request": run.example,
+            "instructions": [{"instruction": e["instruction"], "most_similar_instructions":
+                              e["most_similar_instructions"], "avg_similarity_score": e["avg_similarity_score"]}
+                             for e in entries]}
+    atomic_write_text(result.meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m alpaca_helpers.self_instruct", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num-instructions", type=int, default=100, help="instructions to keep (default: 100)")
+    p.add_argument("--output-dir", default="runs/self_instruct",
+                   help="folder for regen.json, regen.meta.json and the checkpoint (relative: to the repository)")
+    t = p.add_argument_group("teacher (default: the embedded model served locally)")
+    t.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
+    t.add_argument("--model", help="model name at that endpoint (e.g. gpt-4o-mini)")
+    t.add_argument("--api", choices=("completions", "chat"), default="completions",
+                   help="Completions API (gpt-3.5-turbo-instruct, local servers) or Chat Completions")
+    t.add_argument("--api-key-env", default="OPENAI_API_KEY",
+                   help="name of the environment variable holding the API key (default: OPENAI_API_KEY)")
+    t.add_argument("--extra-body", type=json.loads, metavar="JSON",
+                   help="extra request fields as a JSON object (for a `transformers serve` endpoint given by "
+                        "--base-url: its LocalServer.sampling_body(), or sampling stays off)")
+    t.add_argument("--serve", metavar="MODEL_DIR", help="model folder to serve locally instead of the default")
+    t.add_argument("--server-threads", type=int, default=1, help="CPU threads for the local server (default: 1)")
+    d = p.add_argument_group("decoding and pipeline (defaults as Alpaca)")
+    d.add_argument("--temperature", type=float, default=1.0)
+    d.add_argument("--top-p", type=float, default=1.0)
+    d.add_argument("--max-tokens", type=int, default=3072, help="completion length limit per request")
+    d.add_argument("--num-prompt-instructions", type=int, default=NUM_PROMPT_INSTRUCTIONS)
+    d.add_argument("--tasks-per-prompt", type=int, default=TASKS_PER_PROMPT)
+    d.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
+    d.add_argument("--seed", type=int, default=42)
+    d.add_argument("--max-requests", type=int, help="stop after this many requests even if short of the target")
+    d.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
+    d.add_argument("--max-retries", type=int, default=6, help="retries per request on 429/5xx/timeouts")
+    d.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each time)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import contextlib
+
+    from .paths import resolve
+    from .server import ServerError, serve
+
+    args = _parser().parse_args(argv)
+    out = resolve(args.output_dir)
+    # `kill` (SIGTERM) then unwinds like Ctrl-C: the local server is stopped, the checkpoint is intact.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+    def teacher_config(base_url: str, model: str) -> TeacherConfig:
+        return TeacherConfig(base_url=base_url, model=model, api=args.api, api_key_env=args.api_key_env,
+                             temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                             request_timeout=args.request_timeout, max_retries=args.max_retries,
+                             backoff_initial=args.backoff)
+
+    try:
+        with contextlib.ExitStack() as stack:
+            if args.base_url:
+                if not args.model:
+                    print("error: --model is required with --base-url", file=sys.stderr)
+                    return 2
+                config = teacher_config(args.base_url, args.model)
+                config.extra_body = args.extra_body
+            else:
+                # Every request samples alike, so continuous batching's shared settings are no limit here.
+                server = stack.enter_context(serve(args.serve, threads=args.server_threads,
+                                                   continuous_batching=True, log_path=out / "server.log"))
+                config = teacher_config(server.base_url, server.model)
+                config.extra_body = server.sampling_body()
+            teacher = Teacher(config)
+            result = generate(teacher, args.num_instructions, out, num_prompt_instructions=args.num_prompt_instructions,
+                              tasks_per_prompt=args.tasks_per_prompt, concurrency=args.concurrency, seed=args.seed,
+                              max_requests=args.max_requests, progress=not args.no_progress)
+    except (TeacherError, ServerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.summary()))
+    if not result.complete:
+        print(f"warning: stopped after {result.requests} requests with {result.kept}/{result.target} kept",
+              file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,225 @@
+"""Training configuration: recipe defaults, YAML presets, command-line overrides and batch arithmetic.
+
+Precedence: the defaults below (Alpaca 7B's recipe) < a `--config` YAML preset < command-line flags.
+Flag names follow the original recipe's `train.py` (Hugging Face `TrainingArguments` names) so that a
+command from the Alpaca README reads the same here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .paths import REPO_ROOT, resolve
+
+CONFIGS_DIR = REPO_ROOT / "configs"
+
+
+class TrainConfigError(ValueError):
+    """A configuration that cannot run (raised before any model loads); the message says what to change."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; defaults are the Alpaca 7B recipe."""
+
+    model_name_or_path: str = field(default="default", metadata={"help": "HF folder or Hub name; 'default' = embedded SmolLM2-135M"})
+    data_path: str = field(default="seed", metadata={"help": "Alpaca JSON/JSONL file, or 'seed' for the 175 seed tasks"})
+    output_dir: str = field(default="runs/train", metadata={"help": "log, checkpoints and the final model (relative = repo root)"})
+    max_examples: int | None = field(default=None, metadata={"help": "use only the first N records"})
+    model_max_length: int = field(default=512, metadata={"help": "longer examples are dropped (as in Alpaca)"})
+    num_train_epochs: int = field(default=3, metadata={"help": "passes over the data"})
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; overrides epochs when > 0"})
+    global_batch_size: int = field(default=128, metadata={"help": "examples per optimizer step, whatever the number of processes"})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "examples per micro-batch on each process"})
+    gradient_accumulation_steps: int | None = field(default=None, metadata={"help": "derived from the global batch when unset"})
+    learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases and norms)"})
+    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps with linear warm-up"})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "any transformers scheduler name"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
+    device: str = field(default="auto", metadata={"help": "auto (GPUs when present) | cpu"})
+    bf16: str = field(default="auto", metadata={"help": "auto (on with GPUs) | true | false: bf16 compute, fp32 master weights"})
+    tf32: str = field(default="auto", metadata={"help": "auto (on with GPUs) | true | false"})
+    fsdp: str = field(default="auto", metadata={"help": "auto (full_shard with > 1 process) | full_shard | off"})
+    fsdp_transformer_layer_cls_to_wrap: str | None = field(default=None, metadata={"help": "layer class to shard as a unit; found from the model when unset"})
+    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory)"})
+    cpu_offload: bool = field(default=False, metadata={"help": "FSDP: keep parameters and optimizer state in CPU memory"})
+    group_by_length: bool = field(default=True, metadata={"help": "micro-batches of similar length inside each global batch"})
+    packing: bool = field(default=False, metadata={"help": "concatenate each micro-batch into one row (no padding)"})
+    logging_steps: int = field(default=1, metadata={"help": "console line every N steps (the JSONL log has every step)"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final model)"})
+    save_total_limit: int = field(default=2, metadata={"help": "keep the last N checkpoints"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    stop_after_steps: int = field(default=-1, metadata={"help": "stop after N steps as if interrupted (schedule unchanged)"})
+    save_dtype: str = field(default="float32", metadata={"help": "dtype of the final model's weights: float32 | bfloat16"})
+    save_check_logits: bool = field(default=False, metadata={"help": "also write the live model's logits on one example (save_check.safetensors) to check the saved folder against"})
+    seed: int = field(default=42, metadata={"help": "data order and initialisation"})
+    num_proc: int = field(default=1, metadata={"help": "processes for tokenization"})
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES = typing.get_type_hints(TrainConfig)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _convert(name: str, value: Any) -> Any:
+    """Coerce a YAML or command-line value to the field's type, with a one-line error."""
+    kind = _TYPES[name]
+    args = typing.get_args(kind)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), kind) if args else kind
+    if value is None or (optional and isinstance(value, str) and value.lower() in {"none", "null", ""}):
+        if optional:
+            return None
+        raise TrainConfigError(f"{name}: a value is required")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).lower()
+            if text in _TRUE | _FALSE:
+                return text in _TRUE
+            raise ValueError(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            return float(value)
+        return str(value).lower() if name in {"bf16", "tf32"} and isinstance(value, bool) else str(value)
+    except (TypeError, ValueError):
+        raise TrainConfigError(f"{name}: cannot read {value!r} as {base.__name__}") from None
+
+
+def load_preset(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML preset (a flat mapping of field names to values); unknown keys are an error."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        candidate = CONFIGS_DIR / path.name if path.suffix else CONFIGS_DIR / f"{path}.yaml"
+        if not candidate.is_file():
+            raise TrainConfigError(f"{path}: no such preset (presets: {', '.join(list_presets())})")
+        path = candidate
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{path}: a preset is a mapping of setting: value")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise TrainConfigError(f"{path}: unknown setting(s) {unknown}")
+    return {k: _convert(k, v) for k, v in data.items()}
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets (`configs/*.yaml`)."""
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m alpaca_helpers.train",
+        description="Alpaca supervised fine-tuning (FSDP2 across processes). Launch with "
+                    "`accelerate launch [--multi_gpu --num_processes N] -m alpaca_helpers.train ...`.",
+        epilog="Precedence: recipe defaults < --config preset < flags. Presets: " + ", ".join(list_presets()),
+    )
+    parser.add_argument("--config", help="YAML preset (a path, or a name from configs/)")
+    for name, f in FIELDS.items():
+        default = f.default
+        parser.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=name.upper(),
+                            help=f"{f.metadata.get('help', '')} (default: {default})")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the preset named by `--config`, then flags."""
+    args = vars(build_parser().parse_args(argv))
+    preset = args.pop("config", None)
+    values: dict[str, Any] = load_preset(preset) if preset else {}
+    values.update({k: _convert(k, v) for k, v in args.items()})
+    return make_config(**values)
+
+
+def make_config(**values: Any) -> TrainConfig:
+    """A validated `TrainConfig` from keyword values (coerced to the field types)."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise TrainConfigError(f"unknown setting(s) {unknown}")
+    cfg = TrainConfig(**{k: _convert(k, v) for k, v in values.items()})
+    for name in ("bf16", "tf32"):
+        if getattr(cfg, name) not in {"auto", "true", "false"}:
+            raise TrainConfigError(f"{name}: expected auto, true or false, got {getattr(cfg, name)!r}")
+    if cfg.device not in {"auto", "cpu"}:
+        raise TrainConfigError(f"device: expected auto or cpu, got {cfg.device!r}")
+    if cfg.fsdp not in {"auto", "full_shard", "off"}:
+        raise TrainConfigError(f"fsdp: expected auto, full_shard or off, got {cfg.fsdp!r}")
+    if cfg.save_dtype not in {"float32", "bfloat16", "float16"}:
+        raise TrainConfigError(f"save_dtype: expected float32, bfloat16 or float16, got {cfg.save_dtype!r}")
+    if cfg.num_train_epochs < 1 and cfg.max_steps <= 0:
+        raise TrainConfigError("num_train_epochs must be >= 1 (or set max_steps)")
+    return cfg
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How the global batch splits: global = per_device × accumulation × processes."""
+
+    global_batch_size: int
+    per_device: int
+    accumulation: int
+    world_size: int
+
+
+def plan_batch(global_batch_size: int, per_device: int, world_size: int,
+               accumulation: int | None = None) -> BatchPlan:
+    """Check (before any model loads) that the global batch splits evenly over processes and micro-batches."""
+    for name, v in (("global_batch_size", global_batch_size), ("per_device_train_batch_size", per_device),
+                    ("number of processes", world_size)):
+        if v < 1:
+            raise TrainConfigError(f"{name} must be >= 1, got {v}")
+    per_step = per_device * world_size
+    if accumulation is not None:
+        if accumulation < 1 or per_step * accumulation != global_batch_size:
+            raise TrainConfigError(
+                f"per_device_train_batch_size {per_device} × gradient_accumulation_steps {accumulation} × "
+                f"{world_size} process(es) = {per_step * max(accumulation, 0)}, not the global batch "
+                f"{global_batch_size}: leave gradient_accumulation_steps unset to derive it")
+        return BatchPlan(global_batch_size, per_device, accumulation, world_size)
+    if global_batch_size % per_step:
+        fitting = [d for d in range(1, global_batch_size + 1) if global_batch_size % (d * world_size) == 0]
+        hint = f"per_device_train_batch_size in {fitting}" if fitting else "a global batch divisible by the process count"
+        raise TrainConfigError(
+            f"global batch {global_batch_size} is not divisible by per_device_train_batch_size {per_device} × "
+            f"{world_size} process(es) = {per_step}: choose {hint}")
+    return BatchPlan(global_batch_size, per_device, global_batch_size // per_step, world_size)
+
+
+def total_steps(num_examples: int, cfg: TrainConfig) -> tuple[int, int]:
+    """(steps per epoch, total steps). The last incomplete global batch of each epoch is dropped."""
+    per_epoch = num_examples // cfg.global_batch_size
+    if per_epoch == 0:
+        raise TrainConfigError(
+            f"{num_examples} examples make no full global batch of {cfg.global_batch_size}: "
+            "lower global_batch_size or add data")
+    total = cfg.max_steps if cfg.max_steps > 0 else per_epoch * cfg.num_train_epochs
+    return per_epoch, total
+
+
+def warmup_steps(total: int, ratio: float) -> int:
+    """Warm-up steps as Hugging Face computes them from a ratio (rounded up)."""
+    return math.ceil(total * ratio)
+
+
+def output_path(cfg: TrainConfig) -> Path:
+    """The run's output folder, resolved against the repository root."""
+    return resolve(cfg.output_dir)

@@ -1,0 +1,168 @@
+"""Training throughput on CPU: our loop vs the original recipe's shape, side by side in one run.
+
+    python benchmarks/bench_train.py                       # default model, 96 seed tasks, 3 steps of 32
+    python benchmarks/bench_train.py --examples 175 --json /tmp/bench_train.json
+
+Baseline = the original recipe's shape: Hugging Face `Trainer`, random order, each micro-batch padded to
+its longest example. Ours = `alpaca_helpers.train` (micro-batches grouped by length inside each global
+batch; then also with packing). Same model, data, global batch, micro-batch, schedule and number of
+steps. Reported: trained (response) tokens per second of the training loop (wall and process CPU time,
+the first step left out of both as warm-up), padding share, last-step train loss, and the mean loss of each trained model over all training examples (the same function for
+all runs, so "equal loss" compares like with like).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from alpaca_helpers.data import load_seed_tasks
+from alpaca_helpers.models import resolve_model
+from alpaca_helpers.tokenize import IGNORE_INDEX, AlpacaCollator, build_dataset
+from alpaca_helpers.train import train
+from alpaca_helpers.train_config import make_config, warmup_steps
+
+
+def mean_loss(model_dir: str, dataset, pad_id: int, batch: int = 8) -> float:
+    """Token-mean loss of a saved model over a tokenized dataset (no grad)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    collate = AlpacaCollator(pad_token_id=pad_id)
+    total = count = 0.0
+    rows = dataset.select_columns(["input_ids", "labels"]).to_list()
+    with torch.no_grad():
+        for i in range(0, len(rows), batch):
+            b = collate(rows[i:i + batch])
+            n = int((b["labels"][:, 1:] != IGNORE_INDEX).sum())
+            total += model(**b, num_items_in_batch=n).loss.item() * n
+            count += n
+    return total / count
+
+
+def run_trainer(model_dir: str, dataset, tokenizer, args, out: Path) -> dict:
+    """The original recipe's loop: Trainer, random sampler, pad to the longest in each micro-batch."""
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    accumulation = args.global_batch // args.micro_batch
+    targs = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=accumulation,
+        num_train_epochs=1, learning_rate=args.lr, weight_decay=0.0, lr_scheduler_type="cosine",
+        warmup_steps=warmup_steps(len(dataset) // args.global_batch, 0.03),  # as ours: ceil(3% of steps)
+        logging_steps=1, save_strategy="no", report_to=[], seed=42, dataloader_num_workers=0,
+        disable_tqdm=True, use_cpu=True)
+    trainer = Trainer(model=model, args=targs, train_dataset=dataset.select_columns(["input_ids", "labels"]),
+                      data_collator=AlpacaCollator(pad_token_id=tokenizer.pad_token_id))
+    padded = real = trained = 0
+    collate = trainer.data_collator
+
+    def counting_collator(features):  # measure the padding and trained tokens the baseline computes on
+        nonlocal padded, real, trained
+        batch = collate(features)
+        padded += batch["input_ids"].numel()
+        real += sum(len(f["input_ids"]) for f in features)
+        trained += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        return batch
+
+    trainer.data_collator = counting_collator
+    steps: list[tuple[float, float, int]] = []  # (wall s, CPU s, trained tokens so far) per optimizer step
+
+    class StepTimer(TrainerCallback):  # the Trainer fetches a step's micro-batches before on_step_begin
+        def on_step_begin(self, *_, **__):
+            self.t0, self.c0, self.n0 = time.perf_counter(), time.process_time(), trained
+
+        def on_step_end(self, *_, **__):
+            steps.append((time.perf_counter() - self.t0, time.process_time() - self.c0, self.n0))
+
+    trainer.add_callback(StepTimer())
+    trainer.train()
+    # The first step (one-off warm-up costs) is left out of the rates, for every run alike.
+    seconds, cpu = sum(w for w, _, _ in steps[1:]), sum(c for _, c, _ in steps[1:])
+    timed_tokens = steps[-1][2] - steps[0][2]
+    trainer.save_model(str(out / "model"))
+    tokenizer.save_pretrained(out / "model")
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"seconds": seconds, "cpu_seconds": cpu, "trained_tokens_timed": timed_tokens,
+            "last_step_loss": losses[-1], "steps": len(losses),
+            "padding": 1 - real / padded, "model_dir": str(out / "model")}
+
+
+def run_ours(model_dir: str, data_file: Path, args, out: Path, packing: bool) -> dict:
+    cfg = make_config(model_name_or_path=model_dir, data_path=str(data_file), model_max_length=args.max_length,
+                      global_batch_size=args.global_batch, per_device_train_batch_size=args.micro_batch,
+                      num_train_epochs=1, learning_rate=args.lr, packing=packing, output_dir=str(out))
+    summary = train(cfg)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    computed = sum(r["tokens"] / (1 - r["padding"]) for r in log)
+    return {"seconds": sum(r["seconds"] for r in log[1:]), "cpu_seconds": sum(r["cpu_seconds"] for r in log[1:]),
+            "trained_tokens_timed": sum(r["trained_tokens"] for r in log[1:]),
+            "last_step_loss": log[-1]["loss"], "steps": len(log),
+            "padding": 1 - sum(r["tokens"] for r in log) / computed, "model_dir": summary["model_dir"],
+            "trained_tokens": sum(r["trained_tokens"] for r in log)}
+
+
+def benchmark_data(tokenizer, args, folder: Path) -> tuple[Path, object]:
+    """The first seed tasks that fit `max_length`, cut to whole global batches, saved as one file both
+    loops read (so both run the same examples for the same number of steps)."""
+    from alpaca_helpers.data import save_alpaca
+
+    records = load_seed_tasks()[:args.examples]
+    kept = build_dataset(records, tokenizer, max_length=args.max_length, overflow="drop").dataset["example_id"]
+    kept = kept[:len(kept) // args.global_batch * args.global_batch]
+    path = save_alpaca([records[i] for i in kept], folder / "bench_data.jsonl")
+    return path, build_dataset([records[i] for i in kept], tokenizer, max_length=args.max_length).dataset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--examples", type=int, default=120, help="seed tasks to start from (cut to whole batches)")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--global-batch", type=int, default=32)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers import AutoTokenizer
+
+    model_dir = resolve_model(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data_file, dataset = benchmark_data(tokenizer, args, tmp)
+        trained = sum(sum(1 for t in lab[1:] if t != IGNORE_INDEX) for lab in dataset["labels"])
+        print(f"{len(dataset)} examples, {trained} trained tokens, global batch {args.global_batch} "
+              f"(micro-batch {args.micro_batch}), max length {args.max_length}, torch threads {torch.get_num_threads()}")
+        results["trainer_random"] = run_trainer(model_dir, dataset, tokenizer, args, tmp / "trainer")
+        results["trainer_random"]["trained_tokens"] = trained
+        results["ours_grouped"] = run_ours(model_dir, data_file, args, tmp / "grouped", packing=False)
+        results["ours_packed"] = run_ours(model_dir, data_file, args, tmp / "packed", packing=True)
+        for r in results.values():
+            r["trained_tokens_per_s"] = r["trained_tokens_timed"] / r["seconds"]
+            r["trained_tokens_per_cpu_s"] = r["trained_tokens_timed"] / r["cpu_seconds"]
+            r["final_mean_loss"] = mean_loss(r["model_dir"], dataset, tokenizer.pad_token_id)
+            del r["model_dir"]
+    base = results["trainer_random"]
+    print(f"\n| run | steps | loop s | CPU s | trained tok/s | trained tok/CPU s | padding | last-step loss "
+          f"| mean loss after | speed-up (wall) | speed-up (CPU) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        r["speedup"] = r["trained_tokens_per_s"] / base["trained_tokens_per_s"]
+        r["speedup_cpu"] = r["trained_tokens_per_cpu_s"] / base["trained_tokens_per_cpu_s"]
+        print(f"| {name} | {r['steps']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['trained_tokens_per_s']:.1f} "
+              f"| {r['trained_tokens_per_cpu_s']:.1f} | {r['padding']:.1%} | {r['last_step_loss']:.4f} "
+              f"| {r['final_mean_loss']:.4f} | {r['speedup']:.2f}x | {r['speedup_cpu']:.2f}x |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

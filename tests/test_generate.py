@@ -1,0 +1,124 @@
+"""`alpaca_helpers.generate` on the real default model: response extraction, stopping, seeding, streaming,
+model loading and the model picker's search."""
+
+import os
+import shutil
+
+import pytest
+
+from alpaca_helpers.generate import (BASE_MODEL, extract_response, find_models, generate, generate_batch,
+                                     generate_stream, generate_tokens, load_model, model_choices,
+                                     response_perplexity)
+from alpaca_helpers.prompts import format_prompt
+
+HEALTH = "Give three tips for staying healthy."
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load_model(BASE_MODEL)
+
+
+def test_extract_response_cuts_at_the_next_section_and_strips():
+    assert extract_response("\n1. Eat well\n2. Sleep\n\n### Instruction:\nList more tips.\n\n### Response:\n") == (
+        "1. Eat well\n2. Sleep")
+    assert extract_response(" Paris.\n### Input:\nx") == "Paris."
+    assert extract_response("  A plain answer with a ## heading.  ") == "A plain answer with a ## heading."
+
+
+def test_generation_stops_when_the_model_starts_a_new_instruction(lm):
+    model, tokenizer = lm
+    # Kept from ending (min_new_tokens), this model answers and then writes the next Alpaca example.
+    decoding = dict(temperature=0, repetition_penalty=1.0, max_new_tokens=60, min_new_tokens=24)
+    rows = generate_tokens(model, tokenizer, [format_prompt({"instruction": HEALTH})], **decoding)
+    raw = tokenizer.decode(rows[0], skip_special_tokens=True)
+    assert raw.rstrip().endswith("### Instruction:"), raw
+    assert len(rows[0]) < 60  # it stopped there instead of running on to the token limit
+    answer = generate(model, tokenizer, HEALTH, **decoding)
+    assert answer == extract_response(raw) and answer.startswith("1.") and "###" not in answer
+
+
+def test_generation_stops_at_eos_and_returns_only_the_response(lm):
+    model, tokenizer = lm
+    answer = generate(model, tokenizer, "What is the capital of Tanzania?", temperature=0, max_new_tokens=40)
+    assert "Tanzania" in answer and "Below is an instruction" not in answer and "<|im_end|>" not in answer
+    rows = generate_tokens(model, tokenizer, [format_prompt({"instruction": "What is the capital of Tanzania?"})],
+                           temperature=0, max_new_tokens=40)
+    assert len(rows[0]) < 40 and tokenizer.eos_token_id not in rows[0]
+
+
+def test_input_field_uses_the_template_with_input(lm):
+    model, tokenizer = lm
+    answer = generate(model, tokenizer, "Translate the sentence into French.", "Good morning, my friend.",
+                      temperature=0, max_new_tokens=12)
+    assert answer and "### Input:" not in answer
+
+
+def test_seeded_sampling_is_reproducible_and_streaming_matches(lm):
+    model, tokenizer = lm
+    # min_new_tokens: with the Alpaca prompt the base model often samples end-of-sequence first
+    decoding = dict(temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=16, min_new_tokens=8, seed=3)
+    first = generate(model, tokenizer, HEALTH, **decoding)
+    assert first and first == generate(model, tokenizer, HEALTH, **decoding)
+    pieces = list(generate_stream(model, tokenizer, HEALTH, **decoding))
+    assert len(pieces) > 1 and "".join(pieces) == first
+    others = {generate(model, tokenizer, HEALTH, **{**decoding, "seed": s}) for s in (4, 5)}
+    assert others - {first}, "other seeds should give other samples"
+
+
+def test_beam_search_streams_as_one_piece(lm):
+    model, tokenizer = lm
+    decoding = dict(temperature=0, num_beams=2, max_new_tokens=8)
+    pieces = list(generate_stream(model, tokenizer, "What is an alpaca?", **decoding))
+    assert pieces == [generate(model, tokenizer, "What is an alpaca?", **decoding)]
+
+
+def test_batch_uses_left_padding_and_keeps_order(lm):
+    model, tokenizer = lm
+    questions = ["What is the capital of Tanzania?", "Name a primary color. Answer in one word."]
+    answers = generate_batch(model, tokenizer, questions, temperature=0, max_new_tokens=12)
+    assert len(answers) == 2 and "Tanzania" in answers[0]
+    assert answers[0] == generate(model, tokenizer, questions[0], temperature=0, max_new_tokens=12)
+
+
+def test_errors_in_the_streaming_thread_reach_the_caller(lm):
+    model, tokenizer = lm
+    with pytest.raises(ValueError):
+        list(generate_stream(model, tokenizer, HEALTH, max_new_tokens=-1))
+
+
+def test_models_load_once_and_unknown_paths_fail_clearly(lm, capsys, tmp_path):
+    assert load_model("default") is lm and load_model(None) is lm
+    with pytest.raises(FileNotFoundError, match="no model folder at .*nope.*models found: base"):
+        load_model(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        load_model("runs/does-not-exist")
+
+
+def test_model_picker_lists_base_and_every_fine_tuned_folder(default_model_dir, tmp_path):
+    def fake_checkpoint(folder, weights="model.safetensors"):
+        folder.mkdir(parents=True)
+        shutil.copy(default_model_dir / "config.json", folder / "config.json")
+        os.symlink(default_model_dir / "model.safetensors", folder / weights)
+
+    fake_checkpoint(tmp_path / "04_train" / "final")
+    fake_checkpoint(tmp_path / "04_train" / "checkpoint-10")
+    fake_checkpoint(tmp_path / "04_train" / ".tmp-save")  # a half-written save
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "config.json").write_text("{}")  # no weights: not a model
+    assert find_models(tmp_path) == [tmp_path / "04_train" / "checkpoint-10", tmp_path / "04_train" / "final"]
+    choices = model_choices(tmp_path)
+    assert choices[0] == ("base: SmolLM2-135M-Instruct", "default")
+    assert [label for label, _ in choices[1:]] == ["fine-tuned: 04_train/checkpoint-10", "fine-tuned: 04_train/final"]
+    assert find_models(tmp_path / "missing") == []
+    # The converted default model's own folder is the base, not a fine-tuned model.
+    assert find_models(default_model_dir.parent) == []
+
+
+def test_response_perplexity_prefers_the_models_own_answer(lm):
+    model, tokenizer = lm
+    own = generate(model, tokenizer, "What is the capital of Tanzania?", temperature=0, max_new_tokens=20)
+    scrambled = " ".join(reversed(own.split()))
+    ppl = response_perplexity(model, tokenizer, ["What is the capital of Tanzania?"] * 2, [own, scrambled])
+    own_ppl = response_perplexity(model, tokenizer, ["What is the capital of Tanzania?"], [own])
+    assert 1.0 < own_ppl < ppl

@@ -1,0 +1,33 @@
+"""Notebook 05 under papermill: it builds the widgets, presses Generate from code once per model (the base
+model and a fine-tuned folder found under `models_root`), once side by side, and queries a real
+`transformers serve` with the openai client."""
+
+import os
+
+import nbformat
+
+BASE = "base: SmolLM2-135M-Instruct"
+TUNED = "fine-tuned: 04_train/final"
+
+
+def test_notebook_05_generates_with_every_model_and_serves(execute_notebook, tmp_path, default_model_dir):
+    tuned = tmp_path / "runs" / "04_train" / "final"  # stands in for notebook 04's output: same weights as base
+    tuned.mkdir(parents=True)
+    for f in default_model_dir.iterdir():
+        os.symlink(f, tuned / f.name)
+    summary, executed = execute_notebook("05_generate", models_root=str(tmp_path / "runs"), max_new_tokens=16,
+                                         serve_max_tokens=16)
+    assert summary["models"] == [BASE, TUNED]
+    runs = summary["runs"]
+    assert set(runs) == {BASE, TUNED, "side by side"}
+    for label in (BASE, TUNED):
+        assert runs[label]["text"] and runs[label]["watermarked"] and isinstance(runs[label]["z"], float)
+    side = runs["side by side"]
+    assert set(side) == {BASE, TUNED} and side[BASE]["text"] == side[TUNED]["text"]  # same weights, same seed
+    assert summary["watermark_z"]["watermarked"] > 4 > summary["watermark_z"]["plain"]
+    assert summary["stream_pieces"] > 1 and summary["greedy_answer"]
+    assert summary["served_model"] == TUNED
+    assert summary["served_answers"]["alpaca prompt"] and summary["served_answers"]["chat"]
+    # The widgets were really built and displayed.
+    outputs = [o for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)

@@ -1,0 +1,150 @@
+"""The self-instruct pipeline against the real local server (one per module): happy path, injected faults,
+a real `kill -9` then resume, and the CLI's one-line failures."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from rouge_score import rouge_scorer
+
+from alpaca_helpers.data import load_alpaca, load_seed_tasks
+from alpaca_helpers.self_instruct import CHECKPOINT_FILE, META_FILE, OUTPUT_FILE, filter_reason, generate
+from alpaca_helpers.server import free_port, serve
+from alpaca_helpers.teacher import Teacher, TeacherConfig, TeacherError, TeacherUnreachable
+from fault_proxy import FaultProxy
+
+pytestmark = pytest.mark.slow
+
+# Small settings so the 135M teacher gives a few usable tasks per minute on 2 CPU cores.
+FAST = dict(tasks_per_prompt=2, concurrency=4, max_requests=60, progress=False)
+DECODING = dict(temperature=0.7, max_tokens=128)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, default_model_dir):
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with serve(default_model_dir, continuous_batching=True, log_path=log) as s:
+        yield s
+
+
+def make_teacher(server, base_url=None, **overrides):
+    config = TeacherConfig(base_url=base_url or server.base_url, model=server.model,
+                           extra_body=server.sampling_body(), **{**DECODING, **overrides})
+    return Teacher(config)
+
+
+def assert_passes_every_filter(records):
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    pool = [s["instruction"] for s in load_seed_tasks()]
+    for r in records:
+        assert filter_reason(r["instruction"]) is None
+        assert r["output"].strip()
+        # Independent check with rouge_score itself, against the seeds and every record kept before.
+        assert max(scorer.score(r["instruction"], p)["rougeL"].fmeasure for p in pool) <= 0.7
+        pool.append(r["instruction"])
+
+
+def test_happy_path(server, tmp_path):
+    result = generate(make_teacher(server), 2, tmp_path, **FAST)
+    assert result.complete and result.kept == 2
+    records = load_alpaca(tmp_path / OUTPUT_FILE)
+    assert records == result.records and len(records) == 2
+    assert_passes_every_filter(records)
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    assert meta["kept"] == 2 and meta["requests"] == result.requests >= 1
+    assert meta["prompt_tokens"] > 0 and meta["completion_tokens"] > 0 and meta["cost_usd"] == 0.0
+    assert meta["wall_seconds"] > 0 and meta["teacher"]["model"] == server.model
+    for info, record in zip(meta["instructions"], records):
+        assert info["instruction"] == record["instruction"]
+        assert 1 <= len(info["most_similar_instructions"]) <= 10
+        assert all(score <= 0.7 for score in info["most_similar_instructions"].values())
+        assert 0 <= info["avg_similarity_score"] <= 0.7
+    assert set(meta["rejections"]) <= {"truncated", "missing_input", "missing_output", "empty_instruction",
+                                       "empty_output", "no_task_found", "too_short", "too_long",
+                                       "blacklisted_word", "write_a_program", "starts_with_punctuation",
+                                       "starts_non_ascii", "too_similar"}
+    example = meta["example_request"]
+    assert example["prompt"].endswith("4. Instruction:") and isinstance(example["completion"], str)
+    # The same call again finds the target reached in the checkpoint: no request, same records.
+    again = generate(make_teacher(server), 2, tmp_path, **FAST)
+    assert again.records == records and again.requests == result.requests
+
+
+def test_each_fault_is_retried(server):
+    faults = ["429", "500", "garbage", "badjson", "stall"]
+    with FaultProxy(server.root_url, script=faults, stall_s=4) as proxy:
+        teacher = make_teacher(server, base_url=proxy.base_url, request_timeout=1.5, backoff_initial=0.01,
+                               max_tokens=8)
+        reply = teacher.complete("The capital of France is", stop=["\n"])
+    assert reply.retries == 5 and reply.completion_tokens > 0
+    assert reply.errors[:2] == ["HTTP 429", "HTTP 500"]
+    assert reply.errors[2].startswith("malformed") and reply.errors[3].startswith("malformed")
+    assert reply.errors[4] == "timeout"
+    assert proxy.seen == {"429": 1, "500": 1, "garbage": 1, "badjson": 1, "stall": 1, "pass": 1}
+
+
+def test_run_survives_faults_with_requests_in_flight(server, tmp_path):
+    # Four requests in flight, five faults between them; each request is retried until it gets through.
+    faults = ["429", "500", "garbage", "stall", "badjson"]
+    with FaultProxy(server.root_url, script=faults, stall_s=2) as proxy:
+        # Here the stall ends in a 504 (a timeout needs a timeout shorter than a real answer: previous test).
+        teacher = make_teacher(server, base_url=proxy.base_url, request_timeout=300, backoff_initial=0.01)
+        result = generate(teacher, 10, tmp_path, **{**FAST, "max_requests": 4})
+    assert result.requests == 4 and result.retries == len(faults)
+    assert proxy.seen["pass"] == 4 and sum(proxy.seen.values()) == 4 + len(faults)
+    assert result.records == load_alpaca(tmp_path / OUTPUT_FILE)
+    assert_passes_every_filter(result.records)
+
+
+def test_spent_retries_fail_with_a_clear_message(server, tmp_path):
+    with FaultProxy(server.root_url, then="500") as proxy:
+        teacher = make_teacher(server, base_url=proxy.base_url, max_retries=2, backoff_initial=0.01)
+        with pytest.raises(TeacherError, match=r"failed after 2 retries \(errors: HTTP 500, HTTP 500, HTTP 500\)"):
+            generate(teacher, 2, tmp_path, **FAST)
+    assert proxy.seen["500"] >= 3
+
+
+def test_unreachable_endpoint_fails_at_start(server, tmp_path):
+    teacher = make_teacher(server, base_url=f"http://127.0.0.1:{free_port()}/v1")
+    with pytest.raises(TeacherUnreachable):
+        generate(teacher, 2, tmp_path, **FAST)
+    cli = subprocess.run([sys.executable, "-m", "alpaca_helpers.self_instruct", "--base-url",
+                          f"http://127.0.0.1:{free_port()}/v1", "--model", "m", "--output-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1
+    assert cli.stderr.startswith("error: teacher endpoint") and cli.stderr.count("\n") == 1
+
+
+def _records_in(checkpoint):
+    if not checkpoint.exists():
+        return []
+    lines = checkpoint.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith('{"type": "record"')]
+
+
+def test_kill_9_then_resume(server, tmp_path):
+    cmd = [sys.executable, "-m", "alpaca_helpers.self_instruct", "--base-url", server.base_url, "--model",
+           server.model, "--num-instructions", "2", "--output-dir", str(tmp_path), "--tasks-per-prompt", "1",
+           "--concurrency", "1", "--temperature", "0.7", "--max-tokens", "128", "--max-requests", "80",
+           "--extra-body", json.dumps(server.sampling_body()), "--no-progress"]
+    # One task per request, one request at a time: the kill lands between the first record and the second.
+    checkpoint = tmp_path / CHECKPOINT_FILE
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not _records_in(checkpoint) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    assert first.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
+    before = _records_in(checkpoint)
+    assert len(before) == 1
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-2000:]
+    records = load_alpaca(tmp_path / OUTPUT_FILE)
+    instructions = [r["instruction"] for r in records]
+    assert len(records) == 2 and len(set(instructions)) == 2
+    assert instructions[:len(before)] == [r["instruction"] for r in before]  # nothing kept was lost
+    assert_passes_every_filter(records)

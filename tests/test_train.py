@@ -1,0 +1,295 @@
+"""Training: presets and flags, batch arithmetic, data order, layer discovery, checkpoints, NaN guard.
+
+Single-process and in-process (seconds). The multi-process (FSDP, gloo) runs are in test_train_fsdp.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from alpaca_helpers import train_dist
+from alpaca_helpers.train import NonFiniteLossError, global_batches, main, rank_micro_batches, train
+from alpaca_helpers.train_config import (CONFIGS_DIR, TrainConfigError, list_presets, load_preset, make_config,
+                                         parse_config, plan_batch)
+
+
+def make_tiny_llama(folder: Path, tokenizer_dir: Path, nan: bool = False) -> Path:
+    """A 2-layer, hidden-64 LLaMA with the default model's tokenizer, saved as a plain HF folder."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    if nan:  # fault injection: one poisoned weight makes the first loss NaN
+        with torch.no_grad():
+            model.model.norm.weight[0] = float("nan")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, default_model_dir):
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", default_model_dir)
+
+
+# --- presets and flags -------------------------------------------------------------------------------
+
+
+def test_presets_are_the_alpaca_recipes_and_name_their_command():
+    assert {"alpaca_7b", "alpaca_13b", "cpu_default"} <= set(list_presets())
+    for name in list_presets():
+        path = CONFIGS_DIR / f"{name}.yaml"
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# accelerate launch ") and f"--config configs/{name}.yaml" in first
+        assert "-m alpaca_helpers.train" in first
+        load_preset(path)  # every key is a real setting
+    seven = make_config(**load_preset(CONFIGS_DIR / "alpaca_7b.yaml"))
+    assert (seven.learning_rate, seven.num_train_epochs, seven.global_batch_size, seven.model_max_length,
+            seven.weight_decay, seven.warmup_ratio, seven.lr_scheduler_type) == (2e-5, 3, 128, 512, 0.0, 0.03, "cosine")
+    assert seven.bf16 == "auto" and seven.tf32 == "auto" and seven.fsdp == "auto"
+    thirteen = make_config(**load_preset(CONFIGS_DIR / "alpaca_13b.yaml"))
+    assert (thirteen.learning_rate, thirteen.num_train_epochs) == (1e-5, 5)
+
+
+def test_defaults_are_the_7b_recipe_and_flags_override_a_preset():
+    assert parse_config([]).learning_rate == 2e-5
+    cfg = parse_config(["--config", "alpaca_13b", "--learning_rate", "3e-5", "--packing", "true",
+                        "--max_examples", "none", "--bf16", "false"])
+    assert (cfg.learning_rate, cfg.num_train_epochs, cfg.packing, cfg.max_examples, cfg.bf16) == (3e-5, 5, True, None, "false")
+    with pytest.raises(TrainConfigError, match="learning_rate: cannot read 'fast'"):
+        parse_config(["--learning_rate", "fast"])
+    with pytest.raises(TrainConfigError, match="no such preset"):
+        parse_config(["--config", "alpaca_70b"])
+
+
+def test_unknown_preset_key_is_an_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 1.0e-5\nfsdp_layer: LlamaDecoderLayer\n")
+    with pytest.raises(TrainConfigError, match=r"unknown setting\(s\) \['fsdp_layer'\]"):
+        load_preset(bad)
+
+
+# --- batch arithmetic --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("world, per_device, accumulation", [(8, 4, 4), (4, 4, 8), (1, 4, 32), (2, 64, 1)])
+def test_global_batch_stays_128_whatever_the_process_count(world, per_device, accumulation):
+    plan = plan_batch(128, per_device, world)
+    assert plan.accumulation == accumulation
+    assert plan.per_device * plan.accumulation * plan.world_size == 128
+
+
+def test_impossible_batch_split_is_a_clear_error():
+    with pytest.raises(TrainConfigError, match=r"not divisible by per_device_train_batch_size 3 × 8 process\(es\) = 24"):
+        plan_batch(128, 3, 8)
+    with pytest.raises(TrainConfigError, match="not the global batch 128"):
+        plan_batch(128, 4, 8, accumulation=2)
+    assert plan_batch(128, 4, 8, accumulation=4).accumulation == 4
+
+
+def test_batch_error_comes_before_any_model_loads(capsys):
+    # The model path does not exist: reaching the model would fail differently.
+    code = main(["--model_name_or_path", "/nonexistent/llama-7b", "--per_device_train_batch_size", "3"])
+    assert code == 1
+    assert "not divisible by per_device_train_batch_size 3" in capsys.readouterr().err
+
+
+# --- data order --------------------------------------------------------------------------------------
+
+
+def test_global_batches_are_a_seeded_permutation():
+    a = global_batches(100, 16, seed=1, epoch=0)
+    assert len(a) == 6 and all(len(b) == 16 for b in a)  # the last incomplete batch is dropped
+    assert len({i for b in a for i in b}) == 96
+    assert a == global_batches(100, 16, seed=1, epoch=0)
+    assert a != global_batches(100, 16, seed=1, epoch=1)
+
+
+@pytest.mark.parametrize("group", [True, False])
+def test_ranks_split_each_global_batch_exactly(group):
+    lengths = [(i * 37) % 101 + 5 for i in range(64)]
+    batch = global_batches(64, 32, seed=0, epoch=0)[0]
+    plan = plan_batch(32, 4, 2)
+    parts = [rank_micro_batches(batch, lengths, plan, r, group) for r in range(2)]
+    assert all(len(p) == plan.accumulation and all(len(m) == 4 for m in p) for p in parts)
+    assert sorted(i for p in parts for m in p for i in m) == sorted(batch)
+    if group:  # similar lengths share a micro-batch: less padding than in random order
+        def waste(ps):
+            return sum(max(lengths[i] for i in m) * len(m) - sum(lengths[i] for i in m) for p in ps for m in p)
+        random_parts = [rank_micro_batches(batch, lengths, plan, r, False) for r in range(2)]
+        assert waste(parts) < waste(random_parts) / 3
+
+
+# --- layer discovery ---------------------------------------------------------------------------------
+
+
+def test_decoder_layer_class_is_found_from_the_model(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert train_dist.find_layer_class(model).__name__ == "LlamaDecoderLayer"
+    assert train_dist.find_layer_class(model, "LlamaDecoderLayer").__name__ == "LlamaDecoderLayer"
+    model._no_split_modules = None  # falls back to the class repeated in the layer list
+    assert train_dist.find_layer_class(model).__name__ == "LlamaDecoderLayer"
+    with pytest.raises(ValueError, match="'LLaMADecoderLayer' is not in this model.*LlamaDecoderLayer"):
+        train_dist.find_layer_class(model, "LLaMADecoderLayer")
+
+
+# --- checkpoints -------------------------------------------------------------------------------------
+
+
+def _tiny_training_state(tiny_model):
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=1, num_training_steps=10)
+    return model, optimizer, scheduler
+
+
+def _step(model, optimizer, scheduler):
+    ids = torch.arange(3, 19)[None]
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad()
+
+
+def test_checkpoint_round_trip_keeps_last_n(tmp_path, tiny_model):
+    model, optimizer, scheduler = _tiny_training_state(tiny_model)
+    for step in range(1, 4):
+        _step(model, optimizer, scheduler)
+        train_dist.save_checkpoint(tmp_path, step, model, optimizer, scheduler, {"note": "x"}, rank=0, keep_last=2)
+    assert [s for s, _ in train_dist.list_checkpoints(tmp_path)] == [2, 3]
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+    rng_after_save = torch.rand(3)
+    fresh, fresh_opt, fresh_sched = _tiny_training_state(tiny_model)
+    state = train_dist.load_checkpoint(train_dist.latest_checkpoint(tmp_path), fresh, fresh_opt, fresh_sched, rank=0)
+    assert state["step"] == 3 and state["note"] == "x"
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in expected.items())
+    assert fresh_sched.last_epoch == scheduler.last_epoch
+    assert torch.equal(torch.rand(3), rng_after_save)  # RNG restored to its state at the save
+    # The optimizer state came back too: one more identical step gives identical weights.
+    _step(model, optimizer, scheduler)
+    _step(fresh, fresh_opt, fresh_sched)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_kill_during_save_leaves_the_last_good_checkpoint(tmp_path, tiny_model, monkeypatch):
+    import torch.distributed.checkpoint as dcp
+
+    model, optimizer, scheduler = _tiny_training_state(tiny_model)
+    _step(model, optimizer, scheduler)
+    good = train_dist.save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {}, rank=0, keep_last=1)
+    real_save = dcp.save
+
+    def killed_mid_save(state, checkpoint_id):  # fault injection: half the files, then the process dies
+        real_save(state, checkpoint_id=checkpoint_id)
+        next(Path(checkpoint_id).glob("*.distcp")).write_bytes(b"torn")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dcp, "save", killed_mid_save)
+    _step(model, optimizer, scheduler)
+    with pytest.raises(KeyboardInterrupt):
+        train_dist.save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {}, rank=0, keep_last=1)
+    assert train_dist.latest_checkpoint(tmp_path) == good
+    fresh, fresh_opt, fresh_sched = _tiny_training_state(tiny_model)
+    assert train_dist.load_checkpoint(good, fresh, fresh_opt, fresh_sched, rank=0)["step"] == 1
+    monkeypatch.setattr(dcp, "save", real_save)
+    train_dist.save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {}, rank=0, keep_last=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-2"]  # torn temp folder and old one gone
+
+
+# --- NaN guard ---------------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_with_step_and_example_ids(tmp_path, default_model_dir):
+    poisoned = make_tiny_llama(tmp_path / "nan_model", default_model_dir, nan=True)
+    cfg = make_config(model_name_or_path=str(poisoned), output_dir=str(tmp_path / "run"), max_examples=16,
+                      global_batch_size=4, per_device_train_batch_size=2, max_steps=2)
+    with pytest.raises(NonFiniteLossError, match=r"step 1: loss nan .* example ids of the batch: \[\d+, \d+, \d+, \d+\]"):
+        train(cfg)
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_single_process_run_logs_every_step_and_saves_a_loadable_folder(tmp_path, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    summary = train(make_config(model_name_or_path=str(tiny_model), output_dir=str(out), max_examples=16,
+                                global_batch_size=8, per_device_train_batch_size=4, num_train_epochs=2,
+                                learning_rate=1e-3, packing=True))
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and summary["finished"] and summary["total_steps"] == 4
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "trained_tokens_per_s", "mfu", "peak_memory_gb"):
+        assert key in log[0]
+    assert log[0]["mfu"] is None  # no MFU on CPU
+    assert log[-1]["loss"] < log[0]["loss"]
+    assert max(r["lr"] for r in log) == pytest.approx(1e-3)
+    assert sum(r["padding"] for r in log) / len(log) < 0.1  # packing leaves little padding
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 4
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert next(model.parameters()).dtype == torch.float32
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in (out / "model").iterdir()}
+
+
+# --- launching from a notebook -----------------------------------------------------------------------
+
+
+def test_launch_command_for_cpu_and_gpus():
+    import sys
+
+    from alpaca_helpers.train_launch import LaunchError, launch_command, show_command
+
+    cpu = launch_command(["--max_steps", "2"], gpus=0, cpu_processes=1, gpus_present=0)
+    assert cpu[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and "--cpu" in cpu
+    assert cpu[-6:] == ["-m", "alpaca_helpers.train", "--max_steps", "2", "--device", "cpu"]
+    sharded_cpu = launch_command([], gpus=0, cpu_processes=2, gpus_present=0)
+    assert "--multi_gpu" in sharded_cpu and sharded_cpu[sharded_cpu.index("--num_processes") + 1] == "2"
+    eight = launch_command(["--config", "configs/alpaca_7b.yaml"], gpus=8, gpus_present=8)
+    assert show_command(eight).startswith("accelerate launch ") and "--multi_gpu --num_processes 8" in show_command(eight)
+    with pytest.raises(LaunchError, match=r"gpus=8 but this machine has 0 GPU\(s\)"):
+        launch_command([], gpus=8, gpus_present=0)
+
+
+def test_run_streaming_shows_lines_live_and_fails_with_the_tail():
+    import sys
+
+    from alpaca_helpers.train_launch import LaunchError, run_streaming
+
+    seen = []
+    lines = run_streaming([sys.executable, "-c", "import sys\nfor i in range(3): print('line', i)\n"
+                           "sys.stderr.write('bar 1\\rbar 2\\n')"], echo=seen.append)
+    assert seen == lines == ["line 0", "line 1", "line 2", "bar 2"]
+    failing = [sys.executable, "-c", "import sys\nfor i in range(100): print('step', i)\nsys.exit(3)"]
+    with pytest.raises(LaunchError, match=r"status 3; last lines:\nstep 60\n(.|\n)*step 99$"):
+        run_streaming(failing, echo=lambda line: None)
+
+
+def test_wrong_layer_class_fails_the_run_before_training(tmp_path, tiny_model, capsys):
+    code = main(["--model_name_or_path", str(tiny_model), "--output_dir", str(tmp_path), "--max_examples", "8",
+                 "--global_batch_size", "4", "--fsdp_transformer_layer_cls_to_wrap", "LLaMADecoderLayer"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "'LLaMADecoderLayer' is not in this model" in err and "LlamaDecoderLayer" in err
+    assert not (tmp_path / "train_log.jsonl").exists()
+
+
+def test_training_refuses_a_file_with_evaluation_tasks(tmp_path):
+    from alpaca_helpers.data import AlpacaFormatError, load_eval_set, load_seed_tasks, save_alpaca
+    from alpaca_helpers.train import load_records
+
+    path = save_alpaca(load_seed_tasks()[:5] + load_eval_set()[:1], tmp_path / "leaky.json")
+    with pytest.raises(AlpacaFormatError, match="repeat evaluation-set instructions"):
+        load_records(str(path))
+    assert len(load_records("seed")) == 175
