@@ -23,6 +23,9 @@ WM = Watermark()  # the default key, gamma 0.25, delta 2 (the paper's running ex
 N_PROMPTS, N_TOKENS = 20, 200
 
 
+# 2 x 20 generations of 200 tokens on 2 CPU cores: minutes on an idle machine, far more on a shared one.
+pytestmark = pytest.mark.timeout(2400)
+
 def test_green_lists_cover_gamma_of_the_vocabulary_and_depend_on_key_and_previous_token():
     vocab = np.arange(49152)
     lists = [WM.is_green(prev, vocab) for prev in (0, 1, 2, 777, 49151)]
