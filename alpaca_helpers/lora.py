@@ -1,0 +1,79 @@
+"""LoRA (peft) for a single-process run: adapters on the frozen base, then merged into a plain folder.
+
+alpaca-lora's recipe in our loop: the base weights stay frozen (in bf16 on a GPU, so LLaMA-7B fits one
+80 GB card with room for activations), small low-rank adapters train in fp32, and at the end they are
+merged into the base weights so that the saved model is an ordinary Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .train_config import TrainConfig, TrainConfigError
+
+ADAPTER_DIR = "adapter"
+
+
+def check_lora(cfg: TrainConfig, world_size: int) -> None:
+    """LoRA here is for one process (one GPU, or the CPU); checked before any model loads."""
+    if not cfg.lora:
+        return
+    if world_size > 1:
+        raise TrainConfigError(f"lora runs on a single process (one GPU or the CPU), not {world_size}: "
+                               "launch 1 process, or train all weights with FSDP across several")
+    if cfg.fsdp == "full_shard" or cfg.cpu_offload:
+        raise TrainConfigError("lora is not combined with FSDP or cpu_offload here: use fsdp=auto, cpu_offload=false")
+    if cfg.lora_r < 1:
+        raise TrainConfigError(f"lora_r must be >= 1, got {cfg.lora_r}")
+
+
+def target_modules(spec: str) -> str | list[str]:
+    """`all-linear` as is, else a comma-separated list of module names (`q_proj,v_proj`)."""
+    spec = spec.strip()
+    return spec if spec == "all-linear" else [name.strip() for name in spec.split(",") if name.strip()]
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """The distinct short names of the model's linear layers (what `lora_target_modules` may name)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
+
+
+def apply_lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """Wrap `model` with LoRA adapters as configured; only the adapters train.
+
+    A target name that matches no layer is an error naming the linear layers that exist.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = target_modules(cfg.lora_target_modules)
+    if isinstance(targets, list):
+        known = set(linear_module_names(model))
+        missing = [t for t in targets if t not in known]
+        if missing or not targets:
+            raise TrainConfigError(f"lora_target_modules {missing or targets} not in this model; its linear "
+                                   f"layers are {linear_module_names(model)} (or use all-linear)")
+    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                        target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    # autocast_adapter_dtype keeps the adapters in fp32 when the frozen base is bf16
+    return get_peft_model(model, config, autocast_adapter_dtype=True)
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    """Number of parameters the optimizer updates."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_adapter_and_merge(model: Any, out: Path) -> nn.Module:
+    """Save the adapters alone (`out/adapter`, safetensors) and return the base model with them merged in."""
+    import os
+    import shutil
+
+    tmp = out / f".{ADAPTER_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
+    os.replace(tmp, out / ADAPTER_DIR)
+    return model.merge_and_unload()
