@@ -34,13 +34,26 @@ def notebook_parameters(notebook: Path) -> set[str]:
     return set(papermill.inspect_notebook(str(notebook)).keys())
 
 
+# What a notebook reads from an earlier notebook of the same course run (its output folder, relative path).
+COURSE_LINKS: dict[str, dict[str, str]] = {
+    "02_dedup_analysis": {"data_path": "01_self_instruct/regen.json"},
+    "06_evaluate": {"model_path": "04_train/model"},
+}
+
+
+def linked_parameters(stem: str, output_dir: Path) -> dict[str, str]:
+    """Parameters pointing a notebook at what earlier notebooks of this course run wrote (when it exists)."""
+    links = COURSE_LINKS.get(stem, {})
+    return {name: str(output_dir / rel) for name, rel in links.items() if (output_dir / rel).exists()}
+
+
 def run_notebook(notebook: Path, output_dir: Path, parameters: dict[str, Any] | None = None,
                  progress: bool = True) -> Path:
     """Execute one notebook with papermill into `output_dir/<name>`; returns the executed copy's path.
 
     Each notebook writes its files into `output_dir/<stem>` (its `output_dir` parameter), so a course
-    run never mixes with the defaults a user gets in JupyterLab. Only parameters the notebook declares
-    are passed.
+    run never mixes with the defaults a user gets in JupyterLab; a notebook that reads an earlier one's
+    output (`COURSE_LINKS`) reads this run's. Only parameters the notebook declares are passed.
     """
     import papermill
 
@@ -48,6 +61,9 @@ def run_notebook(notebook: Path, output_dir: Path, parameters: dict[str, Any] | 
     params = {k: v for k, v in (parameters or {}).items() if k in declared}
     if "output_dir" in declared:
         params.setdefault("output_dir", str(output_dir / notebook.stem))
+    for name, value in linked_parameters(notebook.stem, output_dir).items():
+        if name in declared:
+            params.setdefault(name, value)
     output_dir.mkdir(parents=True, exist_ok=True)
     executed = output_dir / notebook.name
     papermill.execute_notebook(str(notebook), str(executed), parameters=params, cwd=str(notebook.parent),

@@ -103,6 +103,39 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def complete_lines(path: str | os.PathLike) -> str:
+    """A line-oriented file's text up to its last newline ("" if absent).
+
+    Appends are whole lines, so text after the last newline can only be a line torn by a crash: left out.
+    """
+    path = Path(path)
+    if not path.exists():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    return text[: text.rfind("\n") + 1]
+
+
+def append_durable(path: str | os.PathLike, lines: str) -> None:
+    """Append one or more lines (no trailing newline needed) in one write, then fsync.
+
+    A torn last line left by an earlier crash is cut off first, so the new lines start clean. A crash
+    during this call can leave only a prefix of `lines`, the last of them torn (`complete_lines` skips it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                f.seek(0)
+                f.truncate(f.read().rfind(b"\n") + 1)
+        f.seek(0, os.SEEK_END)
+        f.write(lines.rstrip("\n").encode("utf-8") + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def _first_instance(task: Any, where: str) -> Mapping[str, Any]:
     instances = task.get("instances") if isinstance(task, Mapping) else None
     if not isinstance(instances, list) or not instances or not isinstance(instances[0], Mapping):

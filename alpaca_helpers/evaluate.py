@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .data import atomic_write_text
+from .data import append_durable, atomic_write_text, complete_lines
 
 MODEL, REFERENCE = "model", "reference"
 WIN, LOSS, TIE, UNPARSED = "win", "loss", "tie", "unparsed"
@@ -39,37 +39,10 @@ def eval_subset(records: Sequence[Mapping[str, Any]], size: int | None, seed: in
 # Answers
 
 
-def _read_jsonl_lines(path: Path) -> list[dict[str, Any]]:
-    """Complete JSON lines of a file that may end in a torn line (a crash mid-write): that line is ignored."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    if not text.endswith("\n"):
-        lines = lines[:-1]  # torn last line
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def _append_line(path: Path, line: str) -> None:
-    """Append one line and make it durable; first repairs a torn last line left by a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size:
-            f.seek(size - 1)
-            if f.read(1) != b"\n":  # torn line: cut it off so the new line starts clean
-                f.seek(0)
-                data = f.read()
-                f.truncate(data.rfind(b"\n") + 1)
-        f.seek(0, os.SEEK_END)
-        f.write(line.encode("utf-8") + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def read_answers(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Answers saved by `generate_answers`, keyed by item id."""
-    return {row["id"]: row for row in _read_jsonl_lines(Path(path))}
+    rows = [json.loads(line) for line in complete_lines(path).splitlines() if line.strip()]
+    return {row["id"]: row for row in rows}
 
 
 def generate_answers(model: Any, tokenizer: Any, records: Sequence[Mapping[str, Any]], path: str | os.PathLike,
@@ -94,7 +67,7 @@ def generate_answers(model: Any, tokenizer: Any, records: Sequence[Mapping[str, 
             for record, output in zip(chunk, outputs):
                 row = {"id": record["id"], "instruction": record["instruction"], "input": record.get("input", ""),
                        "output": output, "decoding": decoding}
-                _append_line(path, json.dumps(row, ensure_ascii=False))
+                append_durable(path, json.dumps(row, ensure_ascii=False))
                 done[record["id"]] = row
             bar.update(len(chunk))
     return done
@@ -167,10 +140,10 @@ class VoteStore:
         writer = csv.writer(buffer, lineterminator="")
         if not self.path.exists() or self.path.stat().st_size == 0:
             writer.writerow(self.columns)
-            _append_line(self.path, buffer.getvalue())
+            append_durable(self.path, buffer.getvalue())
             buffer.seek(0), buffer.truncate()
         writer.writerow((datetime.now(timezone.utc).isoformat(timespec="seconds"), self.rater, item_id, choice))
-        _append_line(self.path, buffer.getvalue())
+        append_durable(self.path, buffer.getvalue())
 
     def votes(self) -> dict[str, str]:
         """This file's votes by item id (a later vote on the same item replaces an earlier one)."""
@@ -186,13 +159,7 @@ def read_votes(paths: Iterable[str | os.PathLike]) -> list[dict[str, str]]:
     """All complete vote rows of several raters' CSV files (torn last lines are ignored)."""
     rows = []
     for path in paths:
-        path = Path(path)
-        if not path.exists():
-            continue
-        text = path.read_text(encoding="utf-8")
-        if not text.endswith("\n"):
-            text = text[: text.rfind("\n") + 1]
-        rows.extend(row for row in csv.DictReader(io.StringIO(text)) if row.get("choice") in CHOICES)
+        rows.extend(row for row in csv.DictReader(io.StringIO(complete_lines(path))) if row.get("choice") in CHOICES)
     return rows
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import atomic_write_text, load_seed_tasks, save_alpaca
+from .data import append_durable, atomic_write_text, complete_lines, load_seed_tasks, save_alpaca
 from .teacher import Completion, Teacher, TeacherConfig, TeacherError, estimate_cost, price_per_million
 
 NUM_PROMPT_INSTRUCTIONS = 3  # seed tasks shown in each prompt (Alpaca)
@@ -210,33 +210,14 @@ class Checkpoint:
         self._load()
 
     def _load(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        good = 0
-        for line in data.splitlines(keepends=True):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                break
-            if not line.endswith(b"\n"):
-                break
+        for line in complete_lines(self.path).splitlines():
+            entry = json.loads(line)
             (self.records if entry.get("type") == "record" else self.requests).append(entry)
-            good += len(line)
-        if good < len(data):  # drop a torn tail so that appends start on a clean line
-            with open(self.path, "r+b") as f:
-                f.truncate(good)
 
     def append(self, records: Sequence[Mapping[str, Any]], request: Mapping[str, Any]) -> None:
         lines = [json.dumps({"type": "record", **r}, ensure_ascii=False) for r in records]
         lines.append(json.dumps({"type": "request", **request}, ensure_ascii=False))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            os.write(fd, ("\n".join(lines) + "\n").encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        append_durable(self.path, "\n".join(lines))
         self.records.extend({"type": "record", **r} for r in records)
         self.requests.append({"type": "request", **request})
 

@@ -138,6 +138,42 @@ class _Data:
         return self.collator(features)
 
 
+class TrainedPositionsHead:
+    """Makes the LM head compute logits only at positions whose next token is trained.
+
+    Prompt and padding positions carry no loss, yet a plain forward computes their vocabulary-sized logits
+    (49K wide for SmolLM2, 32K for LLaMA) and the cross-entropy over them. A forward pre-hook on the output
+    layer keeps just the trained positions, flattened to one row; the loss is then the same sum over the
+    same tokens. A hook rather than a wrapper keeps parameter names, weight tying and FSDP untouched.
+    """
+
+    def __init__(self, model: Any):
+        self.index: Any = None  # flat (row * length + position) indices, or None for a plain forward
+        model.get_output_embeddings().register_forward_pre_hook(self._select)
+
+    def _select(self, module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if self.index is None:
+            return None
+        hidden = args[0]
+        return (hidden.reshape(-1, hidden.shape[-1]).index_select(0, self.index).unsqueeze(0),) + args[1:]
+
+    def loss(self, model: Any, inputs: dict[str, Any], num_items: float) -> Any:
+        """Sum of the trained tokens' cross-entropy / `num_items` (what `labels=` gives, minus the waste)."""
+        import torch.nn.functional as F
+
+        from .tokenize import IGNORE_INDEX
+
+        labels = inputs["labels"]
+        targets = labels[:, 1:]  # position p predicts token p + 1
+        rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+        self.index = rows * labels.shape[1] + cols
+        try:
+            logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).logits
+        finally:
+            self.index = None
+        return F.cross_entropy(logits[0].float(), targets[rows, cols], reduction="sum") / num_items
+
+
 def _write_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
@@ -222,6 +258,7 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
         shard_model(model, layer_cls, env.device, env.world_size, bf16, cfg.cpu_offload)
     else:
         model.to(env.device)
+    head = TrainedPositionsHead(model) if cfg.logits_on_trained_only else None
     shard_sizes = [0.0] * env.world_size  # parameters each rank holds (the whole model without FSDP)
     shard_sizes[env.rank] = float(sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
                                       for p in model.parameters()))
@@ -290,8 +327,10 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
             with autocast:
                 # Sum over this micro-batch's tokens / (global trained tokens / world): FSDP averages
                 # gradients over ranks, so the step's gradient is that of the global token mean.
-                loss = model(**inputs, use_cache=False,
-                             num_items_in_batch=trained_total / env.world_size).loss
+                if head is not None:
+                    loss = head.loss(model, inputs, trained_total / env.world_size)
+                else:
+                    loss = model(**inputs, use_cache=False, num_items_in_batch=trained_total / env.world_size).loss
             loss.backward()
             loss_sum += loss.item()
             tokens += sum(data.lengths[i] for i in ids)

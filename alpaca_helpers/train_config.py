@@ -61,6 +61,7 @@ class TrainConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "all-linear, or layer names such as q_proj,v_proj"})
+    logits_on_trained_only: bool = field(default=True, metadata={"help": "compute the LM head's logits only where a label is trained (same loss, less work); false = every position"})
     logging_steps: int = field(default=1, metadata={"help": "console line every N steps (the JSONL log has every step)"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final model)"})
     save_total_limit: int = field(default=2, metadata={"help": "keep the last N checkpoints"})

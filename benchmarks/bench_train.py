@@ -1,11 +1,12 @@
 """Training throughput on CPU: our loop vs the original recipe's shape, side by side in one run.
 
-    python benchmarks/bench_train.py                       # default model, 96 seed tasks, 3 steps of 32
-    python benchmarks/bench_train.py --examples 175 --json /tmp/bench_train.json
+    python benchmarks/bench_train.py                       # default model, 175 seed tasks: 4 steps of 32
+    python benchmarks/bench_train.py --examples 120 --json /tmp/bench_train.json
 
 Baseline = the original recipe's shape: Hugging Face `Trainer`, random order, each micro-batch padded to
-its longest example. Ours = `alpaca_helpers.train` (micro-batches grouped by length inside each global
-batch; then also with packing). Same model, data, global batch, micro-batch, schedule and number of
+its longest example. Ours = `alpaca_helpers.train`: micro-batches grouped by length inside each global
+batch, first with the LM head on every position (`ours_grouped_full_head`: grouping alone), then with
+logits only where a label is trained (the default), then also with packing. Same model, data, global batch, micro-batch, schedule and number of
 steps. Reported: trained (response) tokens per second of the training loop (wall and process CPU time,
 the first step left out of both as warm-up), padding share, last-step train loss, and the mean loss of each trained model over all training examples (the same function for
 all runs, so "equal loss" compares like with like).
@@ -94,10 +95,11 @@ def run_trainer(model_dir: str, dataset, tokenizer, args, out: Path) -> dict:
             "padding": 1 - real / padded, "model_dir": str(out / "model")}
 
 
-def run_ours(model_dir: str, data_file: Path, args, out: Path, packing: bool) -> dict:
+def run_ours(model_dir: str, data_file: Path, args, out: Path, packing: bool, trained_head: bool = True) -> dict:
     cfg = make_config(model_name_or_path=model_dir, data_path=str(data_file), model_max_length=args.max_length,
                       global_batch_size=args.global_batch, per_device_train_batch_size=args.micro_batch,
-                      num_train_epochs=1, learning_rate=args.lr, packing=packing, output_dir=str(out))
+                      num_train_epochs=1, learning_rate=args.lr, packing=packing, output_dir=str(out),
+                      logits_on_trained_only=trained_head)
     summary = train(cfg)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     computed = sum(r["tokens"] / (1 - r["padding"]) for r in log)
@@ -123,7 +125,7 @@ def benchmark_data(tokenizer, args, folder: Path) -> tuple[Path, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
-    parser.add_argument("--examples", type=int, default=120, help="seed tasks to start from (cut to whole batches)")
+    parser.add_argument("--examples", type=int, default=175, help="seed tasks to start from (cut to whole batches)")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--global-batch", type=int, default=32)
     parser.add_argument("--micro-batch", type=int, default=4)
@@ -144,6 +146,8 @@ def main() -> None:
               f"(micro-batch {args.micro_batch}), max length {args.max_length}, torch threads {torch.get_num_threads()}")
         results["trainer_random"] = run_trainer(model_dir, dataset, tokenizer, args, tmp / "trainer")
         results["trainer_random"]["trained_tokens"] = trained
+        results["ours_grouped_full_head"] = run_ours(model_dir, data_file, args, tmp / "grouped_full", packing=False,
+                                                     trained_head=False)
         results["ours_grouped"] = run_ours(model_dir, data_file, args, tmp / "grouped", packing=False)
         results["ours_packed"] = run_ours(model_dir, data_file, args, tmp / "packed", packing=True)
         for r in results.values():

@@ -104,3 +104,17 @@ def test_training_data_with_eval_instructions_is_refused():
     with pytest.raises(AlpacaFormatError, match=r"train\.json: 1 record\(s\) repeat evaluation-set instructions "
                                                 r"\(first at index 3\)"):
         check_not_eval_set(leaked, source="train.json")
+
+
+def test_durable_appends_skip_and_repair_a_torn_line(tmp_path):
+    from alpaca_helpers.data import append_durable, complete_lines
+
+    path = tmp_path / "sub" / "log.jsonl"
+    assert complete_lines(path) == ""
+    append_durable(path, '{"a": 1}')
+    append_durable(path, '{"b": 2}\n{"c": 3}')
+    with open(path, "a") as f:
+        f.write('{"d": ')  # what a crash mid-write leaves
+    assert complete_lines(path) == '{"a": 1}\n{"b": 2}\n{"c": 3}\n'
+    append_durable(path, '{"e": 5}')
+    assert path.read_text() == '{"a": 1}\n{"b": 2}\n{"c": 3}\n{"e": 5}\n'

@@ -305,3 +305,34 @@ def test_epoch_mean_loss_groups_steps_by_epoch():
     table = epoch_mean_loss(log)
     assert table["loss"].to_dict() == {1: 2.0, 2: 0.5}
     assert table["first_step"].tolist() == [1, 4] and table["last_step"].tolist() == [3, 6]
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_trained_positions_head_gives_the_full_heads_loss_and_gradients(tiny_model, packing):
+    """Logits only where a label is trained: same loss and gradients as `labels=` on every position."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alpaca_helpers.data import load_seed_tasks
+    from alpaca_helpers.tokenize import AlpacaCollator, build_dataset, pack_features
+    from alpaca_helpers.train import TrainedPositionsHead
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rows = build_dataset(load_seed_tasks()[:6], tok, max_length=256).dataset
+    features = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
+    if packing:
+        features = pack_features(features, sum(len(f["input_ids"]) for f in features))
+    batch = AlpacaCollator(pad_token_id=tok.pad_token_id)(features)
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    grads = []
+    for selective in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+        if selective:
+            loss = TrainedPositionsHead(model).loss(model, batch, n)
+        else:
+            loss = model(**batch, use_cache=False, num_items_in_batch=n).loss
+        loss.backward()
+        grads.append((loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-6, rtol=1e-5)
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], g, atol=1e-6, rtol=1e-4)
+    assert model(**{k: v for k, v in batch.items() if k != "labels"}).logits.shape[1] == batch["input_ids"].shape[1]
