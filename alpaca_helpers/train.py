@@ -216,8 +216,9 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
     from .lora import ADAPTER_DIR, apply_lora, save_adapter_and_merge, trainable_parameters
     from .models import resolve_model
     from .tokenize import build_dataset, ensure_pad_token
-    from .train_dist import (all_reduce_sum, barrier, find_layer_class, latest_checkpoint, load_checkpoint,
-                             save_checkpoint, save_hf_folder, shard_model)
+    from .train_dist import (all_reduce_sum, barrier, broadcast_weights, find_layer_class, latest_checkpoint,
+                             load_checkpoint, load_model_for_sharding, save_checkpoint, save_hf_folder,
+                             shard_model)
 
     datasets.disable_progress_bars()  # one progress bar per run: ours
     transformers.utils.logging.disable_progress_bar()
@@ -244,7 +245,13 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
     # LoRA on a GPU keeps the frozen base in bf16 (the adapters train in fp32); full fine-tuning keeps
     # fp32 master weights (FSDP's mixed precision or autocast computes in bf16).
     base_dtype = torch.bfloat16 if cfg.lora and bf16 else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=base_dtype)
+    # Other ranks get their shards from rank 0's copy. Not with cpu_offload, whose offloaded shards must be
+    # materialised in CPU memory: there every rank loads, as the original recipe did.
+    from_rank0 = use_fsdp and env.world_size > 1 and not cfg.cpu_offload
+    if from_rank0:
+        model = load_model_for_sharding(model_path, base_dtype, env.is_main)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=base_dtype)
     pad_id = ensure_pad_token(tokenizer, model)
     data = _Data(built.dataset, pad_id, cfg.packing, cfg.model_max_length)
     model.config.use_cache = False
@@ -255,7 +262,11 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = trainable_parameters(model)
     if use_fsdp:
+        full_state = model.state_dict() if from_rank0 and env.is_main else {}
         shard_model(model, layer_cls, env.device, env.world_size, bf16, cfg.cpu_offload)
+        if from_rank0:
+            broadcast_weights(model, full_state, env.device, env.is_main)
+            del full_state
     else:
         model.to(env.device)
     head = TrainedPositionsHead(model) if cfg.logits_on_trained_only else None
@@ -263,6 +274,8 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
     shard_sizes[env.rank] = float(sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
                                       for p in model.parameters()))
     shard_sizes = [int(x) for x in all_reduce_sum(shard_sizes, env.device)]
+    # How many ranks read the full weights from disk (1 with several processes: rank 0 alone).
+    full_loads = int(all_reduce_sum([float(env.is_main or not from_rank0)], env.device)[0])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and not use_fsdp) if on_gpu \
         else torch.autocast("cpu", enabled=False)
 
@@ -379,6 +392,7 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
                "final_loss": last.get("loss"), "examples": len(data.lengths), "world_size": env.world_size,
                "fsdp": use_fsdp, "layer_class": layer_cls.__name__, "parameters": n_params,
                "trainable_parameters": n_trainable, "lora": cfg.lora, "adapter_dir": None,
+               "ranks_that_loaded_full_weights": full_loads,
                "parameters_per_rank": shard_sizes,
                "train_seconds": round(time.perf_counter() - run_start, 2),
                "tokens_per_s": totals["tokens"] / totals["seconds"] if totals["seconds"] else None,

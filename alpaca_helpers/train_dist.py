@@ -136,6 +136,34 @@ def shard_model(model: nn.Module, layer_cls: type[nn.Module], device: torch.devi
     return len(units)
 
 
+def load_model_for_sharding(model_path: str, dtype: torch.dtype, is_main: bool) -> nn.Module:
+    """Rank 0 loads the weights (on CPU); every other rank builds a weightless skeleton on the meta device.
+
+    The node then holds one full copy of the weights instead of one per rank (8 × 28 GB for LLaMA-7B in
+    fp32); `broadcast_weights` fills the other ranks' shards after `shard_model`.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if is_main:
+        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path), dtype=dtype)
+
+
+def broadcast_weights(model: nn.Module, full_state: dict[str, torch.Tensor], device: torch.device,
+                      is_main: bool) -> None:
+    """After sharding: give each rank its shard of rank 0's `full_state` (empty on other ranks), and
+    rank 0's buffers (such as rotary frequencies, which no state dict carries). Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    if not is_main:
+        model.to_empty(device=device)  # real, uninitialised storage for the meta skeleton's shards
+    set_model_state_dict(model, full_state if is_main else {},
+                         options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole model's weights gathered on rank 0 in CPU memory (empty dict on other ranks)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
