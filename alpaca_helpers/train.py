@@ -387,12 +387,15 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
                             {"epoch": record["epoch"], "world_size": env.world_size, "config": vars(cfg)},
                             env.rank, cfg.save_total_limit)
     bar.close()
+    peak_per_rank = [0.0] * env.world_size
+    peak_per_rank[env.rank] = peak_memory_gb(env.device)
+    peak_per_rank = [round(x, 3) for x in all_reduce_sum(peak_per_rank, env.device)]
     finished = bool(last) and last["step"] == steps
     summary = {"steps": last.get("step", start), "total_steps": steps, "finished": finished,
                "final_loss": last.get("loss"), "examples": len(data.lengths), "world_size": env.world_size,
                "fsdp": use_fsdp, "layer_class": layer_cls.__name__, "parameters": n_params,
                "trainable_parameters": n_trainable, "lora": cfg.lora, "adapter_dir": None,
-               "ranks_that_loaded_full_weights": full_loads,
+               "ranks_that_loaded_full_weights": full_loads, "peak_memory_gb_per_rank": peak_per_rank,
                "parameters_per_rank": shard_sizes,
                "train_seconds": round(time.perf_counter() - run_start, 2),
                "tokens_per_s": totals["tokens"] / totals["seconds"] if totals["seconds"] else None,

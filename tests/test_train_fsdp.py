@@ -73,6 +73,7 @@ def test_each_rank_holds_a_shard(runs):
     assert len(per_rank) == 2 and sum(per_rank) == summary["parameters"]
     assert all(0.4 * summary["parameters"] < n < 0.6 * summary["parameters"] for n in per_rank)
     assert summary["ranks_that_loaded_full_weights"] == 1  # rank 1 built a meta skeleton, filled by broadcast
+    assert len(summary["peak_memory_gb_per_rank"]) == 2 and min(summary["peak_memory_gb_per_rank"]) > 0
     ckpt = sharded / "checkpoint-2"
     assert sorted(p.name for p in (ckpt / "model_optim").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
     assert {"rng_rank0.safetensors", "rng_rank1.safetensors", "scheduler.json", "trainer_state.json"} <= {
