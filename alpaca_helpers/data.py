@@ -56,14 +56,27 @@ def _read_json_objects(path: Path) -> list[tuple[str, Any]]:
         except json.JSONDecodeError as e:
             raise AlpacaFormatError(f"{path}: line {e.lineno}: malformed JSON ({e.msg})") from None
         return [(f"{path}: index {i}", item) for i, item in enumerate(items)]
+    try:
+        return [(f"{path}: line {lineno}", obj) for lineno, obj in _json_lines(text, path)]
+    except ValueError as e:
+        raise AlpacaFormatError(str(e)) from None
+
+
+def _json_lines(text: str, path: Path) -> list[tuple[int, Any]]:
+    """(line number, object) for each non-blank line of JSONL text; a malformed line is a ValueError
+    naming the file and line.
+
+    Lines end at "\n" only: JSON written with ensure_ascii=False may hold U+2028 or U+0085 inside a
+    string, where str.splitlines would also break.
+    """
     objects = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            objects.append((f"{path}: line {lineno}", json.loads(line)))
+            objects.append((lineno, json.loads(line)))
         except json.JSONDecodeError as e:
-            raise AlpacaFormatError(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
+            raise ValueError(f"{path}: line {lineno}: malformed JSON ({e.msg})") from None
     return objects
 
 
@@ -113,6 +126,11 @@ def complete_lines(path: str | os.PathLike) -> str:
         return ""
     text = path.read_text(encoding="utf-8")
     return text[: text.rfind("\n") + 1]
+
+
+def read_complete_jsonl(path: str | os.PathLike) -> list[Any]:
+    """The objects of a JSONL file written by `append_durable` (a line torn by a crash is left out)."""
+    return [obj for _, obj in _json_lines(complete_lines(path), Path(path))]
 
 
 def append_durable(path: str | os.PathLike, lines: str) -> None:

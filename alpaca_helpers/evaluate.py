@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .data import append_durable, atomic_write_text, complete_lines
+from .data import append_durable, atomic_write_text, complete_lines, read_complete_jsonl
 
 MODEL, REFERENCE = "model", "reference"
 WIN, LOSS, TIE, UNPARSED = "win", "loss", "tie", "unparsed"
@@ -41,8 +41,7 @@ def eval_subset(records: Sequence[Mapping[str, Any]], size: int | None, seed: in
 
 def read_answers(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
     """Answers saved by `generate_answers`, keyed by item id."""
-    rows = [json.loads(line) for line in complete_lines(path).splitlines() if line.strip()]
-    return {row["id"]: row for row in rows}
+    return {row["id"]: row for row in read_complete_jsonl(path)}
 
 
 def generate_answers(model: Any, tokenizer: Any, records: Sequence[Mapping[str, Any]], path: str | os.PathLike,

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import append_durable, atomic_write_text, complete_lines, load_seed_tasks, save_alpaca
+from .data import append_durable, atomic_write_text, load_seed_tasks, read_complete_jsonl, save_alpaca
 from .teacher import Completion, Teacher, TeacherConfig, TeacherError, estimate_cost, price_per_million
 
 NUM_PROMPT_INSTRUCTIONS = 3  # seed tasks shown in each prompt (Alpaca)
@@ -210,8 +210,7 @@ class Checkpoint:
         self._load()
 
     def _load(self) -> None:
-        for line in complete_lines(self.path).splitlines():
-            entry = json.loads(line)
+        for entry in read_complete_jsonl(self.path):
             (self.records if entry.get("type") == "record" else self.requests).append(entry)
 
     def append(self, records: Sequence[Mapping[str, Any]], request: Mapping[str, Any]) -> None:

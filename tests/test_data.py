@@ -118,3 +118,18 @@ def test_durable_appends_skip_and_repair_a_torn_line(tmp_path):
     assert complete_lines(path) == '{"a": 1}\n{"b": 2}\n{"c": 3}\n'
     append_durable(path, '{"e": 5}')
     assert path.read_text() == '{"a": 1}\n{"b": 2}\n{"c": 3}\n{"e": 5}\n'
+
+
+def test_jsonl_lines_end_at_newline_only(tmp_path):
+    """U+2028 and U+0085 stay raw in JSON written with ensure_ascii=False; str.splitlines would cut there."""
+    import json
+
+    from alpaca_helpers.data import append_durable, read_complete_jsonl
+
+    records = [{"instruction": "Split\u2028here?", "input": "", "output": "next\x85line \u2029 end"}]
+    assert load_alpaca(save_alpaca(records, tmp_path / "odd.jsonl")) == records
+    append_durable(tmp_path / "log.jsonl", json.dumps(records[0], ensure_ascii=False))
+    assert read_complete_jsonl(tmp_path / "log.jsonl") == records
+    (tmp_path / "bad.jsonl").write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl: line 2: malformed JSON"):
+        read_complete_jsonl(tmp_path / "bad.jsonl")
