@@ -50,11 +50,11 @@ def apply_lora(model: nn.Module, cfg: TrainConfig) -> nn.Module:
 
     targets = target_modules(cfg.lora_target_modules)
     if isinstance(targets, list):
-        known = set(linear_module_names(model))
+        known = linear_module_names(model)
         missing = [t for t in targets if t not in known]
         if missing or not targets:
             raise TrainConfigError(f"lora_target_modules {missing or targets} not in this model; its linear "
-                                   f"layers are {linear_module_names(model)} (or use all-linear)")
+                                   f"layers are {known} (or use all-linear)")
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                         target_modules=targets, bias="none", task_type="CAUSAL_LM")
     # autocast_adapter_dtype keeps the adapters in fp32 when the frozen base is bf16
@@ -68,12 +68,8 @@ def trainable_parameters(model: nn.Module) -> int:
 
 def save_adapter_and_merge(model: Any, out: Path) -> nn.Module:
     """Save the adapters alone (`out/adapter`, safetensors) and return the base model with them merged in."""
-    import os
-    import shutil
+    from .data import atomic_folder
 
-    tmp = out / f".{ADAPTER_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)
-    os.replace(tmp, out / ADAPTER_DIR)
+    with atomic_folder(out / ADAPTER_DIR) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
     return model.merge_and_unload()

@@ -12,10 +12,9 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
+from .data import atomic_folder
 from .paths import REPO_ROOT, cache_dir
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -99,16 +98,9 @@ def default_model(cache: str | os.PathLike | None = None) -> Path:
     with FileLock(str(root / f"{DEFAULT_MODEL_NAME}.lock")):
         if _is_converted(folder, manifest):
             return folder
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{DEFAULT_MODEL_NAME}."))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared like the Hub cache
-        try:
+        with atomic_folder(folder) as tmp:
             convert_gguf(source, tmp)
             (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(tmp, folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

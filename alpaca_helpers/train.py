@@ -217,8 +217,8 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
     from .models import resolve_model
     from .tokenize import build_dataset, ensure_pad_token
     from .train_dist import (all_reduce_sum, barrier, broadcast_weights, find_layer_class, latest_checkpoint,
-                             load_checkpoint, load_model_for_sharding, save_checkpoint, save_hf_folder,
-                             shard_model)
+                             load_checkpoint, load_model_for_sharding, per_rank, save_checkpoint,
+                             save_hf_folder, shard_model)
 
     datasets.disable_progress_bars()  # one progress bar per run: ours
     transformers.utils.logging.disable_progress_bar()
@@ -270,12 +270,9 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
     else:
         model.to(env.device)
     head = TrainedPositionsHead(model) if cfg.logits_on_trained_only else None
-    shard_sizes = [0.0] * env.world_size  # parameters each rank holds (the whole model without FSDP)
-    shard_sizes[env.rank] = float(sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
-                                      for p in model.parameters()))
-    shard_sizes = [int(x) for x in all_reduce_sum(shard_sizes, env.device)]
-    # How many ranks read the full weights from disk (1 with several processes: rank 0 alone).
-    full_loads = int(all_reduce_sum([float(env.is_main or not from_rank0)], env.device)[0])
+    held = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+    # parameters each rank holds (the whole model without FSDP)
+    shard_sizes = [int(x) for x in per_rank(held, env.rank, env.world_size, env.device)]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and not use_fsdp) if on_gpu \
         else torch.autocast("cpu", enabled=False)
 
@@ -387,15 +384,14 @@ def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[
                             {"epoch": record["epoch"], "world_size": env.world_size, "config": vars(cfg)},
                             env.rank, cfg.save_total_limit)
     bar.close()
-    peak_per_rank = [0.0] * env.world_size
-    peak_per_rank[env.rank] = peak_memory_gb(env.device)
-    peak_per_rank = [round(x, 3) for x in all_reduce_sum(peak_per_rank, env.device)]
+    peak_per_rank = [round(x, 3) for x in per_rank(peak_memory_gb(env.device), env.rank, env.world_size, env.device)]
     finished = bool(last) and last["step"] == steps
     summary = {"steps": last.get("step", start), "total_steps": steps, "finished": finished,
                "final_loss": last.get("loss"), "examples": len(data.lengths), "world_size": env.world_size,
                "fsdp": use_fsdp, "layer_class": layer_cls.__name__, "parameters": n_params,
                "trainable_parameters": n_trainable, "lora": cfg.lora, "adapter_dir": None,
-               "ranks_that_loaded_full_weights": full_loads, "peak_memory_gb_per_rank": peak_per_rank,
+               "ranks_that_loaded_full_weights": 1 if from_rank0 else env.world_size,
+               "peak_memory_gb_per_rank": peak_per_rank,
                "parameters_per_rank": shard_sizes,
                "train_seconds": round(time.perf_counter() - run_start, 2),
                "tokens_per_s": totals["tokens"] / totals["seconds"] if totals["seconds"] else None,

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .data import atomic_write_text
+from .data import atomic_folder, atomic_write_text
 
 CHECKPOINT_PREFIX = "checkpoint-"
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -85,6 +85,13 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def per_rank(value: float, rank: int, world_size: int, device: torch.device) -> list[float]:
+    """Every process's `value`, in rank order, on every process (collective)."""
+    values = [0.0] * world_size
+    values[rank] = float(value)
+    return all_reduce_sum(values, device)
 
 
 def find_layer_class(model: nn.Module, name: str | None = None) -> type[nn.Module]:
@@ -191,15 +198,11 @@ def save_hf_folder(model: nn.Module, tokenizer: Any, folder: Path, dtype: torch.
         barrier()
         return None
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    tmp = folder.parent / f".{folder.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
     model.config.use_cache = True
     model.config.dtype = dtype
-    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    with atomic_folder(folder) as tmp:
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     barrier()
     return folder
 

@@ -133,3 +133,17 @@ def test_jsonl_lines_end_at_newline_only(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(ValueError, match=r"bad.jsonl: line 2: malformed JSON"):
         read_complete_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
+    from alpaca_helpers.data import atomic_folder
+
+    target = tmp_path / "model"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target) as tmp:
+            (tmp / "a.txt").write_text("half")
+            raise RuntimeError("killed mid-save")
+    assert (target / "a.txt").read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folder left behind
