@@ -4,6 +4,9 @@ Alpaca format: a JSON list (or JSONL, one object a line) of records with string 
 `instruction`, `input` (may be missing or empty) and `output`. Extra fields are kept.
 Every problem is a one-line `AlpacaFormatError` naming the file, the line or index, and the field:
 nothing is skipped silently.
+
+`load_source` reads Alpaca records from whatever a user names: `seed`, a local file or folder, or a Hub
+dataset (`tatsu-lab/alpaca`, `yahma/alpaca-cleaned:train`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .paths import data_dir
+from .paths import REPO_ROOT, data_dir
 
 FIELDS = ("instruction", "input", "output")
 SEED_FILE = "seed_tasks.jsonl"
@@ -88,6 +91,123 @@ def load_alpaca(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     return [validate_record(obj, where) for where, obj in _read_json_objects(path)]
+
+
+class DataSourceError(ValueError):
+    """A `data_path` that names nothing loadable (no such file, unreachable Hub name, unknown format)."""
+
+
+TABULAR_SUFFIXES = {".parquet": "parquet", ".csv": "csv"}
+JSON_SUFFIXES = {".json", ".jsonl"}
+
+
+def parse_columns(columns: str | Mapping[str, str] | None) -> dict[str, str]:
+    """`instruction=prompt,output=completion` (or a mapping) as {Alpaca field: dataset column}."""
+    if not columns:
+        return {}
+    if isinstance(columns, str):
+        pairs = [part.split("=", 1) for part in columns.split(",") if part.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise DataSourceError(f"data_columns {columns!r}: expected field=column pairs, e.g. "
+                                  "instruction=prompt,output=completion")
+        columns = {k.strip(): v.strip() for k, v in pairs}
+    unknown = sorted(set(columns) - set(FIELDS))
+    if unknown:
+        raise DataSourceError(f"data_columns: {unknown} are not Alpaca fields (use {', '.join(FIELDS)})")
+    return dict(columns)
+
+
+def _rows_to_records(rows: Iterable[Mapping[str, Any]], where: str, columns: Mapping[str, str]) -> list[dict[str, Any]]:
+    records = []
+    for i, row in enumerate(rows):
+        if columns and isinstance(row, Mapping):
+            missing = [c for c in columns.values() if c not in row]
+            if missing:
+                raise DataSourceError(f"{where}: row {i}: no column {missing[0]!r} (columns: {', '.join(row)})")
+            row = {**{k: v for k, v in row.items() if k not in columns.values()},
+                   **{field: row[column] for field, column in columns.items()}}
+        records.append(validate_record(row, f"{where}: row {i}"))
+    return records
+
+
+def _local_path(data_path: str) -> Path | None:
+    """An existing local file or folder: as given (from the working directory), else from the repository root."""
+    for candidate in (Path(data_path).expanduser(), REPO_ROOT / data_path):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _looked_in() -> list[str]:
+    return list(dict.fromkeys([str(Path.cwd()), str(REPO_ROOT)]))
+
+
+def _dataset_split(loaded: Any, split: str | None, where: str) -> Any:
+    """One split of what `datasets` returned (a Dataset, or a DatasetDict: `train` unless named)."""
+    if not hasattr(loaded, "keys"):
+        return loaded
+    name = split or ("train" if "train" in loaded else next(iter(loaded), None))
+    if name not in loaded:
+        raise DataSourceError(f"{where}: no split {name!r} (splits: {', '.join(loaded) or 'none'})")
+    return loaded[name]
+
+
+def _load_folder(folder: Path, split: str | None) -> Any:
+    import datasets
+
+    if (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file():
+        return _dataset_split(datasets.load_from_disk(str(folder)), split, str(folder))
+    return datasets.load_dataset(str(folder), split=split or "train")  # a folder laid out like a Hub repo
+
+
+def _load_hub(name: str, split: str | None) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # offline, typo, private, no such split: one line, whatever datasets raised
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        offline = "; HF_HUB_OFFLINE is set, so the Hub was not asked" if os.environ.get("HF_HUB_OFFLINE", "").lower() \
+            in {"1", "true", "yes", "on"} else ""
+        raise DataSourceError(
+            f"{name}: not a local file or folder (looked in {' and '.join(_looked_in())}) and not loadable as a "
+            f"Hub dataset ({reason}){offline}") from None
+
+
+def load_source(data_path: str, columns: str | Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Alpaca records from `seed`, a local `.json`/`.jsonl`/`.parquet`/`.csv` file, a local folder (a
+    `save_to_disk` folder or a Hub-repo layout) or a Hub dataset name with an optional `:split`.
+
+    Every record is validated (`validate_record`, errors name the row); extra fields are kept. `columns`
+    maps Alpaca fields to differently named columns. No evaluation-set check here: callers that train add it.
+    """
+    mapping = parse_columns(columns)
+    if data_path == "seed":
+        return load_seed_tasks()
+    local = _local_path(data_path)
+    if local is not None and local.is_file():
+        if local.suffix in JSON_SUFFIXES:
+            return _rows_to_records((obj for _, obj in _read_json_objects(local)), str(local), mapping)
+        if local.suffix not in TABULAR_SUFFIXES:
+            raise DataSourceError(f"{local}: unknown data format (use .json, .jsonl, .parquet, .csv, a folder "
+                                  "or a Hub dataset name)")
+        import datasets
+
+        rows = datasets.load_dataset(TABULAR_SUFFIXES[local.suffix], data_files=str(local), split="train")
+        return _rows_to_records(rows, str(local), mapping)
+    if local is not None:
+        return _rows_to_records(_load_folder(local, None), str(local), mapping)
+    name, _, split = data_path.partition(":")
+    return _rows_to_records(_load_hub(name, split or None), data_path, mapping)
+
+
+def source_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """How many records came from each `source` (e.g. seed, self-instruct); {} when none carries one."""
+    counts: dict[str, int] = {}
+    for r in records:
+        if "source" in r:
+            counts[str(r["source"])] = counts.get(str(r["source"]), 0) + 1
+    return counts
 
 
 def save_alpaca(records: Iterable[Mapping[str, Any]], path: str | os.PathLike) -> Path:

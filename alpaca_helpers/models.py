@@ -120,7 +120,25 @@ def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} exists but has no config.json: not a Hugging Face model folder")
         return str(path.resolve())
+    if path.is_absolute() or str(name_or_path).startswith((".", "~")):
+        raise FileNotFoundError(f"{name_or_path}: no such model folder")
     return str(name_or_path)
+
+
+def load_model_config(name_or_path: str | os.PathLike | None = None):
+    """`resolve_model` and the model's config (no weights), with a one-line error for a name that is
+    neither a local folder nor loadable from the Hub (offline, typo, private)."""
+    from transformers import AutoConfig
+
+    resolved = resolve_model(name_or_path)
+    try:
+        return resolved, AutoConfig.from_pretrained(resolved)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        offline = "; HF_HUB_OFFLINE is set, so the Hub was not asked" if os.environ.get(
+            "HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"} else ""
+        raise FileNotFoundError(f"{name_or_path}: not a local model folder (looked in {Path.cwd()} and "
+                                f"{REPO_ROOT}) and not loadable from the Hub ({reason}){offline}") from None
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -20,17 +20,19 @@ always present and trained.
 pad id, so a tokenizer whose pad equals its eos (the default model: both `<|im_end|>`, id 2) still trains
 the real eos.
 
-Packing: `pack_dataset` puts several examples in one row with `position_ids` restarting at 0 for each;
+Packing: `pack_features` puts several examples in one row with `position_ids` restarting at 0 for each;
 the collator then leaves `attention_mask` out, which is how transformers (5.x) recognises packed rows and
 builds a block-diagonal causal mask, *provided the forward pass runs with `use_cache=False`* (with a
-cache, the detection is skipped and examples would see each other). `packed_attention_mask` builds the
-explicit 4D mask for code paths that need one.
+cache, the detection is skipped and examples would see each other).
+
+Batching (used by training and shown in notebook 03): `global_batches` is the seeded order of each epoch's
+global batches; `micro_batches` cuts one global batch into micro-batches, grouping similar lengths when
+asked. Grouping inside a global batch leaves the step's gradient unchanged and removes most padding.
 """
 
 from __future__ import annotations
 
 import bisect
-import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -279,14 +281,12 @@ class AlpacaCollator:
 
     Plain rows get an `attention_mask`. Packed rows (features with `position_ids`) get `position_ids`
     (padding continues as its own short sequence) and no 2D mask, so that transformers builds the
-    block-diagonal mask from the position restarts (run the model with `use_cache=False`); with
-    `packed_4d_mask=True` they get an explicit 4D additive mask instead (`packed_attention_mask`).
+    block-diagonal mask from the position restarts (run the model with `use_cache=False`).
     Other keys (example_id, truncated, ...) are ignored.
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
-    packed_4d_mask: bool = False
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import torch
@@ -314,25 +314,7 @@ class AlpacaCollator:
             batch["attention_mask"] = mask
             return batch
         batch["position_ids"] = positions
-        if self.packed_4d_mask:
-            batch["attention_mask"] = packed_attention_mask(positions)
         return batch
-
-
-def packed_attention_mask(position_ids, dtype=None):
-    """4D additive mask (batch, 1, q, k) for packed rows: causal, and no attention across examples
-    (a new example starts wherever `position_ids` does not continue by +1). 0 = attend, dtype min = not."""
-    import torch
-
-    dtype = dtype or torch.float32
-    first = position_ids[:, :1] - 1
-    seq = (torch.diff(position_ids, prepend=first, dim=-1) != 1).cumsum(-1)
-    n = position_ids.shape[1]
-    causal = torch.ones(n, n, dtype=torch.bool, device=position_ids.device).tril()
-    allowed = (seq[:, :, None] == seq[:, None, :]) & causal
-    out = torch.zeros(allowed.shape, dtype=dtype, device=position_ids.device)
-    out.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return out[:, None]
 
 
 # ---------------------------------------------------------------- display
@@ -441,37 +423,22 @@ def pack_features(features: Sequence[Mapping[str, Any]], max_length: int = DEFAU
     return rows
 
 
-def pack_dataset(dataset, max_length: int = DEFAULT_MAX_LENGTH):
-    """`pack_features` over a tokenized `datasets.Dataset`, returned as a new Dataset of packed rows."""
-    from datasets import Dataset
+def global_batches(num_examples: int, global_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's global batches: a seeded random permutation cut into full batches (same on every rank).
+    The last incomplete batch is dropped."""
+    import torch
 
-    cols = ["input_ids", "labels"] + (["example_id"] if "example_id" in dataset.column_names else [])
-    features = dataset.select_columns(cols).to_list()
-    return Dataset.from_list(pack_features(features, max_length))
-
-
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int = 0,
-                           mega_batch_mult: int = 50) -> list[list[int]]:
-    """Batches of similar lengths in random order (like transformers' `group_by_length`): shuffle,
-    cut into mega-batches of `mega_batch_mult * batch_size`, sort each by length, slice into batches,
-    then shuffle the batches."""
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    mega = batch_size * mega_batch_mult
-    batches = []
-    for start in range(0, len(order), mega):
-        chunk = sorted(order[start:start + mega], key=lambda i: -lengths[i])
-        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(num_examples, generator=gen).tolist()
+    steps = num_examples // global_batch_size
+    return [order[i * global_batch_size:(i + 1) * global_batch_size] for i in range(steps)]
 
 
-def random_batches(n: int, batch_size: int, seed: int = 0) -> list[list[int]]:
-    """Shuffled indices cut into batches (the usual random order)."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    return [order[j:j + batch_size] for j in range(0, n, batch_size)]
+def micro_batches(batch: Sequence[int], lengths: Sequence[int], size: int, group_by_length: bool) -> list[list[int]]:
+    """One global batch cut into micro-batches of `size`; with `group_by_length`, longest first, so that
+    each micro-batch holds similar lengths (the global batch, hence the gradient, is unchanged)."""
+    ids = sorted(batch, key=lambda i: (-lengths[i], i)) if group_by_length else list(batch)
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
 
 
 def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]],
@@ -487,7 +454,7 @@ def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]],
 
 __all__ = [
     "IGNORE_INDEX", "DEFAULT_MAX_LENGTH", "AlpacaCollator", "alpaca_original_tokenize", "original_recipe_fault", "AlpacaFormatError", "BuiltDataset", "TokenizeStats",
-    "build_dataset", "check_tokenizer", "dataset_features", "label_html", "ensure_pad_token", "length_grouped_batches", "pack_dataset",
-    "pack_features", "pack_lengths", "packed_attention_mask", "padding_waste", "random_batches",
+    "build_dataset", "check_tokenizer", "dataset_features", "label_html", "ensure_pad_token", "global_batches", "micro_batches",
+    "pack_features", "pack_lengths", "padding_waste",
     "resize_embeddings_mean", "special_prefix", "tokenize_batch", "tokenize_example", "validate_records",
 ]

@@ -3,7 +3,10 @@
     accelerate launch -m alpaca_helpers.train --config configs/cpu_default.yaml          # laptop CPU
     accelerate launch --multi_gpu --num_processes 2 -m alpaca_helpers.train ...          # 2 CPU procs (gloo)
     accelerate launch --multi_gpu --num_processes 8 -m alpaca_helpers.train \\
-        --config configs/alpaca_7b.yaml --model_name_or_path /models/llama-7b --data_path alpaca_data.json
+        --config configs/alpaca_7b.yaml --model_name_or_path huggyllama/llama-7b --data_path tatsu-lab/alpaca
+
+The recipe reads as torchtune's do: `Recipe.setup` (precision, model and sharding, data, optimizer and
+schedule, resume), then `Recipe.run`, whose loop calls `train_step`, `evaluate`, `log` and the saves.
 
 What differs from the original recipe's `Trainer` run, and why:
 - The loss of a step is the mean over the trained (response) tokens of the whole global batch, whatever
@@ -12,9 +15,12 @@ What differs from the original recipe's `Trainer` run, and why:
   default): the global batch and hence the gradient are unchanged, the padding work mostly goes away.
   `packing` removes the rest by concatenating a micro-batch's examples into rows.
 - The last incomplete global batch of each epoch is dropped.
+- `val_set_size` holds out examples; their loss (same masking) is measured every `eval_steps`, at the end
+  of each epoch and of the run.
 
-Outputs in `output_dir`: `train_log.jsonl` (one line per step), `checkpoint-<step>/` (with `save_steps`),
-`model/` (a plain Hugging Face folder) and `train_summary.json`.
+Outputs in `output_dir`: `train_log.jsonl` (one row per step, with `eval_loss` when measured),
+`checkpoint-<step>/` (with `save_steps`), `model/` (a plain Hugging Face folder), `train_summary.json`,
+and `tensorboard/` or `wandb/` with `report_to`.
 """
 
 from __future__ import annotations
@@ -24,12 +30,13 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .train_config import (BatchPlan, TrainConfig, TrainConfigError, output_path, parse_config, plan_batch,
-                           total_steps, warmup_steps)
+from .train_config import (RunPlan, TrainConfig, TrainConfigError, check_run, output_path, parse_config,
+                           report_targets, total_steps, warmup_steps)
 
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
@@ -42,41 +49,6 @@ PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e1
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the batch's example ids."""
-
-
-def load_records(data_path: str, max_examples: int | None = None) -> list[dict[str, Any]]:
-    """Training records: an Alpaca JSON/JSONL file, or `seed` for the 175 seed tasks.
-
-    A file that contains evaluation-set tasks is refused (`check_not_eval_set`): notebook 06 compares on them.
-    """
-    from .data import check_not_eval_set, load_alpaca, load_seed_tasks
-    from .paths import resolve
-
-    records = load_seed_tasks() if data_path == "seed" else load_alpaca(resolve(data_path))
-    check_not_eval_set(records, source=data_path)
-    return records[:max_examples] if max_examples is not None else records
-
-
-def global_batches(num_examples: int, global_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The epoch's global batches: a seeded random permutation cut into full batches (same on every rank)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-    order = torch.randperm(num_examples, generator=gen).tolist()
-    steps = num_examples // global_batch_size
-    return [order[i * global_batch_size:(i + 1) * global_batch_size] for i in range(steps)]
-
-
-def rank_micro_batches(batch: Sequence[int], lengths: Sequence[int], plan: BatchPlan, rank: int,
-                       group_by_length: bool) -> list[list[int]]:
-    """This rank's micro-batches of one global batch.
-
-    With `group_by_length` the global batch is sorted by length before being cut, so each micro-batch
-    holds similar lengths; micro-batches are dealt to ranks round-robin, which also balances their work.
-    """
-    ids = sorted(batch, key=lambda i: (-lengths[i], i)) if group_by_length else list(batch)
-    micro = [ids[i:i + plan.per_device] for i in range(0, len(ids), plan.per_device)]
-    return micro[rank::plan.world_size]
 
 
 def flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: float, frozen: bool = False) -> float:
@@ -106,36 +78,6 @@ def peak_memory_gb(device: Any) -> float:
     if getattr(device, "type", "cpu") == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
-def _flag(value: str, default: bool) -> bool:
-    return default if value == "auto" else value == "true"
-
-
-class _Data:
-    """Tokenized columns held as Python lists, and micro-batch collation (padding or packing)."""
-
-    def __init__(self, dataset: Any, pad_id: int, packing: bool, max_length: int):
-        from .tokenize import IGNORE_INDEX, AlpacaCollator
-
-        self.input_ids = dataset["input_ids"]
-        self.labels = dataset["labels"]
-        self.example_ids = dataset["example_id"]
-        self.lengths = [len(x) for x in self.input_ids]
-        # Trained tokens: labels the model predicts (the first position is never predicted).
-        self.trained = [sum(1 for t in lab[1:] if t != IGNORE_INDEX) for lab in self.labels]
-        self.collator = AlpacaCollator(pad_token_id=pad_id)
-        self.packing = packing
-        self.max_length = max_length
-
-    def collate(self, ids: Sequence[int]) -> dict[str, Any]:
-        from .tokenize import pack_features
-
-        features = [{"input_ids": self.input_ids[i], "labels": self.labels[i], "example_id": self.example_ids[i]}
-                    for i in ids]
-        if self.packing:  # one row per micro-batch: no padding; position_ids keep examples apart
-            features = pack_features(features, sum(len(f["input_ids"]) for f in features))
-        return self.collator(features)
 
 
 class TrainedPositionsHead:
@@ -174,31 +116,18 @@ class TrainedPositionsHead:
         return F.cross_entropy(logits[0].float(), targets[rows, cols], reduction="sum") / num_items
 
 
-def _write_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run one training job as configured (every process calls this); returns the run summary."""
-    from .lora import check_lora
-    from .train_dist import dist_env
+    from .train_dist import dist_env, init_distributed
 
     env = dist_env(force_cpu=cfg.device == "cpu")
-    plan = plan_batch(cfg.global_batch_size, cfg.per_device_train_batch_size, env.world_size,
-                      cfg.gradient_accumulation_steps)  # before any model loads
-    check_lora(cfg, env.world_size)
-    use_fsdp = cfg.fsdp == "full_shard" or (cfg.fsdp == "auto" and env.world_size > 1)
-    if env.world_size > 1 and not use_fsdp:
-        raise TrainConfigError("fsdp=off needs a single process: several processes always shard")
-    if cfg.cpu_offload and not use_fsdp:
-        raise TrainConfigError("cpu_offload is an FSDP option: it needs fsdp on")
-    from .train_dist import init_distributed
-
-    if use_fsdp:
-        init_distributed(env)
+    plan = check_run(cfg, env.world_size, on_gpu=env.device.type == "cuda")  # before any model loads
+    if plan.fsdp:
+        init_distributed(env, cpu_offload=cfg.cpu_offload)
     try:
-        return _train(cfg, env, plan, use_fsdp)
+        recipe = Recipe(cfg, env, plan)
+        recipe.setup()
+        return recipe.run()
     finally:
         import torch.distributed as dist
 
@@ -206,217 +135,390 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, env: Any, plan: BatchPlan, use_fsdp: bool) -> dict[str, Any]:
-    import datasets
-    import torch
-    import transformers
-    from tqdm.auto import tqdm
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler, set_seed
+@dataclass
+class StepTotals:
+    """Running sums over the steps this process ran (for the summary's throughput)."""
 
-    from .lora import ADAPTER_DIR, apply_lora, save_adapter_and_merge, trainable_parameters
-    from .models import resolve_model
-    from .tokenize import build_dataset, ensure_pad_token
-    from .train_dist import (all_reduce_sum, barrier, broadcast_weights, find_layer_class, latest_checkpoint,
-                             load_checkpoint, load_model_for_sharding, per_rank, save_checkpoint,
-                             save_hf_folder, shard_model)
+    tokens: float = 0.0
+    trained_tokens: float = 0.0
+    seconds: float = 0.0
 
-    datasets.disable_progress_bars()  # one progress bar per run: ours
-    transformers.utils.logging.disable_progress_bar()
-    out = output_path(cfg)
-    on_gpu = env.device.type == "cuda"
-    bf16, tf32 = _flag(cfg.bf16, on_gpu), _flag(cfg.tf32, on_gpu)
-    if bf16 and not on_gpu:
-        raise TrainConfigError("bf16 is for GPUs here (CPU runs train in fp32): use bf16=auto or false")
-    if on_gpu and tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    set_seed(cfg.seed)
 
-    model_path = resolve_model(cfg.model_name_or_path)
-    with torch.device("meta"):  # weightless skeleton: a wrong layer class fails before the weights load
-        skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
-    layer_cls = find_layer_class(skeleton, cfg.fsdp_transformer_layer_cls_to_wrap)
-    del skeleton
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    records = load_records(cfg.data_path, cfg.max_examples)
-    built = build_dataset(records, tokenizer, max_length=cfg.model_max_length, num_proc=cfg.num_proc)
-    per_epoch, steps = total_steps(len(built.dataset), cfg)
+class Recipe:
+    """One training run: `setup()` builds everything, `run()` trains, evaluates, logs and saves."""
 
-    # LoRA on a GPU keeps the frozen base in bf16 (the adapters train in fp32); full fine-tuning keeps
-    # fp32 master weights (FSDP's mixed precision or autocast computes in bf16).
-    base_dtype = torch.bfloat16 if cfg.lora and bf16 else torch.float32
-    # Other ranks get their shards from rank 0's copy. Not with cpu_offload, whose offloaded shards must be
-    # materialised in CPU memory: there every rank loads, as the original recipe did.
-    from_rank0 = use_fsdp and env.world_size > 1 and not cfg.cpu_offload
-    if from_rank0:
-        model = load_model_for_sharding(model_path, base_dtype, env.is_main)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=base_dtype)
-    pad_id = ensure_pad_token(tokenizer, model)
-    data = _Data(built.dataset, pad_id, cfg.packing, cfg.model_max_length)
-    model.config.use_cache = False
-    if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.lora:
-        model = apply_lora(model, cfg)
-    n_params = sum(p.numel() for p in model.parameters())
-    n_trainable = trainable_parameters(model)
-    if use_fsdp:
-        full_state = model.state_dict() if from_rank0 and env.is_main else {}
-        shard_model(model, layer_cls, env.device, env.world_size, bf16, cfg.cpu_offload)
-        if from_rank0:
-            broadcast_weights(model, full_state, env.device, env.is_main)
-            del full_state
-    else:
-        model.to(env.device)
-    head = TrainedPositionsHead(model) if cfg.logits_on_trained_only else None
-    held = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
-    # parameters each rank holds (the whole model without FSDP)
-    shard_sizes = [int(x) for x in per_rank(held, env.rank, env.world_size, env.device)]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and not use_fsdp) if on_gpu \
-        else torch.autocast("cpu", enabled=False)
+    def __init__(self, cfg: TrainConfig, env: Any, plan: RunPlan):
+        self.cfg, self.env, self.plan = cfg, env, plan
+        self.out = output_path(cfg)
+        self.log_path = self.out / LOG_FILE
+        self.totals = StepTotals()
+        self.eval_loss_at_start: float | None = None
+        self.last_eval_loss: float | None = None
+        self._epoch_batches: dict[int, list[list[int]]] = {}
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup_steps(steps, cfg.warmup_ratio),
-                              num_training_steps=steps)
+    # --- setup: precision, model source, data, model and sharding, optimizer and schedule, resume ---------
 
-    start = 0
-    log_path = out / LOG_FILE
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    barrier()
-    if cfg.resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no complete checkpoint in {out}")
-        start = load_checkpoint(ckpt, model, optimizer, scheduler, env.rank)["step"]
+    def setup(self) -> None:
+        import datasets
+        import transformers
+        from transformers import set_seed
+
+        datasets.disable_progress_bars()  # one progress bar per run: ours
+        transformers.utils.logging.disable_progress_bar()
+        set_seed(self.cfg.seed)
+        self.setup_precision()
+        self.setup_model_source()
+        self.setup_data()
+        self.setup_model()
+        self.setup_optimizer()
+        self.setup_resume()
+        self.setup_tracking()
+
+    def setup_precision(self) -> None:
+        """bf16 compute with fp32 master weights: FSDP's mixed-precision policy when sharded, autocast in
+        one process. LoRA keeps its frozen base in bf16 (the adapters train in fp32)."""
+        import torch
+
+        precision = self.plan.precision
+        if precision.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.base_dtype = torch.bfloat16 if self.cfg.lora and precision.bf16 else torch.float32
+        use_autocast = precision.bf16 and not self.plan.fsdp
+        self.autocast = torch.autocast(self.env.device.type, dtype=torch.bfloat16) if use_autocast else nullcontext()
+
+    def setup_model_source(self) -> None:
+        """The model's folder, config and tokenizer; a wrong layer class fails here, before any weights load."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from .models import load_model_config
+        from .train_dist import find_layer_class
+
+        self.model_path, model_config = load_model_config(self.cfg.model_name_or_path)
+        with torch.device("meta"):  # a weightless skeleton
+            skeleton = AutoModelForCausalLM.from_config(model_config)
+        self.layer_cls = find_layer_class(skeleton, self.cfg.fsdp_transformer_layer_cls_to_wrap)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+
+    def setup_data(self) -> None:
+        """Records (any source), the held-out split, tokenization, and the step counts."""
+        from .data import source_counts
+        from .tokenize import build_dataset, ensure_pad_token
+        from .train_data import TrainData, load_records, split_validation
+
+        cfg = self.cfg
+        records = load_records(cfg.data_path, cfg.max_examples, cfg.seed, cfg.data_columns)
+        train_records, val_records = split_validation(records, cfg.val_set_size, cfg.seed)
+        self.sources = source_counts(train_records)
+        self.pad_added = self.tokenizer.pad_token_id is None  # then the model's embeddings grow in setup_model
+        pad_id = ensure_pad_token(self.tokenizer)
+        self.built = build_dataset(train_records, self.tokenizer, max_length=cfg.model_max_length,
+                                   num_proc=cfg.num_proc)
+        self.data = TrainData(self.built.dataset, train_records, pad_id, cfg.packing)
+        self.val = None
+        if val_records:
+            built_val = build_dataset(val_records, self.tokenizer, max_length=cfg.model_max_length)
+            self.val = TrainData(built_val.dataset, val_records, pad_id, cfg.packing)
+        self.per_epoch, self.steps = total_steps(len(self.data), cfg)
+        self.last_step = min(self.steps, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else self.steps
+
+    def setup_model(self) -> None:
+        """Load the weights, add LoRA adapters, shard with FSDP (or move to the device), hook the loss head."""
+        from transformers import AutoModelForCausalLM
+
+        from .lora import apply_lora, trainable_parameters
+        from .tokenize import resize_embeddings_mean
+        from .train_dist import broadcast_weights, load_model_for_sharding, per_rank, shard_model
+
+        cfg, env = self.cfg, self.env
+        # Other ranks get their shards from rank 0's copy. Not with cpu_offload, whose offloaded shards must
+        # be materialised in CPU memory: there every rank loads, as the original recipe did.
+        self.from_rank0 = self.plan.fsdp and env.world_size > 1 and not cfg.cpu_offload
+        if self.from_rank0:
+            model = load_model_for_sharding(self.model_path, self.base_dtype, env.is_main)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.base_dtype)
+        if self.pad_added:
+            resize_embeddings_mean(model, len(self.tokenizer))
+        model.config.use_cache = False
+        if cfg.activation_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.lora:
+            model = apply_lora(model, cfg)
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.n_trainable = trainable_parameters(model)
+        if self.plan.fsdp:
+            full_state = model.state_dict() if self.from_rank0 and env.is_main else {}
+            shard_model(model, self.layer_cls, env.device, env.world_size, self.plan.precision.bf16, cfg.cpu_offload)
+            if self.from_rank0:
+                broadcast_weights(model, full_state, env.device, env.is_main)
+                del full_state
+        else:
+            model.to(env.device)
+        self.head = TrainedPositionsHead(model) if cfg.logits_on_trained_only else None
+        held = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
+        self.parameters_per_rank = [int(x) for x in per_rank(held, env.rank, env.world_size, env.device)]
+        self.model = model
+
+    def setup_optimizer(self) -> None:
+        """AdamW (no weight decay on biases and norms) and the learning-rate schedule."""
+        import torch
+        from transformers import get_scheduler
+
+        cfg = self.cfg
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                           eps=cfg.adam_epsilon)
+        self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer, num_training_steps=self.steps,
+                                       num_warmup_steps=warmup_steps(self.steps, cfg.warmup_ratio))
+
+    def setup_resume(self) -> None:
+        """With `resume`, restore the latest checkpoint and cut the log back to it; else start afresh."""
+        from .train_dist import barrier, latest_checkpoint, load_checkpoint
+
+        env, out = self.env, self.out
+        self.start = 0
         if env.is_main:
-            print(f"resumed from {ckpt} at step {start}", flush=True)
-            _truncate_log(log_path, start)
-    elif env.is_main:
-        log_path.unlink(missing_ok=True)
-        if latest_checkpoint(out) is not None:
-            print(f"note: {out} holds checkpoints of an earlier run; they stay until newer ones replace them "
-                  "(--resume true continues from them)", flush=True)
+            out.mkdir(parents=True, exist_ok=True)
+        barrier()
+        if self.cfg.resume:
+            ckpt = latest_checkpoint(out)
+            if ckpt is None:
+                raise FileNotFoundError(f"--resume: no complete checkpoint in {out}")
+            self.start = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, env.rank)["step"]
+            if env.is_main:
+                print(f"resumed from {ckpt} at step {self.start}", flush=True)
+                truncate_log(self.log_path, self.start)
+        elif env.is_main:
+            self.log_path.unlink(missing_ok=True)
+            if latest_checkpoint(out) is not None:
+                print(f"note: {out} holds checkpoints of an earlier run; they stay until newer ones replace them "
+                      "(--resume true continues from them)", flush=True)
 
-    peak = peak_flops(env.device)
-    cfg_model = model.config
-    if env.is_main:
-        print(f"{len(built.dataset)} examples ({built.stats.dropped} dropped, {built.stats.truncated} truncated), "
-              f"{steps} steps of {plan.global_batch_size} = {plan.per_device} per device × {plan.accumulation} "
-              f"accumulation × {plan.world_size} process(es); {n_params / 1e6:.1f}M parameters"
-              + (f", LoRA r={cfg.lora_r} on {cfg.lora_target_modules}: {n_trainable / 1e6:.2f}M trainable "
-                 f"({n_trainable / n_params:.2%})" if cfg.lora else "")
-              + (f", FSDP over {env.world_size} ({layer_cls.__name__} units)" if use_fsdp else ""), flush=True)
-    bar = tqdm(total=steps, initial=start, disable=None if env.is_main else True, desc="train",
-               dynamic_ncols=True)
-    stop = cfg.stop_after_steps if cfg.stop_after_steps > 0 else steps
-    last: dict[str, Any] = {}
-    run_start = time.perf_counter()
-    totals = {"tokens": 0.0, "trained": 0.0, "seconds": 0.0}
-    model.train()
-    order: dict[int, list[list[int]]] = {}
-    for step in range(start, min(steps, stop)):
-        epoch, in_epoch = divmod(step, per_epoch)
-        if epoch not in order:
-            order = {epoch: global_batches(len(data.lengths), plan.global_batch_size, cfg.seed, epoch)}
-        batch = order[epoch][in_epoch]
+    def setup_tracking(self) -> None:
+        """TensorBoard / W&B on rank 0 (`report_to`); the run's config is reported once."""
+        from .tracking import Tracker
+
+        targets = report_targets(self.cfg.report_to) if self.env.is_main else []
+        self.tracker = Tracker(targets, self.out, {k: str(v) if v is None else v for k, v in vars(self.cfg).items()})
+
+    # --- the loop --------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Train from `start` to the last step; returns the run summary."""
+        self.announce()
+        if self.val is not None and self.start == 0:  # where the validation loss starts from
+            self.eval_loss_at_start = self.evaluate()
+            self.tracker.log({"eval_loss": self.eval_loss_at_start}, 0)
+        row: dict[str, Any] = {}
+        for step in range(self.start + 1, self.last_step + 1):
+            # forward and backward over this rank's share of the global batch, then one optimizer step
+            row = self.train_step(step)
+            # the held-out loss: every eval_steps, at each epoch's end and at the run's
+            if self.should_evaluate(step):
+                row["eval_loss"] = self.last_eval_loss = self.evaluate()
+            # train_log.jsonl (the source of truth), the console, the trackers
+            self.log(row)
+            # a checkpoint to resume from
+            if self.cfg.save_steps > 0 and step % self.cfg.save_steps == 0 and step < self.steps:
+                self.save_checkpoint(step, row)
+        return self.finish(row)
+
+    def global_batch(self, step: int) -> list[int]:
+        """Example indices of global batch `step` (1-based), in the epoch's seeded order."""
+        from .tokenize import global_batches
+
+        epoch, in_epoch = divmod(step - 1, self.per_epoch)
+        if epoch not in self._epoch_batches:
+            self._epoch_batches = {epoch: global_batches(len(self.data), self.plan.batch.global_batch_size,
+                                                         self.cfg.seed, epoch)}
+        return self._epoch_batches[epoch][in_epoch]
+
+    def loss(self, inputs: dict[str, Any], num_items: float) -> Any:
+        """Sum of the trained tokens' cross-entropy / `num_items`."""
+        with self.autocast:
+            if self.head is not None:
+                return self.head.loss(self.model, inputs, num_items)
+            return self.model(**inputs, use_cache=False, num_items_in_batch=num_items).loss
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        """One optimizer step on global batch `step`; returns its log row (the same on every rank)."""
+        from .train_data import rank_micro_batches
+        from .train_dist import all_reduce_sum
+
+        env, data, batch = self.env, self.data, self.global_batch(step)
         trained_total = sum(data.trained[i] for i in batch)
-        micro = rank_micro_batches(batch, data.lengths, plan, env.rank, cfg.group_by_length)
+        micro = rank_micro_batches(batch, data.lengths, self.plan.batch, env.rank, self.cfg.group_by_length)
         t0, cpu0 = time.perf_counter(), time.process_time()
         loss_sum = tokens = padded = 0.0
         for k, ids in enumerate(micro):
             inputs = {key: v.to(env.device) for key, v in data.collate(ids).items()}
-            if use_fsdp:
-                model.set_requires_gradient_sync(k == len(micro) - 1)
-            with autocast:
-                # Sum over this micro-batch's tokens / (global trained tokens / world): FSDP averages
-                # gradients over ranks, so the step's gradient is that of the global token mean.
-                if head is not None:
-                    loss = head.loss(model, inputs, trained_total / env.world_size)
-                else:
-                    loss = model(**inputs, use_cache=False, num_items_in_batch=trained_total / env.world_size).loss
+            if self.plan.fsdp:
+                self.model.set_requires_gradient_sync(k == len(micro) - 1)
+            # Sum over this micro-batch's tokens / (global trained tokens / world): FSDP averages gradients
+            # over ranks, so the step's gradient is that of the global token mean.
+            loss = self.loss(inputs, trained_total / env.world_size)
             loss.backward()
             loss_sum += loss.item()
             tokens += sum(data.lengths[i] for i in ids)
             padded += inputs["input_ids"].numel()
-        grad_norm = _clip(model, cfg.max_grad_norm)
+        grad_norm = _clip(self.model, self.cfg.max_grad_norm)
         loss_sum, tokens, padded = all_reduce_sum([loss_sum, tokens, padded], env.device)
         step_loss = loss_sum / env.world_size
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
             ids = sorted(data.example_ids[i] for i in batch)
-            raise NonFiniteLossError(f"step {step + 1}: loss {step_loss} / grad norm {grad_norm} is not finite; "
+            raise NonFiniteLossError(f"step {step}: loss {step_loss} / grad norm {grad_norm} is not finite; "
                                      f"example ids of the batch: {ids}")
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - t0
-        totals["tokens"] += tokens
-        totals["trained"] += trained_total
-        totals["seconds"] += seconds
-        record = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 4), "loss": step_loss,
-                  "lr": lr, "grad_norm": grad_norm, "tokens": int(tokens), "trained_tokens": int(trained_total),
-                  "padding": round(1 - tokens / padded, 4), "seconds": round(seconds, 4),
-                  "cpu_seconds": round(time.process_time() - cpu0, 4),  # this process, all its threads
-                  "tokens_per_s": tokens / seconds, "trained_tokens_per_s": trained_total / seconds,
-                  "tokens_per_s_per_device": tokens / seconds / env.world_size,
-                  "mfu": None, "peak_memory_gb": round(peak_memory_gb(env.device), 3)}
-        if peak:
-            seq = tokens / len(batch)
-            record["mfu"] = flops_per_token(n_params, cfg_model.num_hidden_layers, cfg_model.hidden_size, seq,
-                                            frozen=cfg.lora) \
-                * tokens / seconds / (peak * env.world_size)
-        last = record
-        if env.is_main:
-            _write_jsonl(log_path, record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-            if (step + 1) % cfg.logging_steps == 0 or step + 1 == steps:
-                bar.write(_console_line(record, steps))
-        if cfg.save_steps > 0 and (step + 1) % cfg.save_steps == 0 and step + 1 < steps:
-            save_checkpoint(out, step + 1, model, optimizer, scheduler,
-                            {"epoch": record["epoch"], "world_size": env.world_size, "config": vars(cfg)},
-                            env.rank, cfg.save_total_limit)
-    bar.close()
-    peak_per_rank = [round(x, 3) for x in per_rank(peak_memory_gb(env.device), env.rank, env.world_size, env.device)]
-    finished = bool(last) and last["step"] == steps
-    summary = {"steps": last.get("step", start), "total_steps": steps, "finished": finished,
-               "final_loss": last.get("loss"), "examples": len(data.lengths), "world_size": env.world_size,
-               "fsdp": use_fsdp, "layer_class": layer_cls.__name__, "parameters": n_params,
-               "trainable_parameters": n_trainable, "lora": cfg.lora, "adapter_dir": None,
-               "ranks_that_loaded_full_weights": 1 if from_rank0 else env.world_size,
-               "peak_memory_gb_per_rank": peak_per_rank,
-               "parameters_per_rank": shard_sizes,
-               "train_seconds": round(time.perf_counter() - run_start, 2),
-               "tokens_per_s": totals["tokens"] / totals["seconds"] if totals["seconds"] else None,
-               "trained_tokens_per_s": totals["trained"] / totals["seconds"] if totals["seconds"] else None,
-               "tokenize": built.stats.as_dict() | {"dropped_ids": built.stats.dropped_ids[:20]},
-               "model_dir": None}
-    if finished:
-        if cfg.save_check_logits:  # the live model's, before any merge, to check the saved folder against
-            _save_check_logits(model, data.input_ids[0][:64], env, out / "save_check.safetensors")
-        if cfg.lora:
-            model = save_adapter_and_merge(model, out)
-            summary["adapter_dir"] = str(out / ADAPTER_DIR)
-        dtype = getattr(torch, cfg.save_dtype)
-        folder = save_hf_folder(model, tokenizer, out / MODEL_DIR, dtype, env.is_main)
-        summary["model_dir"] = str(folder) if folder else str(out / MODEL_DIR)
-    elif cfg.save_steps <= 0 and env.is_main:
-        print("stopped early without a checkpoint (save_steps=0): nothing to resume from", flush=True)
-    if env.is_main:
-        from .data import atomic_write_text
+        self.totals.tokens += tokens
+        self.totals.trained_tokens += trained_total
+        self.totals.seconds += seconds
+        return {"step": step, "epoch": round(step / self.per_epoch, 4), "loss": step_loss, "lr": lr,
+                "grad_norm": grad_norm, "tokens": int(tokens), "trained_tokens": int(trained_total),
+                "padding": round(1 - tokens / padded, 4), "seconds": round(seconds, 4),
+                "cpu_seconds": round(time.process_time() - cpu0, 4),  # this process, all its threads
+                "tokens_per_s": tokens / seconds, "trained_tokens_per_s": trained_total / seconds,
+                "tokens_per_s_per_device": tokens / seconds / env.world_size,
+                "mfu": self.mfu(tokens / len(batch), tokens / seconds),
+                "peak_memory_gb": round(peak_memory_gb(env.device), 3)}
 
-        atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
-        print(f"done: {summary['steps']}/{steps} steps, final loss {summary['final_loss']}, "
-              f"{summary['trained_tokens_per_s'] or 0:.1f} trained tokens/s"
-              + (f"; model saved to {summary['model_dir']}" if finished else ""), flush=True)
-    return summary
+    def mfu(self, mean_length: float, tokens_per_s: float) -> float | None:
+        """Model FLOPs utilisation on known GPUs (None on CPU)."""
+        device_flops = peak_flops(self.env.device)
+        if device_flops is None:
+            return None
+        arch = self.model.config
+        per_token = flops_per_token(self.n_params, arch.num_hidden_layers, arch.hidden_size, mean_length,
+                                    frozen=self.cfg.lora)
+        return per_token * tokens_per_s / (device_flops * self.env.world_size)
+
+    def should_evaluate(self, step: int) -> bool:
+        if self.val is None:
+            return False
+        every = self.cfg.eval_steps > 0 and step % self.cfg.eval_steps == 0
+        return every or step % self.per_epoch == 0 or step == self.last_step
+
+    def evaluate(self) -> float:
+        """Mean loss per trained (response) token of the held-out examples, masked as in training. Each rank
+        computes its share; the sums are reduced."""
+        import torch
+
+        from .train_data import eval_micro_batches
+        from .train_dist import all_reduce_sum
+
+        env, val = self.env, self.val
+        assert val is not None
+        loss_sum = count = 0.0
+        self.model.eval()
+        with torch.no_grad():
+            for ids in eval_micro_batches(len(val), val.lengths, self.cfg.per_device_train_batch_size,
+                                          env.rank, env.world_size):
+                inputs = {key: v.to(env.device) for key, v in val.collate(ids or [0]).items()}
+                loss = self.loss(inputs, 1.0)  # a rank with no share still joins the sharded forward
+                if ids:
+                    loss_sum += loss.item()
+                    count += sum(val.trained[i] for i in ids)
+        self.model.train()
+        loss_sum, count = all_reduce_sum([loss_sum, count], env.device)
+        return loss_sum / count
+
+    # --- logging and saving ----------------------------------------------------------------------------
+
+    def announce(self) -> None:
+        """The run's first lines (rank 0) and its progress bar."""
+        from tqdm.auto import tqdm
+
+        cfg, plan, stats = self.cfg, self.plan.batch, self.built.stats
+        if self.env.is_main:
+            held_out = f", {len(self.val)} held out for validation" if self.val is not None else ""
+            sources = f" (by source: {self.sources})" if self.sources else ""
+            print(f"{len(self.data)} training examples{sources} ({stats.dropped} dropped, {stats.truncated} "
+                  f"truncated){held_out}; {self.steps} steps of {plan.global_batch_size} = {plan.per_device} per "
+                  f"device × {plan.accumulation} accumulation × {plan.world_size} process(es); "
+                  f"{self.n_params / 1e6:.1f}M parameters"
+                  + (f", LoRA r={cfg.lora_r} on {cfg.lora_target_modules}: {self.n_trainable / 1e6:.2f}M trainable "
+                     f"({self.n_trainable / self.n_params:.2%})" if cfg.lora else "")
+                  + (f", FSDP over {self.env.world_size} ({self.layer_cls.__name__} units)" if self.plan.fsdp else ""),
+                  flush=True)
+        self.bar = tqdm(total=self.steps, initial=self.start, disable=None if self.env.is_main else True,
+                        desc="train", dynamic_ncols=True)
+        self.run_start = time.perf_counter()
+        self.model.train()
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Rank 0: append the row to train_log.jsonl (durably), update the bar and console, report it."""
+        from .data import append_durable
+
+        if not self.env.is_main:
+            return
+        append_durable(self.log_path, json.dumps(row))
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+        if row["step"] % self.cfg.logging_steps == 0 or row["step"] == self.steps or "eval_loss" in row:
+            self.bar.write(console_line(row, self.steps))
+        self.tracker.log(row, row["step"])
+
+    def save_checkpoint(self, step: int, row: dict[str, Any]) -> None:
+        from .train_dist import save_checkpoint
+
+        save_checkpoint(self.out, step, self.model, self.optimizer, self.scheduler,
+                        {"epoch": row["epoch"], "world_size": self.env.world_size, "config": vars(self.cfg)},
+                        self.env.rank, self.cfg.save_total_limit)
+
+    def finish(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The final save (when every step ran) and `train_summary.json`; returns the summary."""
+        import torch
+
+        from .data import atomic_write_text
+        from .lora import ADAPTER_DIR, save_adapter_and_merge
+        from .train_dist import per_rank, save_hf_folder
+
+        cfg, env, out = self.cfg, self.env, self.out
+        self.bar.close()
+        memory = per_rank(peak_memory_gb(env.device), env.rank, env.world_size, env.device)
+        finished = bool(row) and row["step"] == self.steps
+        totals = self.totals
+        summary = {"steps": row.get("step", self.start), "total_steps": self.steps, "finished": finished,
+                   "final_loss": row.get("loss"), "eval_loss": self.last_eval_loss,
+                   "eval_loss_at_start": self.eval_loss_at_start, "data_path": cfg.data_path,
+                   "examples": len(self.data), "validation_examples": len(self.val) if self.val is not None else 0,
+                   "sources": self.sources, "world_size": env.world_size,
+                   "fsdp": self.plan.fsdp, "bf16": self.plan.precision.bf16, "layer_class": self.layer_cls.__name__,
+                   "parameters": self.n_params, "trainable_parameters": self.n_trainable, "lora": cfg.lora,
+                   "adapter_dir": None, "ranks_that_loaded_full_weights": 1 if self.from_rank0 else env.world_size,
+                   "peak_memory_gb_per_rank": [round(x, 3) for x in memory],
+                   "parameters_per_rank": self.parameters_per_rank,
+                   "train_seconds": round(time.perf_counter() - self.run_start, 2),
+                   "tokens_per_s": totals.tokens / totals.seconds if totals.seconds else None,
+                   "trained_tokens_per_s": totals.trained_tokens / totals.seconds if totals.seconds else None,
+                   "tokenize": self.built.stats.as_dict() | {"dropped_ids": self.built.stats.dropped_ids[:20]},
+                   "model_dir": None}
+        model = self.model
+        if finished:
+            if cfg.save_check_logits:  # the live model's, before any merge, to check the saved folder against
+                _save_check_logits(model, self.data.input_ids[0][:64], env, out / "save_check.safetensors")
+            if cfg.lora:
+                model = save_adapter_and_merge(model, out)
+                summary["adapter_dir"] = str(out / ADAPTER_DIR)
+            folder = save_hf_folder(model, self.tokenizer, out / MODEL_DIR, getattr(torch, cfg.save_dtype), env.is_main)
+            summary["model_dir"] = str(folder) if folder else str(out / MODEL_DIR)
+        elif cfg.save_steps <= 0 and env.is_main:
+            print("stopped early without a checkpoint (save_steps=0): nothing to resume from", flush=True)
+        self.tracker.close()
+        if env.is_main:
+            atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, default=str) + "\n")
+            val = f", validation loss {summary['eval_loss']:.4f}" if summary["eval_loss"] is not None else ""
+            print(f"done: {summary['steps']}/{self.steps} steps, final loss {summary['final_loss']}{val}, "
+                  f"{summary['trained_tokens_per_s'] or 0:.1f} trained tokens/s"
+                  + (f"; model saved to {summary['model_dir']}" if finished else ""), flush=True)
+        return summary
 
 
 def _save_check_logits(model: Any, input_ids: list[int], env: Any, path: Path) -> None:
@@ -443,21 +545,31 @@ def _clip(model: Any, max_norm: float) -> float:
     return float(norm)
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines after `step` (written by the interrupted run after its last checkpoint)."""
-    if not path.exists():
-        return
+def read_train_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a `train_log.jsonl` (a last line torn by a kill is left out)."""
+    from .data import read_complete_jsonl
+
+    return read_complete_jsonl(path)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the log rows up to `step` (a resumed run rewrites what came after its checkpoint); a torn last
+    line is dropped."""
     from .data import atomic_write_text
 
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    if path.exists():
+        kept = [row for row in read_train_log(path) if row["step"] <= step]
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
-def _console_line(r: dict[str, Any], steps: int) -> str:
-    mfu = f" mfu {r['mfu']:.1%}" if r.get("mfu") is not None else ""
-    return (f"step {r['step']}/{steps} loss {r['loss']:.4f} lr {r['lr']:.3e} grad_norm {r['grad_norm']:.3f} "
-            f"tok/s {r['tokens_per_s']:.0f} trained tok/s {r['trained_tokens_per_s']:.0f} "
-            f"padding {r['padding']:.0%}{mfu} peak mem {r['peak_memory_gb']:.2f} GB")
+def console_line(row: dict[str, Any], steps: int) -> str:
+    """One console line for a log row."""
+    mfu = f" mfu {row['mfu']:.1%}" if row.get("mfu") is not None else ""
+    val = f" eval_loss {row['eval_loss']:.4f}" if row.get("eval_loss") is not None else ""
+    return (f"step {row['step']}/{steps} loss {row['loss']:.4f}{val} lr {row['lr']:.3e} "
+            f"grad_norm {row['grad_norm']:.3f} tok/s {row['tokens_per_s']:.0f} "
+            f"trained tok/s {row['trained_tokens_per_s']:.0f} padding {row['padding']:.0%}{mfu} "
+            f"peak mem {row['peak_memory_gb']:.2f} GB")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,9 +30,12 @@ class TrainConfig:
     """Every setting of a training run; defaults are the Alpaca 7B recipe."""
 
     model_name_or_path: str = field(default="default", metadata={"help": "HF folder or Hub name; 'default' = embedded SmolLM2-135M"})
-    data_path: str = field(default="seed", metadata={"help": "Alpaca JSON/JSONL file, or 'seed' for the 175 seed tasks"})
+    data_path: str = field(default="seed", metadata={"help": "seed | a .json/.jsonl/.parquet/.csv file | a folder (save_to_disk or Hub layout) | a Hub dataset name[:split]"})
+    data_columns: str | None = field(default=None, metadata={"help": "map Alpaca fields to other column names, e.g. instruction=prompt,output=completion"})
     output_dir: str = field(default="runs/train", metadata={"help": "log, checkpoints and the final model (relative = repo root)"})
-    max_examples: int | None = field(default=None, metadata={"help": "use only the first N records"})
+    max_examples: int | None = field(default=None, metadata={"help": "use a seeded random sample of N records (before the validation split)"})
+    val_set_size: float = field(default=0.0, metadata={"help": "held-out validation examples: a fraction below 1 or a count (0 = none)"})
+    eval_steps: int = field(default=0, metadata={"help": "validation loss every N steps (also at each epoch's end and the run's); 0 = only those"})
     model_max_length: int = field(default=512, metadata={"help": "longer examples are dropped (as in Alpaca)"})
     num_train_epochs: int = field(default=3, metadata={"help": "passes over the data"})
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps; overrides epochs when > 0"})
@@ -48,8 +51,8 @@ class TrainConfig:
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     device: str = field(default="auto", metadata={"help": "auto (GPUs when present) | cpu"})
-    bf16: str = field(default="auto", metadata={"help": "auto (on with GPUs) | true | false: bf16 compute, fp32 master weights"})
-    tf32: str = field(default="auto", metadata={"help": "auto (on with GPUs) | true | false"})
+    bf16: bool | None = field(default=None, metadata={"help": "auto (on with GPUs) | true | false: bf16 compute, fp32 master weights"})
+    tf32: bool | None = field(default=None, metadata={"help": "auto (on with GPUs) | true | false: TF32 matmuls on GPUs"})
     fsdp: str = field(default="auto", metadata={"help": "auto (full_shard with > 1 process) | full_shard | off"})
     fsdp_transformer_layer_cls_to_wrap: str | None = field(default=None, metadata={"help": "layer class to shard as a unit; found from the model when unset"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory)"})
@@ -63,6 +66,7 @@ class TrainConfig:
     lora_target_modules: str = field(default="all-linear", metadata={"help": "all-linear, or layer names such as q_proj,v_proj"})
     logits_on_trained_only: bool = field(default=True, metadata={"help": "compute the LM head's logits only where a label is trained (same loss, less work); false = every position"})
     logging_steps: int = field(default=1, metadata={"help": "console line every N steps (the JSONL log has every step)"})
+    report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | a comma list (rank 0; train_log.jsonl is always written)"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final model)"})
     save_total_limit: int = field(default=2, metadata={"help": "keep the last N checkpoints"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
@@ -85,6 +89,8 @@ def _convert(name: str, value: Any) -> Any:
     args = typing.get_args(kind)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), kind) if args else kind
+    if optional and base is bool and isinstance(value, str) and value.lower() == "auto":
+        return None  # bf16/tf32: None means "decide from the device"
     if value is None or (optional and isinstance(value, str) and value.lower() in {"none", "null", ""}):
         if optional:
             return None
@@ -103,7 +109,7 @@ def _convert(name: str, value: Any) -> Any:
             return int(value)
         if base is float:
             return float(value)
-        return str(value).lower() if name in {"bf16", "tf32"} and isinstance(value, bool) else str(value)
+        return str(value)
     except (TypeError, ValueError):
         raise TrainConfigError(f"{name}: cannot read {value!r} as {base.__name__}") from None
 
@@ -162,9 +168,13 @@ def make_config(**values: Any) -> TrainConfig:
     if unknown:
         raise TrainConfigError(f"unknown setting(s) {unknown}")
     cfg = TrainConfig(**{k: _convert(k, v) for k, v in values.items()})
-    for name in ("bf16", "tf32"):
-        if getattr(cfg, name) not in {"auto", "true", "false"}:
-            raise TrainConfigError(f"{name}: expected auto, true or false, got {getattr(cfg, name)!r}")
+    unknown_trackers = sorted(set(report_targets(cfg.report_to)) - set(TRACKERS))
+    if unknown_trackers:
+        raise TrainConfigError(f"report_to: {unknown_trackers} unknown (use none, {', '.join(TRACKERS)} or a comma list)")
+    if cfg.val_set_size < 0 or (cfg.val_set_size >= 1 and not float(cfg.val_set_size).is_integer()):
+        raise TrainConfigError(f"val_set_size: a fraction below 1 or a whole count, got {cfg.val_set_size}")
+    if cfg.eval_steps < 0:
+        raise TrainConfigError(f"eval_steps must be >= 0, got {cfg.eval_steps}")
     if cfg.device not in {"auto", "cpu"}:
         raise TrainConfigError(f"device: expected auto or cpu, got {cfg.device!r}")
     if cfg.fsdp not in {"auto", "full_shard", "off"}:
@@ -210,6 +220,66 @@ def plan_batch(global_batch_size: int, per_device: int, world_size: int,
     return BatchPlan(global_batch_size, per_device, global_batch_size // per_step, world_size)
 
 
+TRACKERS = ("tensorboard", "wandb")
+
+
+def report_targets(report_to: str) -> list[str]:
+    """The trackers named by `report_to` (`none` = none)."""
+    names = [n.strip().lower() for n in report_to.split(",") if n.strip()]
+    return [n for n in names if n != "none"]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How the run computes: `bf16` (bf16 matmuls, fp32 master weights) and `tf32` (GPU matmuls in TF32)."""
+
+    bf16: bool
+    tf32: bool
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What the checks decided for this process count and device, before any model loads."""
+
+    batch: BatchPlan
+    fsdp: bool
+    precision: Precision
+
+
+def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool) -> RunPlan:
+    """Every check that needs the process count or the device, run before any model loads.
+
+    `bf16`/`tf32` left unset (auto) are on with GPUs. bf16 is also allowed on CPU (FSDP's mixed-precision
+    policy over gloo, or autocast in one process): slow on most CPUs, but the same sharded code as GPUs.
+    """
+    from .lora import check_lora
+
+    batch = plan_batch(cfg.global_batch_size, cfg.per_device_train_batch_size, world_size,
+                       cfg.gradient_accumulation_steps)
+    check_lora(cfg, world_size)
+    fsdp = cfg.fsdp == "full_shard" or (cfg.fsdp == "auto" and world_size > 1)
+    if world_size > 1 and not fsdp:
+        raise TrainConfigError("fsdp=off needs a single process: several processes always shard")
+    if cfg.cpu_offload and not fsdp:
+        raise TrainConfigError("cpu_offload is an FSDP option: it needs fsdp on")
+    precision = Precision(bf16=on_gpu if cfg.bf16 is None else cfg.bf16,
+                          tf32=on_gpu if cfg.tf32 is None else cfg.tf32)
+    if precision.tf32 and not on_gpu:
+        raise TrainConfigError("tf32 is a GPU setting: use tf32=auto or false on CPU")
+    return RunPlan(batch, fsdp, precision)
+
+
+def validation_count(num_records: int, val_set_size: float) -> int:
+    """Held-out examples for `val_set_size` (a fraction below 1, rounded, at least 1; or a count)."""
+    if val_set_size <= 0:
+        return 0
+    n = max(1, round(num_records * val_set_size)) if val_set_size < 1 else int(val_set_size)
+    if n >= num_records:
+        raise TrainConfigError(f"val_set_size {val_set_size} holds out {n} of {num_records} records: "
+                               "nothing would be left to train on")
+    return n
+
+
 def total_steps(num_examples: int, cfg: TrainConfig) -> tuple[int, int]:
     """(steps per epoch, total steps). The last incomplete global batch of each epoch is dropped."""
     per_epoch = num_examples // cfg.global_batch_size
@@ -229,3 +299,43 @@ def warmup_steps(total: int, ratio: float) -> int:
 def output_path(cfg: TrainConfig) -> Path:
     """The run's output folder, resolved against the repository root."""
     return resolve(cfg.output_dir)
+
+
+# --- what notebook 04 asks for ------------------------------------------------------------------------
+
+
+def choose_preset(preset: str, gpus: int, lora: bool = False) -> Path:
+    """The preset file for notebook 04: `auto` is cpu_default on CPU (gpus=0), alpaca_7b_lora with LoRA on
+    GPUs, else alpaca_7b; any other value names a preset in configs/ (or a YAML path)."""
+    if preset == "auto":
+        preset = "cpu_default" if gpus == 0 else "alpaca_7b_lora" if lora else "alpaca_7b"
+    path = Path(preset)
+    if path.suffix and path.is_file():
+        return path
+    candidate = CONFIGS_DIR / (path.name if path.suffix else f"{preset}.yaml")
+    if not candidate.is_file():
+        raise TrainConfigError(f"{preset}: no such preset (presets: {', '.join(list_presets())})")
+    return candidate
+
+
+def overrides(max_steps: int = -1, lora: bool = False, **values: Any) -> dict[str, Any]:
+    """The settings a user gave to override the preset: None means "keep the preset's"; `max_steps` counts
+    only when > 0 and `lora` only when true."""
+    given = {k: v for k, v in values.items() if v is not None}
+    unknown = sorted(set(given) - set(FIELDS))
+    if unknown:
+        raise TrainConfigError(f"unknown setting(s) {unknown}")
+    if max_steps > 0:
+        given["max_steps"] = max_steps
+    if lora:
+        given["lora"] = True
+    return given
+
+
+def train_args(preset_file: Path, settings: dict[str, Any], output_dir: str | os.PathLike,
+               extra_args: str = "") -> list[str]:
+    """The `alpaca_helpers.train` arguments for a preset, overriding settings, an output folder and extra flags."""
+    import shlex
+
+    return (["--config", str(preset_file)] + [f"--{k}={v}" for k, v in settings.items()]
+            + ["--output_dir", str(output_dir)] + shlex.split(extra_args))

@@ -147,3 +147,64 @@ def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
             raise RuntimeError("killed mid-save")
     assert (target / "a.txt").read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no temporary folder left behind
+
+
+# --- load_source: every kind of data_path ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_sources(tmp_path_factory):
+    """The first 20 seed tasks as tatsu-lab/alpaca has them (with an extra `text` column), written as a
+    Hub-repo layout folder, a save_to_disk folder, and parquet, CSV and JSONL files."""
+    import datasets
+
+    root = tmp_path_factory.mktemp("sources")
+    rows = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"],
+             "text": f"### Instruction:\n{r['instruction']}"} for r in load_seed_tasks()[:20]]
+    table = datasets.Dataset.from_list(rows)
+    (root / "tatsu-lab" / "alpaca" / "data").mkdir(parents=True)
+    table.to_parquet(str(root / "tatsu-lab" / "alpaca" / "data" / "train-00000-of-00001.parquet"))
+    table.save_to_disk(str(root / "saved"))
+    table.to_parquet(str(root / "rows.parquet"))
+    table.to_csv(str(root / "rows.csv"), index=False)
+    save_alpaca(rows, root / "rows.jsonl")
+    renamed = [{"prompt": r["instruction"], "context": r["input"], "completion": r["output"]} for r in rows]
+    datasets.Dataset.from_list(renamed).to_parquet(str(root / "renamed.parquet"))
+    return root, rows
+
+
+@pytest.mark.parametrize("name", ["tatsu-lab/alpaca", "saved", "rows.parquet", "rows.csv", "rows.jsonl"])
+def test_load_source_reads_every_local_kind_alike(local_sources, name):
+    from alpaca_helpers.data import load_source
+
+    root, rows = local_sources
+    records = load_source(str(root / name))
+    assert [{k: r[k] for k in ("instruction", "input", "output")} for r in records] == [
+        {k: r[k] for k in ("instruction", "input", "output")} for r in rows]
+    assert records[0]["text"].startswith("### Instruction:")  # extra columns are kept, training ignores them
+
+
+def test_load_source_maps_columns_and_names_bad_rows(local_sources, tmp_path):
+    from alpaca_helpers.data import DataSourceError, load_source
+
+    root, rows = local_sources
+    mapped = load_source(str(root / "renamed.parquet"), "instruction=prompt,input=context,output=completion")
+    assert [r["output"] for r in mapped] == [r["output"] for r in rows]
+    with pytest.raises(DataSourceError, match=r"row 0: no column 'question'"):
+        load_source(str(root / "renamed.parquet"), {"instruction": "question"})
+    with pytest.raises(DataSourceError, match="not Alpaca fields"):
+        load_source(str(root / "rows.csv"), "prompt=instruction")
+    with pytest.raises(AlpacaFormatError, match=r"renamed.parquet: row 0: missing field 'instruction'"):
+        load_source(str(root / "renamed.parquet"))
+    assert len(load_source("seed")) == 175
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataSourceError, match="unknown data format"):
+        load_source(str(tmp_path / "notes.txt"))
+
+
+def test_source_counts_count_the_source_field():
+    from alpaca_helpers.data import source_counts
+
+    assert source_counts([{"source": "seed"}, {"source": "self-instruct"}, {"source": "seed"}]) == {
+        "seed": 2, "self-instruct": 1}
+    assert source_counts(load_seed_tasks()) == {}

@@ -54,3 +54,5 @@ def test_resolve_model_accepts_default_paths_and_hub_names(default_model_dir, tm
     assert resolve_model("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="^/nope: no such model folder$"):  # a path, not a Hub name
+        resolve_model("/nope")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from alpaca_helpers.course import NOTEBOOKS_DIR
-from alpaca_helpers.data import load_davinci_predictions, load_eval_set, load_seed_tasks
+from alpaca_helpers.data import load_seed_tasks, save_alpaca
 from alpaca_helpers.tokenize import alpaca_original_tokenize, build_dataset, original_recipe_fault
 
 NOTEBOOK = "03_tokenize_and_mask"
@@ -17,12 +17,20 @@ def test_notebook_is_stripped_and_has_one_parameters_cell():
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
     params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1
-    assert 'output_dir = "runs/03_tokenize_and_mask"  #' in "".join(params[0]["source"])
+    source = "".join(params[0]["source"])
+    assert 'output_dir = "runs/03_tokenize_and_mask"  #' in source
+    assert 'data_path = "seed"  #' in source  # never the evaluation set by default: notebook 06 tests on it
 
 
-def test_notebook_runs_and_its_summary_matches_the_helpers(execute_notebook, default_tokenizer):
-    summary, executed = execute_notebook(NOTEBOOK, max_length=256, n_examples=300, batch_sizes=[4, 16, 64])
-    records = (load_seed_tasks() + load_eval_set() + load_davinci_predictions())[:300]
+def test_notebook_runs_and_its_summary_matches_the_helpers(execute_notebook, default_tokenizer, tmp_path):
+    # A chained course set as notebook 02 writes it: seed tasks plus generated records, each with its source.
+    generated = [{"instruction": f"List {n} prime numbers.", "input": "", "output": ", ".join(["2"] * n),
+                  "source": "self-instruct"} for n in range(1, 21)]
+    records = [{**r, "source": "seed"} for r in load_seed_tasks()] + generated
+    train_set = save_alpaca(records, tmp_path / "train_set.json")
+    summary, executed = execute_notebook(NOTEBOOK, data_path=str(train_set), max_length=256, n_examples=300,
+                                         batch_sizes=[4, 16, 64])
+    assert summary["sources"] == {"seed": 175, "self-instruct": 20}
     _, stats = build_dataset(records, default_tokenizer, max_length=256)
     assert (summary["n_records"], summary["kept"], summary["truncated"], summary["dropped"]) == (
         stats.total, stats.kept, stats.truncated, stats.dropped)

@@ -1,10 +1,23 @@
 def test_notebook_04_trains_on_cpu_and_compares_answers(execute_notebook, tmp_path):
-    """The notebook end to end under papermill: launch (1 CPU process), live log, curves, save, answers."""
+    """The notebook end to end under papermill: launch (1 CPU process), live log, validation loss, curves,
+    TensorBoard, save, answers; on a chained course set (seed + generated records, as notebook 02 writes it)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from transformers import AutoModelForCausalLM
 
+    from alpaca_helpers.data import load_seed_tasks, save_alpaca
+
+    generated = [{"instruction": f"Name {n} colours.", "input": "", "output": "red", "source": "self-instruct"}
+                 for n in range(1, 41)]
+    train_set = save_alpaca([{**r, "source": "seed"} for r in load_seed_tasks()] + generated,
+                            tmp_path / "train_set.json")
     summary, executed = execute_notebook(
-        "04_train", gpus=0, max_steps=2, max_examples=16, model_max_length=96, max_new_tokens=8,
-        extra_args="--global_batch_size 2 --per_device_train_batch_size 1")
+        "04_train", gpus=0, data_path=str(train_set), max_steps=2, max_examples=16, model_max_length=96,
+        max_new_tokens=8, report_to="tensorboard", extra_args="--global_batch_size 2 --per_device_train_batch_size 1")
+    # cpu_default holds out 20% of its seeded sample; the sample draws on both sources
+    assert summary["validation_examples"] >= 2 and len(summary["eval_losses"]) == 1
+    assert summary["eval_loss_at_start"] > 0 and summary["eval_loss"] > 0
+    assert set(summary["sources"]) == {"seed", "self-instruct"} and sum(summary["sources"].values()) <= 13
+    assert "eval/loss" in EventAccumulator(str(tmp_path / "course" / "04_train" / "tensorboard")).Reload().Tags()["scalars"]
     assert summary["steps"] == 2 and summary["world_size"] == 1 and not summary["fsdp"]
     assert summary["command"].startswith("accelerate launch ") and "--cpu" in summary["command"]
     assert summary["trained_tokens_per_s"] > 0

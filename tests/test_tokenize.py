@@ -13,11 +13,11 @@ from alpaca_helpers.tokenize import (
     build_dataset,
     check_tokenizer,
     ensure_pad_token,
-    length_grouped_batches,
+    global_batches,
+    micro_batches,
     pack_features,
     pack_lengths,
     padding_waste,
-    random_batches,
     tokenize_batch,
     tokenize_example,
 )
@@ -277,7 +277,7 @@ def test_ensure_pad_token_adds_one_with_mean_embeddings(default_tokenizer, defau
 
 
 def test_packed_batch_loss_equals_unpacked(records, default_tokenizer, model32):
-    """No example sees another: same loss packed (position_ids restarts, or the explicit 4D mask) as unpacked."""
+    """No example sees another: same loss packed (position_ids restarts) as unpacked."""
     # short rows keep the three forward passes of a 135M model quick on 2 cores
     features = [tokenize_example(r, default_tokenizer, max_length=80) for r in records[:10]]
     features = [f for f in features if f is not None][:6]
@@ -293,9 +293,7 @@ def test_packed_batch_loss_equals_unpacked(records, default_tokenizer, model32):
     with torch.no_grad():
         unpacked = model32(**AlpacaCollator(pad)(features)).loss
         packed = model32(**AlpacaCollator(pad, pad_to_multiple_of=32)(rows), use_cache=False).loss
-        packed_4d = model32(**AlpacaCollator(pad, packed_4d_mask=True)(rows)).loss
     assert abs(packed.item() - unpacked.item()) < 1e-5
-    assert abs(packed_4d.item() - unpacked.item()) < 1e-5
 
 
 def test_pack_lengths_fits_and_covers():
@@ -316,23 +314,22 @@ def test_length_grouping_cuts_padding_waste():
 
     rng = random.Random(1)
     lengths = [rng.randint(20, 500) for _ in range(3000)]
-    grouped = length_grouped_batches(lengths, 16, seed=0)
-    shuffled = random_batches(len(lengths), 16, seed=0)
+    order = global_batches(len(lengths), 128, seed=0, epoch=0)  # as training cuts each epoch
+    grouped = [m for b in order for m in micro_batches(b, lengths, 16, group_by_length=True)]
+    shuffled = [m for b in order for m in micro_batches(b, lengths, 16, group_by_length=False)]
     for batches in (grouped, shuffled):
-        assert sorted(i for b in batches for i in b) == list(range(3000))
-        assert all(len(b) <= 16 for b in batches)
+        assert sorted(i for b in batches for i in b) == sorted(i for b in order for i in b)
+        assert all(len(b) == 16 for b in batches)
     assert padding_waste(lengths, grouped) < padding_waste(lengths, shuffled) / 3
     assert padding_waste([5, 5], [[0, 1]]) == 0.0
     assert padding_waste([5, 5], [[0, 1]], pad_to_multiple_of=8) == pytest.approx(3 / 8)
 
 
-def test_pack_dataset_and_drop_policy_counts(records, default_tokenizer):
-    from alpaca_helpers.tokenize import pack_dataset
-
+def test_packing_a_dataset_and_drop_policy_counts(records, default_tokenizer):
     ds, stats = build_dataset(records[:200], default_tokenizer, max_length=160, overflow="drop")
     assert stats.truncated == 0 and stats.dropped > 0 and stats.kept + stats.dropped == 200
     assert all(len(ids) <= 160 for ids in ds["input_ids"])
-    packed = pack_dataset(ds, max_length=512)
-    assert sorted(i for ids in packed["example_ids"] for i in ids) == sorted(ds["example_id"])
-    assert sum(map(len, packed["input_ids"])) == sum(map(len, ds["input_ids"]))
-    assert all(len(row) <= 512 for row in packed["input_ids"])
+    packed = pack_features(ds.select_columns(["input_ids", "labels", "example_id"]).to_list(), max_length=512)
+    assert sorted(i for row in packed for i in row["example_ids"]) == sorted(ds["example_id"])
+    assert sum(len(row["input_ids"]) for row in packed) == sum(map(len, ds["input_ids"]))
+    assert all(len(row["input_ids"]) <= 512 for row in packed)

@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from alpaca_helpers import train_dist
-from alpaca_helpers.train import NonFiniteLossError, global_batches, main, rank_micro_batches, train
+from alpaca_helpers.tokenize import global_batches
+from alpaca_helpers.train import NonFiniteLossError, main, train
+from alpaca_helpers.train_data import rank_micro_batches
 from alpaca_helpers.train_config import (CONFIGS_DIR, TrainConfigError, list_presets, load_preset, make_config,
                                          parse_config, plan_batch)
 
@@ -55,7 +57,8 @@ def test_presets_are_the_alpaca_recipes_and_name_their_command():
     seven = make_config(**load_preset(CONFIGS_DIR / "alpaca_7b.yaml"))
     assert (seven.learning_rate, seven.num_train_epochs, seven.global_batch_size, seven.model_max_length,
             seven.weight_decay, seven.warmup_ratio, seven.lr_scheduler_type) == (2e-5, 3, 128, 512, 0.0, 0.03, "cosine")
-    assert seven.bf16 == "auto" and seven.tf32 == "auto" and seven.fsdp == "auto"
+    assert seven.bf16 is None and seven.tf32 is None and seven.fsdp == "auto"  # None: decided by the device
+    assert seven.val_set_size == 0  # Alpaca trained on all 52K
     thirteen = make_config(**load_preset(CONFIGS_DIR / "alpaca_13b.yaml"))
     assert (thirteen.learning_rate, thirteen.num_train_epochs) == (1e-5, 5)
 
@@ -64,7 +67,7 @@ def test_defaults_are_the_7b_recipe_and_flags_override_a_preset():
     assert parse_config([]).learning_rate == 2e-5
     cfg = parse_config(["--config", "alpaca_13b", "--learning_rate", "3e-5", "--packing", "true",
                         "--max_examples", "none", "--bf16", "false"])
-    assert (cfg.learning_rate, cfg.num_train_epochs, cfg.packing, cfg.max_examples, cfg.bf16) == (3e-5, 5, True, None, "false")
+    assert (cfg.learning_rate, cfg.num_train_epochs, cfg.packing, cfg.max_examples, cfg.bf16) == (3e-5, 5, True, None, False)
     with pytest.raises(TrainConfigError, match="learning_rate: cannot read 'fast'"):
         parse_config(["--learning_rate", "fast"])
     with pytest.raises(TrainConfigError, match="no such preset"):
@@ -225,7 +228,7 @@ def test_single_process_run_logs_every_step_and_saves_a_loadable_folder(tmp_path
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "run"
-    summary = train(make_config(model_name_or_path=str(tiny_model), output_dir=str(out), max_examples=16,
+    summary = train(make_config(model_name_or_path=str(tiny_model), output_dir=str(out), max_examples=18,
                                 global_batch_size=8, per_device_train_batch_size=4, num_train_epochs=2,
                                 learning_rate=1e-3, packing=True))
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -287,7 +290,7 @@ def test_wrong_layer_class_fails_the_run_before_training(tmp_path, tiny_model, c
 
 def test_training_refuses_a_file_with_evaluation_tasks(tmp_path):
     from alpaca_helpers.data import AlpacaFormatError, load_eval_set, load_seed_tasks, save_alpaca
-    from alpaca_helpers.train import load_records
+    from alpaca_helpers.train_data import load_records
 
     path = save_alpaca(load_seed_tasks()[:5] + load_eval_set()[:1], tmp_path / "leaky.json")
     with pytest.raises(AlpacaFormatError, match="repeat evaluation-set instructions"):
@@ -336,3 +339,142 @@ def test_trained_positions_head_gives_the_full_heads_loss_and_gradients(tiny_mod
     for name, g in grads[0][1].items():
         torch.testing.assert_close(grads[1][1][name], g, atol=1e-6, rtol=1e-4)
     assert model(**{k: v for k, v in batch.items() if k != "labels"}).logits.shape[1] == batch["input_ids"].shape[1]
+
+
+# --- data by name, validation split, torn log, the full-scale command ---------------------------------
+
+
+def test_held_out_examples_never_reach_a_training_batch(tiny_model, tmp_path):
+    from alpaca_helpers.data import source_counts
+    from alpaca_helpers.train import Recipe
+    from alpaca_helpers.train_config import check_run
+    from alpaca_helpers.train_dist import dist_env
+
+    cfg = make_config(model_name_or_path=str(tiny_model), output_dir=str(tmp_path), max_examples=60,
+                      val_set_size=0.25, global_batch_size=8, per_device_train_batch_size=4, num_train_epochs=3)
+    recipe = Recipe(cfg, dist_env(force_cpu=True), check_run(cfg, 1, on_gpu=False))
+    recipe.setup_model_source()
+    recipe.setup_data()  # no weights needed
+    key = lambda r: (r["instruction"], r["input"])  # noqa: E731
+    held_out = {key(r) for r in recipe.val.records}
+    assert len(held_out) == 15 and len(recipe.data.records) == 45
+    seen = {key(recipe.data.records[recipe.data.example_ids[i]])
+            for step in range(1, recipe.steps + 1) for i in recipe.global_batch(step)}
+    assert seen and not seen & held_out
+    assert source_counts(recipe.data.records) == {}
+    with pytest.raises(TrainConfigError, match="nothing would be left to train on"):
+        from alpaca_helpers.train_data import split_validation
+        split_validation(recipe.val.records, 15, seed=0)
+
+
+def test_max_examples_is_a_seeded_sample_of_every_source(tmp_path):
+    from alpaca_helpers.data import load_seed_tasks, save_alpaca
+    from alpaca_helpers.train_data import load_records
+
+    seeds = [{**r, "source": "seed"} for r in load_seed_tasks()]
+    generated = [{"instruction": f"Write a haiku about the number {i}.", "input": "", "output": "...",
+                  "source": "self-instruct"} for i in range(100)]
+    path = save_alpaca(seeds + generated, tmp_path / "train_set.json")  # as notebook 02 writes it
+    sample = load_records(str(path), max_examples=80, seed=42)
+    assert len(sample) == 80 and {r["source"] for r in sample} == {"seed", "self-instruct"}
+    assert sample == load_records(str(path), max_examples=80, seed=42)
+
+
+def test_resume_survives_a_torn_last_log_line(tmp_path, tiny_model):
+    out = tmp_path / "run"
+    args = dict(model_name_or_path=str(tiny_model), output_dir=str(out), max_examples=20, global_batch_size=4,
+                per_device_train_batch_size=2, max_steps=4, model_max_length=256, save_steps=2)
+    train(make_config(**args, stop_after_steps=3))
+    with open(out / "train_log.jsonl", "a") as f:
+        f.write('{"step": 4, "loss"')  # a kill in the middle of a write
+    summary = train(make_config(**args, resume=True))
+    assert summary["finished"]
+    assert [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_full_scale_command_with_a_hub_layout_copy_builds_the_launch_and_trains(tmp_path, tiny_model, monkeypatch):
+    """Issue 12's command, `-p gpus 8 -p model_name_or_path huggyllama/llama-7b -p data_path tatsu-lab/alpaca`,
+    with `tatsu-lab/alpaca` a local folder in Hub layout; then the same arguments train on CPU, tiny."""
+    import datasets
+
+    from alpaca_helpers.data import load_seed_tasks
+    from alpaca_helpers.train_config import choose_preset, overrides, train_args
+    from alpaca_helpers.train_launch import launch_command
+
+    parquet = tmp_path / "tatsu-lab" / "alpaca" / "data" / "train-00000-of-00001.parquet"
+    parquet.parent.mkdir(parents=True)
+    rows = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"], "text": "..."}
+            for r in load_seed_tasks()[:24]]
+    datasets.Dataset.from_list(rows).to_parquet(str(parquet))
+    monkeypatch.chdir(tmp_path)
+
+    preset = choose_preset("auto", gpus=8)
+    assert preset == CONFIGS_DIR / "alpaca_7b.yaml"
+    settings = overrides(model_name_or_path="huggyllama/llama-7b", data_path="tatsu-lab/alpaca", max_steps=-1)
+    args = train_args(preset, settings, tmp_path / "out")
+    cmd = launch_command(args, gpus=8, gpus_present=8)
+    assert "--multi_gpu" in cmd and cmd[cmd.index("--num_processes") + 1] == "8" and "--cpu" not in cmd
+    assert {"--model_name_or_path=huggyllama/llama-7b", "--data_path=tatsu-lab/alpaca", str(preset)} <= set(cmd)
+
+    tiny = ["--model_name_or_path", str(tiny_model), "--max_steps", "2", "--global_batch_size", "4",
+            "--per_device_train_batch_size", "2", "--model_max_length", "256", "--device", "cpu"]
+    assert main(args + tiny) == 0
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert summary["finished"] and summary["data_path"] == "tatsu-lab/alpaca" and summary["examples"] > 20
+
+
+def test_unreachable_data_or_model_names_fail_in_one_line(tmp_path, tiny_model, capsys):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "alpaca_helpers.train", "--data_path", "yahma/alpaca-cleaned",
+                           "--model_name_or_path", str(tiny_model), "--output_dir", str(tmp_path / "run")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: yahma/alpaca-cleaned: not a local file or folder") and "HF_HUB_OFFLINE is set" in last
+    assert main(["--model_name_or_path", "/nope", "--output_dir", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err.strip() == "error: /nope: no such model folder"
+
+
+def test_notebook_preset_policy():
+    from alpaca_helpers.train_config import choose_preset, overrides
+
+    assert choose_preset("auto", gpus=0).name == "cpu_default.yaml"
+    assert choose_preset("auto", gpus=1, lora=True).name == "alpaca_7b_lora.yaml"
+    assert choose_preset("alpaca_13b", gpus=8).name == "alpaca_13b.yaml"
+    with pytest.raises(TrainConfigError, match="no such preset"):
+        choose_preset("alpaca_70b", gpus=8)
+    assert overrides(data_path=None, learning_rate=1e-5, max_steps=-1, lora=False) == {"learning_rate": 1e-5}
+    assert overrides(max_steps=3, lora=True) == {"max_steps": 3, "lora": True}
+    with pytest.raises(TrainConfigError, match="unknown setting"):
+        overrides(learnig_rate=1e-5)
+
+
+def test_bf16_and_tf32_are_typed_choices_checked_before_loading():
+    from alpaca_helpers.train_config import check_run
+
+    assert parse_config(["--bf16", "auto"]).bf16 is None and parse_config(["--tf32", "true"]).tf32 is True
+    assert check_run(parse_config([]), 1, on_gpu=True).precision.bf16 is True
+    assert check_run(parse_config([]), 1, on_gpu=False).precision.bf16 is False
+    assert check_run(parse_config(["--bf16", "true"]), 1, on_gpu=False).precision.bf16 is True  # CPU bf16 allowed
+    with pytest.raises(TrainConfigError, match="tf32 is a GPU setting"):
+        check_run(parse_config(["--tf32", "true"]), 1, on_gpu=False)
+    with pytest.raises(TrainConfigError, match="bf16: cannot read 'maybe'"):
+        parse_config(["--bf16", "maybe"])
+    with pytest.raises(TrainConfigError, match="report_to"):
+        parse_config(["--report_to", "mlflow"])
+
+
+def test_bf16_on_cpu_trains_and_keeps_fp32_weights(tmp_path, tiny_model):
+    """One process: autocast to bf16 on CPU (issue 15 extends this to the sharded path)."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    summary = train(make_config(model_name_or_path=str(tiny_model), output_dir=str(out), max_examples=12,
+                                global_batch_size=4, per_device_train_batch_size=2, max_steps=2, bf16=True,
+                                model_max_length=256, learning_rate=1e-3))
+    assert summary["finished"] and summary["bf16"] and summary["final_loss"] > 0
+    assert next(AutoModelForCausalLM.from_pretrained(out / "model").parameters()).dtype == torch.float32

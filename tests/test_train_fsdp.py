@@ -4,7 +4,8 @@ started with the same `launch_command` the notebook uses.
 One tiny LLaMA (2 layers, hidden 64) built here. Only rank 0 reads the weights; rank 1 gets its shards by
 broadcast, so the 1-process match below also checks that path. Tolerances: per-step loss within 1e-4 (absolute) of the
 1-process run over the same global batches, final weights within 1e-4; the saved folder's logits within
-1e-5 of the in-memory sharded model's; a resumed run's weights within 1e-6 of the uninterrupted run's.
+1e-5 of the in-memory sharded model's; a resumed run's weights within 1e-6 of the uninterrupted run's; the
+validation loss (each rank measures its share of the held-out set, the sums are reduced) within 1e-4.
 Observed: losses agree to ~1e-6, resume is bit-exact.
 """
 
@@ -32,7 +33,8 @@ from test_train import make_tiny_llama  # noqa: E402
 pytestmark = pytest.mark.slow
 
 RUN = ["--max_examples", "48", "--global_batch_size", "8", "--per_device_train_batch_size", "2",
-       "--max_steps", "4", "--learning_rate", "1e-3", "--save_steps", "2", "--model_max_length", "256"]
+       "--max_steps", "4", "--learning_rate", "1e-3", "--save_steps", "2", "--model_max_length", "256",
+       "--val_set_size", "5", "--eval_steps", "2"]  # 5 held out: 3 micro-batches of 2, rank 1 also runs an empty one
 
 
 def free_port() -> int:
@@ -52,8 +54,16 @@ def launch(tiny: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
 def losses(out: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return [row["loss"] for row in rows(out)]
+
+
+def eval_losses(out: Path) -> dict[int, float]:
+    return {row["step"]: row["eval_loss"] for row in rows(out) if "eval_loss" in row}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +100,12 @@ def test_two_processes_match_one_process_over_the_same_global_batch(runs):
     assert len(one) == len(two) == 4
     assert max(abs(a - b) for a, b in zip(one, two)) < 1e-4
     assert two[-1] < two[0]  # and it learns
+    # The validation loss: at step 2 (eval_steps) and 4 (the run's end), and before training, on both.
+    val_one, val_two = eval_losses(single), eval_losses(sharded)
+    assert set(val_one) == set(val_two) == {2, 4}
+    assert max(abs(val_one[s] - val_two[s]) for s in val_one) < 1e-4
+    start = [json.loads((o / "train_summary.json").read_text())["eval_loss_at_start"] for o in (single, sharded)]
+    assert abs(start[0] - start[1]) < 1e-4 and val_two[4] < start[1]
     a, b = load_file(single / "model" / "model.safetensors"), load_file(sharded / "model" / "model.safetensors")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4

@@ -19,7 +19,7 @@ def tiny_model(tmp_path_factory, default_model_dir):
 
 
 def lora_config(tiny_model, out, **extra):
-    return make_config(model_name_or_path=str(tiny_model), output_dir=str(out), max_examples=24,
+    return make_config(model_name_or_path=str(tiny_model), output_dir=str(out), max_examples=27,
                        global_batch_size=8, per_device_train_batch_size=4, num_train_epochs=3,
                        learning_rate=5e-3, lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.1,
                        **extra)

@@ -1,0 +1,86 @@
+"""The data side of a training run: records from any source, the validation split, and micro-batches.
+
+Order of operations (every rank does the same, seeded): load and validate the records (`load_source`),
+refuse evaluation-set tasks, sample `max_examples` of them at random (so a capped run still sees every
+source of a mixed set, such as the course's seed + self-instruct records), hold out `val_set_size` of
+them, tokenize both parts. Held-out examples are a separate tokenized set: no training batch can hold one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .tokenize import IGNORE_INDEX, micro_batches
+from .train_config import BatchPlan, validation_count
+
+
+def load_records(data_path: str, max_examples: int | None = None, seed: int = 42,
+                 columns: str | Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Training records from `data_path` (see `data.load_source`), refused if they hold evaluation-set
+    tasks (notebook 06 compares on them), and a seeded random sample of `max_examples` of them (in their
+    original order) when set."""
+    from .data import check_not_eval_set, load_source
+
+    records = load_source(data_path, columns)
+    check_not_eval_set(records, source=data_path)
+    if max_examples is not None and max_examples < len(records):
+        keep = sorted(random.Random(seed).sample(range(len(records)), max_examples))
+        records = [records[i] for i in keep]
+    return records
+
+
+def split_validation(records: Sequence[dict[str, Any]], val_set_size: float,
+                     seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(training, held-out) records: a seeded random `val_set_size` (fraction or count) is held out."""
+    n_val = validation_count(len(records), val_set_size)
+    held = set(random.Random(seed + 1).sample(range(len(records)), n_val))
+    return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
+
+
+def rank_micro_batches(batch: Sequence[int], lengths: Sequence[int], plan: BatchPlan, rank: int,
+                       group_by_length: bool) -> list[list[int]]:
+    """This rank's micro-batches of one global batch: cut (grouped by length when asked) and dealt to the
+    ranks round-robin, which also balances their work."""
+    return micro_batches(batch, lengths, plan.per_device, group_by_length)[rank::plan.world_size]
+
+
+def eval_micro_batches(num_examples: int, lengths: Sequence[int], size: int, rank: int,
+                       world_size: int) -> list[list[int]]:
+    """This rank's share of the held-out set, grouped by length. Every rank gets the same number of
+    micro-batches (a sharded forward is collective); a rank with nothing left gets an empty one."""
+    cut = micro_batches(range(num_examples), lengths, size, group_by_length=True)
+    rounds = math.ceil(len(cut) / world_size)
+    mine = cut[rank::world_size]
+    return mine + [[] for _ in range(rounds - len(mine))]
+
+
+class TrainData:
+    """Tokenized examples held as Python lists, and micro-batch collation (padding or packing)."""
+
+    def __init__(self, dataset: Any, records: Sequence[dict[str, Any]], pad_id: int, packing: bool):
+        from .tokenize import AlpacaCollator
+
+        self.records = records  # example_id indexes these
+        self.input_ids = dataset["input_ids"]
+        self.labels = dataset["labels"]
+        self.example_ids = dataset["example_id"]
+        self.lengths = [len(x) for x in self.input_ids]
+        # Trained tokens: labels the model predicts (the first position is never predicted).
+        self.trained = [sum(1 for t in lab[1:] if t != IGNORE_INDEX) for lab in self.labels]
+        self.collator = AlpacaCollator(pad_token_id=pad_id)
+        self.packing = packing
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def collate(self, ids: Sequence[int]) -> dict[str, Any]:
+        from .tokenize import pack_features
+
+        features = [{"input_ids": self.input_ids[i], "labels": self.labels[i], "example_id": self.example_ids[i]}
+                    for i in ids]
+        if self.packing:  # one row per micro-batch: no padding; position_ids keep examples apart
+            features = pack_features(features, sum(len(f["input_ids"]) for f in features))
+        return self.collator(features)
