@@ -2,7 +2,7 @@
 
 alpaca-lora's recipe in our loop: the base weights stay frozen (in bf16 on a GPU, so LLaMA-7B fits one
 80 GB card with room for activations), small low-rank adapters train in fp32, and at the end they are
-merged into the base weights so that the saved model is an ordinary Hugging Face folder.
+merged, in fp32, into the base weights so that the saved model is an ordinary Hugging Face folder.
 """
 
 from __future__ import annotations
@@ -67,9 +67,17 @@ def trainable_parameters(model: nn.Module) -> int:
 
 
 def save_adapter_and_merge(model: Any, out: Path) -> nn.Module:
-    """Save the adapters alone (`out/adapter`, safetensors) and return the base model with them merged in."""
+    """Save the adapters alone (`out/adapter`, safetensors) and return the base model with them merged in.
+
+    The merge happens in fp32 on the CPU: peft adds `scale * B @ A` in place into the base weights' dtype,
+    and into a bf16 base that rounds away most of a small fine-tune (peft#1388), which a later upcast to
+    fp32 cannot bring back. The CPU holds the fp32 copy (27 GB for LLaMA-7B) where a small GPU could not.
+    """
+    import torch
+
     from .data import atomic_folder
 
     with atomic_folder(out / ADAPTER_DIR) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+    model = model.to(device="cpu", dtype=torch.float32)
     return model.merge_and_unload()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import os
 import shlex
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -41,27 +42,85 @@ def check_gpus(gpus: int, gpus_present: int | None = None) -> int:
     return gpus
 
 
+# Our launches read this file instead of the user's `accelerate config` default (whose `gpu_ids`,
+# mixed precision or FSDP plugin settings would otherwise leak into every run); the command line
+# names everything else explicitly.
+ACCELERATE_CONFIG = """\
+# Written by alpaca_helpers.train_launch: the settings of our `accelerate launch` commands (the command
+# line passes the rest). bf16 is FSDP's policy in alpaca_helpers.train, not accelerate's mixed precision.
+compute_environment: LOCAL_MACHINE
+distributed_type: 'NO'
+mixed_precision: 'no'
+gpu_ids: all
+enable_cpu_affinity: false
+"""
+DEFAULT_MULTI_MACHINE_PORT = 29500  # every machine must name the same port, so it cannot be picked freely
+
+
+def accelerate_config_file() -> Path:
+    """Our accelerate config file (written once under the cache folder)."""
+    from .data import atomic_write_text
+    from .paths import cache_dir
+
+    path = cache_dir() / "accelerate_launch.yaml"
+    if not path.is_file() or path.read_text() != ACCELERATE_CONFIG:
+        atomic_write_text(path, ACCELERATE_CONFIG)
+    return path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (so two runs on one machine do not collide on 29500)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (a SLURM or container allocation, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def launch_command(train_args: Sequence[str], gpus: int = 0, cpu_processes: int = 1,
-                   gpus_present: int | None = None, main_process_port: int | None = None) -> list[str]:
+                   gpus_present: int | None = None, main_process_port: int | None = None,
+                   num_machines: int = 1, machine_rank: int = 0, main_process_ip: str | None = None) -> list[str]:
     """The `accelerate launch ... -m alpaca_helpers.train <train_args>` command as a list.
 
-    `gpus` 0 means CPU with `cpu_processes` processes (2 or more shard with FSDP over gloo, even on a
-    machine with GPUs); asking for more GPUs than the machine has is an error.
+    `gpus` (per machine) 0 means CPU with `cpu_processes` processes (2 or more shard with FSDP over gloo,
+    even on a machine with GPUs); asking for more GPUs than the machine has is an error. With
+    `num_machines` > 1 the same command runs on every machine with its own `machine_rank`, all naming the
+    first machine's `main_process_ip` and `main_process_port` (29500 unless given); the global batch
+    is then split over all processes of all machines. Each process gets an explicit share of this machine's
+    cores as its thread count (accelerate gives GPU processes 1 thread), our accelerate config instead of the
+    user's default, and on one machine a free port unless one is given.
     """
     check_gpus(gpus, gpus_present)
     if cpu_processes < 1:
         raise LaunchError(f"cpu_processes must be >= 1, got {cpu_processes}")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
+    if num_machines < 1:
+        raise LaunchError(f"num_machines must be >= 1, got {num_machines}")
+    if not 0 <= machine_rank < num_machines:
+        raise LaunchError(f"machine_rank must be in 0..{num_machines - 1} for {num_machines} machine(s), got {machine_rank}")
+    if num_machines > 1 and not main_process_ip:
+        raise LaunchError("several machines need main_process_ip: the address of machine_rank 0, which all can reach")
+    if main_process_port is not None and not 0 < main_process_port < 65536:
+        raise LaunchError(f"main_process_port must be in 1..65535, got {main_process_port}")
+    per_machine = gpus if gpus else cpu_processes
+    total = per_machine * num_machines
+    if main_process_port is None:
+        main_process_port = free_port() if num_machines == 1 else DEFAULT_MULTI_MACHINE_PORT
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_file()),
            "--mixed_precision", "no", "--dynamo_backend", "no"]  # bf16 is FSDP's policy, set by train.py
-    processes = gpus if gpus else cpu_processes
-    if gpus == 0:
-        cmd += ["--cpu"] if processes == 1 else ["--multi_gpu"]  # --multi_gpu: the multi-process launcher
-        cmd += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // processes))]
-    elif processes > 1:
-        cmd += ["--multi_gpu"]
-    if main_process_port is not None:
-        cmd += ["--main_process_port", str(main_process_port)]
-    cmd += ["--num_processes", str(processes), "-m", "alpaca_helpers.train", *train_args]
+    cmd += ["--cpu"] if gpus == 0 and total == 1 else ["--gpu_ids", "all"] if gpus else []
+    cmd += ["--num_cpu_threads_per_process", str(max(1, usable_cpus() // per_machine)),
+            "--num_machines", str(num_machines)]
+    if num_machines > 1:
+        cmd += ["--machine_rank", str(machine_rank), "--main_process_ip", str(main_process_ip)]
+    cmd += ["--main_process_port", str(main_process_port)]
+    cmd += ["--multi_gpu"] if total > 1 else []  # the multi-process launcher (torchrun), also for CPU processes
+    cmd += ["--num_processes", str(total), "-m", "alpaca_helpers.train", *train_args]
     if gpus == 0:
         cmd += ["--device", "cpu"]
     return cmd
@@ -120,3 +179,39 @@ def epoch_mean_loss(log: Any) -> Any:
 
     epoch = np.ceil(log["epoch"].round(4) - 1e-9).astype(int).clip(lower=1).rename("epoch")
     return log.groupby(epoch).agg(loss=("loss", "mean"), first_step=("step", "min"), last_step=("step", "max"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m alpaca_helpers.train_launch [launch options] -- <train flags>`: print the launch command
+    and run it in place of this process (one per machine under SLURM: `scripts/slurm_train.sbatch`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m alpaca_helpers.train_launch",
+        description="Start alpaca_helpers.train under `accelerate launch` on this machine; the flags after "
+                    "`--` go to the training script.")
+    parser.add_argument("--gpus", type=int, default=None, help="GPUs per machine (default: all present; 0 = CPU)")
+    parser.add_argument("--cpu_processes", type=int, default=1, help="CPU processes per machine when gpus=0")
+    parser.add_argument("--num_machines", type=int, default=1)
+    parser.add_argument("--machine_rank", type=int, default=0)
+    parser.add_argument("--main_process_ip", default=None, help="address of machine_rank 0 (several machines)")
+    parser.add_argument("--main_process_port", type=int, default=None,
+                        help=f"free port on one machine; {DEFAULT_MULTI_MACHINE_PORT} on several unless given")
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    try:
+        cmd = launch_command(argv[split + 1:], gpus=available_gpus() if args.gpus is None else args.gpus,
+                             cpu_processes=args.cpu_processes, main_process_port=args.main_process_port,
+                             num_machines=args.num_machines, machine_rank=args.machine_rank,
+                             main_process_ip=args.main_process_ip)
+    except LaunchError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    print(show_command(cmd), flush=True)
+    os.environ.update({"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
+    os.execv(cmd[0], cmd)  # signals (scancel, Ctrl-C) then reach accelerate directly
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,9 +2,12 @@
 
     python benchmarks/bench_train.py                       # default model, 175 seed tasks: 4 steps of 32
     python benchmarks/bench_train.py --examples 120 --json /tmp/bench_train.json
+    python benchmarks/bench_train.py --only trainer_random,trl_grouped,ours_grouped   # a subset of the runs
 
 Baseline = the original recipe's shape: Hugging Face `Trainer`, random order, each micro-batch padded to
-its longest example. Ours = `alpaca_helpers.train`: micro-batches grouped by length inside each global
+its longest example. Peer = Hugging Face TRL's `SFTTrainer` (`pip install '.[bench]'`; `--no-trl` leaves it
+out) with completion-only loss, in the two settings that keep the global batch in examples: padding-free
+(each micro-batch one row) and length-grouped micro-batches (`run_trl` says why not `packing`). Ours = `alpaca_helpers.train`: micro-batches grouped by length inside each global
 batch, first with the LM head on every position (`ours_grouped_full_head`: grouping alone), then with
 logits only where a label is trained (the default), then also with packing. Same model, data, global batch, micro-batch, schedule and number of
 steps. Reported: trained (response) tokens per second of the training loop (wall and process CPU time,
@@ -47,24 +50,14 @@ def mean_loss(model_dir: str, dataset, pad_id: int, batch: int = 8) -> float:
     return total / count
 
 
-def run_trainer(model_dir: str, dataset, tokenizer, args, out: Path) -> dict:
-    """The original recipe's loop: Trainer, random sampler, pad to the longest in each micro-batch."""
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+def timed_run(trainer, tokenizer, out: Path) -> dict:
+    """Train a Hugging Face `Trainer` (or subclass), counting what it computes on and timing each step."""
+    from transformers import TrainerCallback
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    accumulation = args.global_batch // args.micro_batch
-    targs = TrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=accumulation,
-        num_train_epochs=1, learning_rate=args.lr, weight_decay=0.0, lr_scheduler_type="cosine",
-        warmup_steps=warmup_steps(len(dataset) // args.global_batch, 0.03),  # as ours: ceil(3% of steps)
-        logging_steps=1, save_strategy="no", report_to=[], seed=42, dataloader_num_workers=0,
-        disable_tqdm=True, use_cpu=True)
-    trainer = Trainer(model=model, args=targs, train_dataset=dataset.select_columns(["input_ids", "labels"]),
-                      data_collator=AlpacaCollator(pad_token_id=tokenizer.pad_token_id))
     padded = real = trained = 0
     collate = trainer.data_collator
 
-    def counting_collator(features):  # measure the padding and trained tokens the baseline computes on
+    def counting_collator(features):  # measure the padding and trained tokens the run computes on
         nonlocal padded, real, trained
         batch = collate(features)
         padded += batch["input_ids"].numel()
@@ -91,8 +84,60 @@ def run_trainer(model_dir: str, dataset, tokenizer, args, out: Path) -> dict:
     tokenizer.save_pretrained(out / "model")
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"seconds": seconds, "cpu_seconds": cpu, "trained_tokens_timed": timed_tokens,
-            "last_step_loss": losses[-1], "steps": len(losses),
+            "last_step_loss": losses[-1], "steps": len(losses), "trained_tokens": trained,
             "padding": 1 - real / padded, "model_dir": str(out / "model")}
+
+
+def hf_schedule(args, dataset) -> dict:
+    """The settings every Hugging Face run shares with ours: batch split, schedule, one epoch, CPU, fp32."""
+    return dict(output_dir=None, per_device_train_batch_size=args.micro_batch,
+                gradient_accumulation_steps=args.global_batch // args.micro_batch, num_train_epochs=1,
+                learning_rate=args.lr, weight_decay=0.0, lr_scheduler_type="cosine",
+                warmup_steps=warmup_steps(len(dataset) // args.global_batch, 0.03),  # as ours: ceil(3% of steps)
+                logging_steps=1, save_strategy="no", report_to=[], seed=42, dataloader_num_workers=0,
+                disable_tqdm=True, use_cpu=True)
+
+
+def run_trainer(model_dir: str, dataset, tokenizer, args, out: Path) -> dict:
+    """The original recipe's loop: Trainer, random sampler, pad to the longest in each micro-batch."""
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    targs = TrainingArguments(**{**hf_schedule(args, dataset), "output_dir": str(out)})
+    trainer = Trainer(model=model, args=targs, train_dataset=dataset.select_columns(["input_ids", "labels"]),
+                      data_collator=AlpacaCollator(pad_token_id=tokenizer.pad_token_id))
+    return timed_run(trainer, tokenizer, out)
+
+
+TRL_SETTINGS = {
+    # each micro-batch's examples concatenated into one row, no padding (what `ours_packed` does); TRL
+    # documents it for FlashAttention, and on CPU transformers reads the restarting position_ids as
+    # separate sequences, so the loss is the same
+    "padding_free": {"padding_free": True, "max_length": None},
+    # micro-batches of similar length (transformers' LengthGroupedSampler), padded
+    "grouped": {"train_sampling_strategy": "group_by_length"},
+}
+
+
+def run_trl(model_dir: str, dataset, tokenizer, args, out: Path, setting: str) -> dict:
+    """Hugging Face TRL's `SFTTrainer`, as users pick it today, on the same tokens and loss mask as ours.
+
+    The dataset goes in pre-tokenized with a `completion_mask` (TRL's completion-only loss: response tokens
+    only). TRL's own defaults that would change the comparison are set as ours: fp32 (not bf16 autocast), no
+    gradient checkpointing; packing (`packing=True`) is not run: it rebuilds the examples into fixed-length
+    rows, so a global batch would no longer be the same examples.
+    """
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    rows = dataset.map(lambda ex: {"completion_mask": [int(t != IGNORE_INDEX) for t in ex["labels"]]},
+                       remove_columns=[c for c in dataset.column_names if c != "input_ids"])
+    config = SFTConfig(**{**hf_schedule(args, dataset), "output_dir": str(out)}, bf16=False,
+                       gradient_checkpointing=False, completion_only_loss=True, dataset_num_proc=None,
+                       **{"max_length": args.max_length, **TRL_SETTINGS[setting]})
+    trainer = SFTTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer)
+    return timed_run(trainer, tokenizer, out)
 
 
 def run_ours(model_dir: str, data_file: Path, args, out: Path, packing: bool, trained_head: bool = True) -> dict:
@@ -122,6 +167,9 @@ def benchmark_data(tokenizer, args, folder: Path) -> tuple[Path, object]:
     return path, build_dataset([records[i] for i in kept], tokenizer, max_length=args.max_length).dataset
 
 
+RUNS = ("trainer_random", *(f"trl_{s}" for s in TRL_SETTINGS), "ours_grouped_full_head", "ours_grouped", "ours_packed")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
@@ -130,6 +178,8 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=32)
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--no-trl", action="store_true", help="leave out TRL's SFTTrainer (pip install '.[bench]')")
+    parser.add_argument("--only", help=f"comma-separated subset of the runs: {', '.join(RUNS)} (default: all)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -143,29 +193,45 @@ def main() -> None:
         data_file, dataset = benchmark_data(tokenizer, args, tmp)
         trained = sum(sum(1 for t in lab[1:] if t != IGNORE_INDEX) for lab in dataset["labels"])
         print(f"{len(dataset)} examples, {trained} trained tokens, global batch {args.global_batch} "
-              f"(micro-batch {args.micro_batch}), max length {args.max_length}, torch threads {torch.get_num_threads()}")
-        results["trainer_random"] = run_trainer(model_dir, dataset, tokenizer, args, tmp / "trainer")
-        results["trainer_random"]["trained_tokens"] = trained
-        results["ours_grouped_full_head"] = run_ours(model_dir, data_file, args, tmp / "grouped_full", packing=False,
-                                                     trained_head=False)
-        results["ours_grouped"] = run_ours(model_dir, data_file, args, tmp / "grouped", packing=False)
-        results["ours_packed"] = run_ours(model_dir, data_file, args, tmp / "packed", packing=True)
+              f"(micro-batch {args.micro_batch}), max length {args.max_length}, torch threads {torch.get_num_threads()}, "
+              f"load average {os.getloadavg()[0]:.2f}")
+        runs = {"trainer_random": lambda: run_trainer(model_dir, dataset, tokenizer, args, tmp / "trainer"),
+                **{f"trl_{setting}": (lambda setting=setting: run_trl(model_dir, dataset, tokenizer, args,
+                                                                      tmp / f"trl_{setting}", setting))
+                   for setting in TRL_SETTINGS},
+                "ours_grouped_full_head": lambda: run_ours(model_dir, data_file, args, tmp / "grouped_full",
+                                                           packing=False, trained_head=False),
+                "ours_grouped": lambda: run_ours(model_dir, data_file, args, tmp / "grouped", packing=False),
+                "ours_packed": lambda: run_ours(model_dir, data_file, args, tmp / "packed", packing=True)}
+        chosen = args.only.split(",") if args.only else [n for n in RUNS if not (args.no_trl and n.startswith("trl_"))]
+        if "trainer_random" not in chosen or set(chosen) - set(RUNS):
+            parser.error(f"--only: names from {', '.join(RUNS)}, including trainer_random (the baseline)")
+        for name in chosen:
+            results[name] = runs[name]()
         for r in results.values():
             r["trained_tokens_per_s"] = r["trained_tokens_timed"] / r["seconds"]
             r["trained_tokens_per_cpu_s"] = r["trained_tokens_timed"] / r["cpu_seconds"]
             r["final_mean_loss"] = mean_loss(r["model_dir"], dataset, tokenizer.pad_token_id)
             del r["model_dir"]
     base = results["trainer_random"]
+    trl_best = max((r for k, r in results.items() if k.startswith("trl_")), key=lambda r: r["trained_tokens_per_s"],
+                   default=None)
     print(f"\n| run | steps | loop s | CPU s | trained tok/s | trained tok/CPU s | padding | last-step loss "
-          f"| mean loss after | speed-up (wall) | speed-up (CPU) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          f"| mean loss after | speed-up (wall) | speed-up (CPU) | vs fastest TRL (wall) |\n"
+          f"|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         r["speedup"] = r["trained_tokens_per_s"] / base["trained_tokens_per_s"]
         r["speedup_cpu"] = r["trained_tokens_per_cpu_s"] / base["trained_tokens_per_cpu_s"]
+        r["vs_trl_best"] = r["trained_tokens_per_s"] / trl_best["trained_tokens_per_s"] if trl_best else None
         print(f"| {name} | {r['steps']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['trained_tokens_per_s']:.1f} "
               f"| {r['trained_tokens_per_cpu_s']:.1f} | {r['padding']:.1%} | {r['last_step_loss']:.4f} "
-              f"| {r['final_mean_loss']:.4f} | {r['speedup']:.2f}x | {r['speedup_cpu']:.2f}x |")
+              f"| {r['final_mean_loss']:.4f} | {r['speedup']:.2f}x | {r['speedup_cpu']:.2f}x | "
+              + (f"{r['vs_trl_best']:.2f}x |" if trl_best else "|"))
+    load = os.getloadavg()
+    print(f"load average at the end: {load[0]:.2f} (1 min), {load[2]:.2f} (15 min)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results, "load_average_end": load},
+                                              indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,14 @@ shape without its 128K vocabulary (the default tokenizer's 49K). Training goes t
 exactly as a real run (bf16 autocast on one GPU, fp32 master weights, AdamW) on the 175 seed tasks, repeated
 for `--steps` optimizer steps; the first step is left out of the rates as warm-up.
 
-MFU = model FLOPs per token (6 N + attention, `alpaca_helpers.train.flops_per_token`) × tokens/s ÷ the GPU's
-dense bf16 peak. The projection for Alpaca's run assumes LLaMA-7B on 8×A100 reaches the MFU measured here for
-the largest model, and that Alpaca's examples are as long as the seed tasks under the default tokenizer
-(`--tokens-per-example` overrides): an estimate, printed as one.
+MFU = model FLOPs per token × tokens/s ÷ the GPU's dense bf16 peak (`alpaca_helpers.plan`: 756 TFLOP/s for
+an H100 PCIe, 989 for SXM). FLOPs per token (`plan.flops_per_token`) count 6 per non-embedding parameter,
+attention, and the LM head only at the trained positions it computes (measured share); the embedding
+lookup is no matmul. Peak memory is reset before each run and set beside the plan's estimate
+(`plan.memory_plan`, without its CUDA-context allowance, which `max_memory_allocated` does not see).
+On a GPU without bf16 the runs are fp32 and no MFU is given. The projection for Alpaca's run assumes
+LLaMA-7B on 8×A100 reaches the MFU measured here for the largest model, and that Alpaca's examples are as
+long as the seed tasks under the default tokenizer (`--tokens-per-example` overrides): an estimate, printed as one.
 """
 
 from __future__ import annotations
@@ -28,12 +32,15 @@ from pathlib import Path
 import torch
 
 from alpaca_helpers.models import resolve_model
-from alpaca_helpers.train import PEAK_BF16_FLOPS, flops_per_token, peak_flops, train
+from alpaca_helpers.plan import (CUDA_OVERHEAD_GIB, flops_per_token, load_model_shape, memory_plan, model_shape,
+                                 peak_bf16_flops)
+from alpaca_helpers.train import train
 from alpaca_helpers.train_config import make_config
 
 # LLaMA-architecture shapes: hidden, intermediate, layers, heads, kv heads.
 SHAPES = {"tiny": (64, 128, 2, 4, 2), "1b": (2048, 5632, 22, 32, 4), "3b": (3072, 8192, 28, 24, 8)}
-LLAMA_7B = {"params": 6.74e9, "layers": 32, "hidden": 4096}
+LLAMA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": False}
 ALPACA_EXAMPLES = 52_002 * 3  # examples × epochs
 
 
@@ -56,20 +63,29 @@ def build_model(shape: str, folder: Path) -> str:
     return str(folder / shape)
 
 
-def run(model_dir: str, args, out: Path, packing: bool) -> dict:
+def run(model_dir: str, args, out: Path, packing: bool, bf16: bool, peak: float | None) -> dict:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()  # each run's peak, not the largest so far
     cfg = make_config(model_name_or_path=model_dir, data_path="seed", model_max_length=512, max_steps=args.steps,
                       global_batch_size=args.global_batch, per_device_train_batch_size=args.micro_batch,
                       learning_rate=1e-5, packing=packing, output_dir=str(out), device=args.device,
-                      activation_checkpointing=args.activation_checkpointing)
+                      bf16="true" if bf16 else "false", activation_checkpointing=args.activation_checkpointing)
     summary = train(cfg)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()][1:]
     tokens, seconds = sum(r["tokens"] for r in log), sum(r["seconds"] for r in log)
-    mfus = [r["mfu"] for r in log if r["mfu"] is not None]
+    trained = sum(r["trained_tokens"] for r in log)
+    shape = load_model_shape(model_dir)
+    length = tokens / (len(log) * args.global_batch)
+    mfu = (flops_per_token(shape, length, trained / tokens) * tokens / seconds / peak) if peak else None
+    planned = memory_plan(shape, world_size=1, gpu_memory_gb=1e9, per_device=args.micro_batch,
+                          global_batch_size=args.global_batch, model_max_length=512, bf16=bf16,
+                          activation_checkpointing=args.activation_checkpointing)
     return {"parameters": summary["parameters"], "tokens_per_s": tokens / seconds,
-            "trained_tokens_per_s": sum(r["trained_tokens"] for r in log) / seconds,
-            "padding": sum(r["padding"] for r in log) / len(log), "mfu": sum(mfus) / len(mfus) if mfus else None,
+            "trained_tokens_per_s": trained / seconds,
+            "padding": sum(r["padding"] for r in log) / len(log), "mfu": mfu,
             "peak_memory_gb": max(r["peak_memory_gb"] for r in log),
-            "tokens_per_example": tokens / (len(log) * args.global_batch)}
+            "planned_memory_gb": planned.per_device_gb - CUDA_OVERHEAD_GIB,
+            "tokens_per_example": length, "trained_fraction": trained / tokens}
 
 
 def main() -> None:
@@ -86,7 +102,11 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}")
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    peak = peak_bf16_flops(name) if bf16 else None
+    print(f"device: {name}; torch {torch.__version__}; "
+          + ("bf16" if bf16 else "fp32 (no bf16 on this device: no MFU)")
+          + (f", peak {peak / 1e12:.0f} TFLOP/s" if peak else ""))
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -95,31 +115,36 @@ def main() -> None:
             for packing in (False, True):
                 key = f"{shape} {'packed' if packing else 'padded'}"
                 try:
-                    results[key] = run(model_dir, args, tmp / key.replace(" ", "_"), packing)
+                    results[key] = run(model_dir, args, tmp / key.replace(" ", "_"), packing, bf16, peak)
                 except torch.OutOfMemoryError:
                     results[key] = {"error": "out of memory"}
                     torch.cuda.empty_cache()
-    print("\n| model | parameters | packing | tokens/s | trained tokens/s | padding | MFU | peak memory GB |\n"
-          "|---|---:|---|---:|---:|---:|---:|---:|")
+    print("\n| model | parameters | packing | tokens/s | trained tokens/s | padding | MFU | peak memory GiB "
+          "| planned GiB |\n|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for key, r in results.items():
         shape, mode = key.split(" ")
         if "error" in r:
-            print(f"| {shape} | | {mode} | {r['error']} | | | | |")
+            print(f"| {shape} | | {mode} | {r['error']} | | | | | |")
             continue
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
         print(f"| {shape} | {r['parameters'] / 1e9:.2f}B | {mode} | {r['tokens_per_s']:,.0f} | "
-              f"{r['trained_tokens_per_s']:,.0f} | {r['padding']:.1%} | {mfu} | {r['peak_memory_gb']:.1f} |")
+              f"{r['trained_tokens_per_s']:,.0f} | {r['padding']:.1%} | {mfu} | {r['peak_memory_gb']:.1f} "
+              f"| {r['planned_memory_gb']:.1f} |")
     measured = [r for r in results.values() if r.get("mfu")]
     if measured:
         best = max(measured, key=lambda r: (r["parameters"], r["mfu"]))
         length = args.tokens_per_example or best["tokens_per_example"]
-        per_token_7b = flops_per_token(LLAMA_7B["params"], LLAMA_7B["layers"], LLAMA_7B["hidden"], length)
-        a100_tokens_per_s = best["mfu"] * PEAK_BF16_FLOPS["A100"] / per_token_7b
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        with torch.device("meta"):
+            llama_7b = model_shape(AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA_7B)))
+        per_token_7b = flops_per_token(llama_7b, length, best["trained_fraction"])
+        a100_tokens_per_s = best["mfu"] * peak_bf16_flops("A100") / per_token_7b
         hours = ALPACA_EXAMPLES * length / (8 * a100_tokens_per_s) / 3600
         print(f"\nprojection at the measured MFU of the {best['parameters'] / 1e9:.1f}B model ({best['mfu']:.1%}): "
               f"LLaMA-7B on 8×A100 ≈ {a100_tokens_per_s:,.0f} tokens/s per GPU → 52K × 3 epochs of {length:.0f} tokens "
               f"in {hours:.1f} h "
-              f"(Alpaca reported ~3 h); peak of this GPU {peak_flops(device) or 0:.3g} FLOP/s")
+              f"(Alpaca reported ~3 h); peak of this GPU {peak or 0:.3g} FLOP/s")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "args": vars(args), "results": results}, indent=2))
 
