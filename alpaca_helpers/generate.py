@@ -47,7 +47,12 @@ def load_model(name_or_path: str | os.PathLike | None = BASE_MODEL, device: str 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = resolve_model(name_or_path)  # the default's folder, an absolute local folder, or a Hub name
+    try:
+        source = resolve_model(name_or_path)  # the default's folder, an absolute local folder, or a Hub name
+    except FileNotFoundError as e:
+        if resolve(name_or_path).exists():
+            raise  # a folder that is not a model folder: that message says so
+        raise _not_found(name_or_path, str(e)) from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.float32 if device == "cpu" else "auto")
     key = (source, device, str(dtype))
@@ -61,15 +66,18 @@ def load_model(name_or_path: str | os.PathLike | None = BASE_MODEL, device: str 
             except (OSError, ValueError) as e:
                 if Path(source).exists():
                     raise
-                available = ", ".join(label for label, _ in model_choices()) or "none"
                 reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise FileNotFoundError(
-                    f"no model folder at {resolve(name_or_path)} and no Hub model {source!r} could be loaded "
-                    f"({reason}); models found: {available}") from None
+                raise _not_found(name_or_path, reason) from None
             model.to(device).eval()
             _models[key] = (model, tokenizer)
             print(f"Loaded in {time.perf_counter() - start:.1f} s", flush=True)
         return _models[key]
+
+
+def _not_found(name_or_path: str | os.PathLike, reason: str) -> FileNotFoundError:
+    available = ", ".join(label for label, _ in model_choices()) or "none"
+    return FileNotFoundError(f"no model folder at {resolve(name_or_path)} and no Hub model {str(name_or_path)!r} "
+                             f"could be loaded ({reason}); models found: {available}")
 
 
 def find_models(root: str | os.PathLike | None = None) -> list[Path]:

@@ -52,7 +52,7 @@ def _notebook_copy(folder: Path) -> Path:
     """Notebook 05 with test parameters in a cell right after its parameters cell (as papermill does)."""
     nb = nbformat.read(NOTEBOOKS_DIR / "05_generate.ipynb", as_version=4)
     params = {"models_root": str(folder / "runs"), "max_new_tokens": MAX_NEW_TOKENS, "serve_max_tokens": 16,
-              "output_dir": str(folder / "out")}
+              "export_dtypes": [], "output_dir": str(folder / "out")}
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
     nb.cells.insert(at + 1, nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in params.items())))
     path = folder / "05_generate.ipynb"

@@ -1,6 +1,7 @@
 """Notebook 05 under papermill: it builds the widgets, presses Generate from code once per model (the base
-model and a fine-tuned folder found under `models_root`), once side by side, and queries a real
-`transformers serve` with the openai client."""
+model and a fine-tuned folder found under `models_root`), once side by side, once with an instruction the
+content filter blocks (the refusal path), queries a real `transformers serve` with the openai client, and exports
+the fine-tuned folder to GGUF with its Ollama Modelfile."""
 
 import os
 
@@ -19,7 +20,7 @@ def test_notebook_05_generates_with_every_model_and_serves(execute_notebook, tmp
                                          serve_max_tokens=16)
     assert summary["models"] == [BASE, TUNED]
     runs = summary["runs"]
-    assert set(runs) == {BASE, TUNED, "side by side"}
+    assert set(runs) == {BASE, TUNED, "side by side", "blocked example"}
     for label in (BASE, TUNED):
         assert runs[label]["text"] and runs[label]["watermarked"] and isinstance(runs[label]["z"], float)
     side = runs["side by side"]
@@ -28,6 +29,20 @@ def test_notebook_05_generates_with_every_model_and_serves(execute_notebook, tmp
     assert summary["stream_pieces"] > 1 and summary["greedy_answer"]
     assert summary["served_model"] == TUNED
     assert summary["served_answers"]["alpaca prompt"] and summary["served_answers"]["chat"]
+    # The content filter (offline, the default): the blocked press shows a refusal naming the category, never the
+    # instruction, and the model is not asked.
+    blocked = runs["blocked example"]
+    assert blocked["blocked"] == "instruction" and blocked["categories"] == ["prompt injection"]
+    assert blocked["shown"] == "This instruction was blocked by the content filter (offline): prompt injection."
+    assert blocked["text"] == "" and "z" not in blocked
+    assert summary["filter"]["verdicts"] == {"demo instruction": [], "blocked example": ["prompt injection"]}
+    out = tmp_path / "course" / "05_generate"
+    log = (out / "moderation.jsonl").read_text()
+    assert summary["filter"]["logged"] == len(log.splitlines()) >= 2 + 2 * 4  # demo checks + 4 answered presses
+    assert "Ignore all previous instructions" not in log
+    # The GGUF export section: one q8_0 file (about 145 MB for 135M parameters) and its Modelfile.
+    assert set(summary["gguf"]) == {"q8_0"} and 100e6 < summary["gguf"]["q8_0"] < 200e6
+    assert (out / "Modelfile").read_text().startswith("FROM ./alpaca-q8_0.gguf\n")
     # The widgets were really built and displayed.
     outputs = [o for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
