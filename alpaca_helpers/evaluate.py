@@ -3,7 +3,9 @@
 Steps: answer the instructions with a model (`generate_answers`, resumable JSONL), pair each answer with
 text-davinci-003's in a seeded random left/right order (`make_blind_pairs`, the key kept apart), collect
 votes from people (`VoteStore`, one CSV line per vote) or from a judge model asked in both orders
-(`judge_item`), and count (`tally`).
+(`judge_item`, read from its text; `judge_item_weighted`, read from its token log-probabilities, through an
+endpoint that returns them or `LocalJudge` in this process), and count (`tally`, `weighted_win_rate`).
+`alpaca_eval_rows` writes the answers in alpaca_eval's format.
 """
 
 from __future__ import annotations
@@ -35,6 +37,29 @@ def eval_subset(records: Sequence[Mapping[str, Any]], size: int | None, seed: in
     return sorted(random.Random(seed).sample(range(len(records)), size))
 
 
+USER_ORIENTED = "user_oriented"  # the 252 self-instruct evaluation instructions, with text-davinci-003's answers
+
+
+def evaluation_items(eval_data: str = USER_ORIENTED) -> tuple[list[dict[str, Any]], list[str], str, str]:
+    """(items, reference answers, reference generator, dataset name) for notebook 06.
+
+    `user_oriented`: the 252 instructions (with `id`, `motivation_app`) and text-davinci-003's answers. Any
+    other name goes through `data.load_source` (a file, a folder or a Hub name such as `tatsu-lab/alpaca_eval`,
+    805 instructions whose `output` is the reference and whose `dataset` names the group).
+    """
+    from .data import load_davinci_predictions, load_eval_set, load_source
+
+    if eval_data == USER_ORIENTED:
+        records = load_eval_set()
+        return records, [d["output"] for d in load_davinci_predictions()], "text-davinci-003", \
+            "user_oriented_instructions"
+    rows = load_source(eval_data)
+    items = [{**r, "id": str(r.get("id", i)), "motivation_app": r.get("dataset") or eval_data}
+             for i, r in enumerate(rows)]
+    generators = {r.get("generator") for r in rows} - {None}
+    return items, [r["output"] for r in rows], generators.pop() if len(generators) == 1 else "reference", eval_data
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Answers
 
@@ -49,23 +74,27 @@ def generate_answers(model: Any, tokenizer: Any, records: Sequence[Mapping[str, 
     """Answer every record (each needs an `id`) with `generate_batch`, appending to a JSONL file as it goes.
 
     Resumable: ids already in the file are skipped, so a crash loses at most the batch in flight. Each line
-    stores the decoding settings next to the answer.
+    stores the decoding settings next to the answer, the number of new tokens and whether the answer ended
+    (eos or a stop marker) before `max_new_tokens`.
     """
     from tqdm.auto import tqdm
 
-    from .generate import generate_batch
+    from .generate import DECODING_DEFAULTS, extract_response, generate_tokens
+    from .prompts import format_prompt
 
     path = Path(path)
+    limit = decoding.get("max_new_tokens", DECODING_DEFAULTS["max_new_tokens"])
     done = read_answers(path)
     todo = [r for r in records if r["id"] not in done]
     with tqdm(total=len(records), initial=len(records) - len(todo), desc="answers", disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
-            outputs = generate_batch(model, tokenizer, [r["instruction"] for r in chunk],
-                                     [r.get("input", "") for r in chunk], **decoding)
-            for record, output in zip(chunk, outputs):
+            rows = generate_tokens(model, tokenizer, [format_prompt(r) for r in chunk], **decoding)
+            for record, tokens in zip(chunk, rows):
+                # A row shorter than the limit ended on its own: at eos (stripped from `tokens`) or a stop marker.
                 row = {"id": record["id"], "instruction": record["instruction"], "input": record.get("input", ""),
-                       "output": output, "decoding": decoding}
+                       "output": extract_response(tokenizer.decode(tokens, skip_special_tokens=True)),
+                       "new_tokens": len(tokens), "ended": len(tokens) < limit, "decoding": decoding}
                 append_durable(path, json.dumps(row, ensure_ascii=False))
                 done[record["id"]] = row
             bar.update(len(chunk))
@@ -307,3 +336,159 @@ def format_tally(result: Mapping[str, Any]) -> str:
         if result["win_rate_se"] is not None:
             line += f" ± {result['win_rate_se']:.2f}"
     return line
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The judge from log-probabilities (as alpaca_eval's weighted judges): no reply to parse, a preference per order
+
+WEIGHTED_JUDGE_PROMPT = JUDGE_PROMPT.rsplit("\n\nGive your decision", 1)[0] + """
+
+Which answer is better? Reply with one character: 1 or 2."""
+VERDICT_TOKENS = ("1", "2")
+TOP_LOGPROBS = 20  # alternatives asked for (OpenAI's maximum); both verdict tokens are among them in practice
+
+
+def weighted_judge_prompt(instruction: str, input: str, answer_1: str, answer_2: str) -> str:
+    """The pairwise prompt for a judge read through its log-probabilities: the reply is one token, 1 or 2."""
+    input_block = f"\n\nInput:\n{input}" if input else ""
+    return WEIGHTED_JUDGE_PROMPT.format(instruction=instruction, input_block=input_block, answer_1=answer_1,
+                                        answer_2=answer_2)
+
+
+def verdict_preference(top_logprobs: Mapping[str, float]) -> float | None:
+    """The judge's probability that answer 1 is better: P("1") / (P("1") + P("2")) over its first reply token.
+
+    Tokens are compared with surrounding spaces removed (" 1" counts as "1"). None when neither verdict token
+    is among the alternatives given.
+    """
+    mass = dict.fromkeys(VERDICT_TOKENS, 0.0)
+    for token, logprob in top_logprobs.items():
+        if token.strip() in mass:
+            mass[token.strip()] += math.exp(logprob)
+    total = sum(mass.values())
+    return mass["1"] / total if total > 0 else None
+
+
+def _side(preference: float) -> str:
+    return "1" if preference > 0.5 else "2" if preference < 0.5 else "tie"
+
+
+def judge_item_weighted(top_logprobs: Callable[[str], Mapping[str, float]], instruction: str, input: str,
+                        model_answer: str, reference_answer: str) -> dict[str, Any]:
+    """Ask a log-probability judge in both orders.
+
+    Returns `preferences` (P(answer 1 better) in each order), `preference` (the model's: the mean of
+    P(model better) over both orders, in [0, 1]), the two counted `verdicts` (the likelier side of each order)
+    and the `outcome` they give with `combine_orders`.
+    """
+    prompts = [weighted_judge_prompt(instruction, input, model_answer, reference_answer),
+               weighted_judge_prompt(instruction, input, reference_answer, model_answer)]
+    preferences = [verdict_preference(top_logprobs(p)) for p in prompts]
+    if None in preferences:
+        return {"preferences": preferences, "preference": None, "verdicts": [None, None], "outcome": UNPARSED}
+    verdicts = [_side(p) for p in preferences]
+    return {"preferences": preferences, "preference": (preferences[0] + 1 - preferences[1]) / 2,
+            "verdicts": verdicts, "outcome": combine_orders(*verdicts)}
+
+
+def weighted_win_rate(preferences: Iterable[float | None]) -> dict[str, Any]:
+    """The mean of the model's preferences (alpaca_eval's weighted win rate) with its standard error, over the
+    items that have one."""
+    values = [p for p in preferences if p is not None]
+    n = len(values)
+    rate = sum(values) / n if n else None
+    se = math.sqrt(sum((v - rate) ** 2 for v in values) / (n - 1) / n) if n > 1 else None
+    return {"weighted_win_rate": rate, "weighted_win_rate_se": se, "n_weighted": n}
+
+
+class LocalJudge:
+    """A judge model run in this process, read through its next-token log-probabilities.
+
+    `transformers serve` (5.x) ignores the `logprobs` request field, so a judge served locally can only be
+    read through its text. Here the same model scores the prompt directly: its chat template (if any) with
+    the generation prompt, one forward pass, and the top alternatives for the first reply token, the same
+    shape an OpenAI endpoint returns.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, top: int = TOP_LOGPROBS) -> None:
+        self.model, self.tokenizer, self.top = model, tokenizer, top
+        self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+    def _ids(self, prompt: str) -> list[int]:
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(prompt)["input_ids"]
+
+    def top_logprobs(self, prompt: str) -> dict[str, float]:
+        """{token text: log-probability} of the `top` likeliest first reply tokens."""
+        import torch
+
+        ids = self._ids(prompt)
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            logits = self.model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1]
+        values, indices = torch.log_softmax(logits.float(), dim=-1).topk(self.top)
+        self.usage["requests"] += 1
+        self.usage["prompt_tokens"] += len(ids)
+        out: dict[str, float] = {}
+        for value, index in zip(values.tolist(), indices.tolist()):
+            token = self.tokenizer.decode([index])
+            out[token] = max(out.get(token, -math.inf), value)
+        return out
+
+
+def run_weighted_judge(judge: Any, items: Sequence[Mapping[str, Any]],
+                       progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Judge every item in both orders from log-probabilities, with a `LocalJudge` or a `Teacher` whose endpoint
+    returns them. Returns per-item results (id, outcome, verdicts, preferences, preference) and the usage."""
+    from tqdm.auto import tqdm
+
+    from .teacher import estimate_cost
+
+    usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+    def ask(prompt: str) -> Mapping[str, float]:
+        if isinstance(judge, LocalJudge):
+            return judge.top_logprobs(prompt)
+        reply = judge.complete(prompt, top_logprobs=TOP_LOGPROBS)
+        usage["requests"] += 1
+        usage["prompt_tokens"] += reply.prompt_tokens
+        usage["completion_tokens"] += reply.completion_tokens
+        return reply.top_logprobs
+
+    results = []
+    for item in tqdm(items, desc="judge (log-probabilities, both orders)", disable=not progress):
+        result = judge_item_weighted(ask, item["instruction"], item.get("input", ""), item["model_answer"],
+                                     item["reference_answer"])
+        results.append({"id": item["id"], **result})
+    if isinstance(judge, LocalJudge):
+        usage, usage["cost_usd"] = dict(judge.usage), 0.0
+    else:
+        cfg = judge.config
+        usage["cost_usd"] = estimate_cost(cfg.model, usage["prompt_tokens"], usage["completion_tokens"], cfg.base_url)
+    return results, usage
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Files for alpaca_eval
+
+
+def alpaca_eval_rows(records: Sequence[Mapping[str, Any]], outputs: Sequence[str], generator: str,
+                     dataset: str) -> list[dict[str, str]]:
+    """Rows in alpaca_eval's input format: instruction (with the input appended, as alpaca_eval has no input
+    field), output, generator, dataset."""
+    rows = []
+    for record, output in zip(records, outputs, strict=True):
+        instruction = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+        rows.append({"instruction": instruction, "output": output, "generator": generator,
+                     "dataset": record.get("dataset") or dataset})
+    return rows
+
+
+def save_alpaca_eval(rows: Sequence[Mapping[str, str]], path: str | os.PathLike) -> Path:
+    """Write alpaca_eval rows as a JSON list, atomically."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(list(rows), ensure_ascii=False, indent=2) + "\n")
+    return path

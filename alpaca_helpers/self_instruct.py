@@ -121,6 +121,8 @@ _NUM = r"(?:\d+[ \t]*[.)][ \t]*)?"
 _BLOCK_START = re.compile(rf"^[ \t]*{_NUM}Instruction[ \t]*:", re.M | re.I)
 _LABEL = re.compile(rf"^[ \t]*{_NUM}(Instruction|Input|Output)[ \t]*:", re.M | re.I)
 _SEPARATOR = re.compile(r"^[ \t]*#{3,}[ \t]*$", re.M)
+# A chat reply often restates the slot's label ("4. Instruction:" + " 4. Instruction: Write...").
+_RESTATED_LABEL = re.compile(rf"^(?:[ \t]*{_NUM}Instruction[ \t]*:[ \t]*)+", re.I)
 
 
 def _parse_block(block: str) -> tuple[dict[str, str] | None, str | None]:
@@ -136,7 +138,7 @@ def _parse_block(block: str) -> tuple[dict[str, str] | None, str | None]:
         return None, "missing_input"
     if "output" not in fields:
         return None, "missing_output"
-    instruction = re.sub(r"\s+", " ", fields["instruction"]).strip()
+    instruction = re.sub(r"\s+", " ", _RESTATED_LABEL.sub("", fields["instruction"].strip())).strip()
     if not instruction:
         return None, "empty_instruction"
     if not fields["output"]:
@@ -192,6 +194,25 @@ def filter_reason(instruction: str) -> str | None:
     if not instruction[0].isascii():
         return "starts_non_ascii"
     return None
+
+
+# ---------------------------------------------------------------------------------------- training set
+
+TRAIN_SET_FILE = "train_set.json"
+SEED_SOURCE, GENERATED_SOURCE = "seed", "self-instruct"
+
+
+def training_set(seeds: Sequence[Mapping[str, Any]], generated: Sequence[Mapping[str, Any]],
+                 kept: Sequence[bool]) -> list[dict[str, Any]]:
+    """Alpaca's training data: the seed tasks, then the generated records the similarity filter kept.
+
+    Each record is plain Alpaca (instruction, input, output) plus `source`: "seed" or "self-instruct".
+    """
+    plain = [{f: r.get(f) or "" for f in ("instruction", "input", "output")} for r in seeds]
+    chosen = [r for r, keep in zip(generated, kept, strict=True) if keep]
+    return ([{**r, "source": SEED_SOURCE} for r in plain]
+            + [{**{f: r.get(f) or "" for f in ("instruction", "input", "output")}, "source": GENERATED_SOURCE}
+               for r in chosen])
 
 
 # ------------------------------------------------------------------------------------------ checkpoint

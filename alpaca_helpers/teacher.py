@@ -11,6 +11,7 @@ with exponential backoff up to `max_retries` times, then `TeacherError` says wha
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -46,6 +47,10 @@ class MalformedResponse(Exception):
     """The endpoint answered 200 with a body that is not a completion (retried like a 5xx)."""
 
 
+class LogprobsUnavailable(TeacherError):
+    """The endpoint answers but returns no token log-probabilities (`transformers serve` 5.x ignores the field)."""
+
+
 @dataclass
 class TeacherConfig:
     """Where the teacher is and how to decode. Defaults are Alpaca's (temperature 1, top_p 1)."""
@@ -79,6 +84,36 @@ class Completion:
     completion_tokens: int = 0
     retries: int = 0
     errors: list[str] = field(default_factory=list)  # what the retried attempts failed with
+    top_logprobs: dict[str, float] | None = None  # the first reply token's alternatives, when asked for
+
+
+def _top_logprobs(choice: Any, api: str) -> dict[str, float]:
+    """{token: logprob} of the first generated token's top alternatives, from a chat or completions choice.
+
+    No log-probabilities at all is `LogprobsUnavailable`; present but not well-formed is `MalformedResponse`.
+    """
+    found = getattr(choice, "logprobs", None)
+    if api == "chat":
+        content = getattr(found, "content", None) if found is not None else None
+        if not content:
+            raise LogprobsUnavailable("the endpoint returned no log-probabilities")
+        pairs = [(getattr(t, "token", None), getattr(t, "logprob", None)) for t in (content[0].top_logprobs or [])]
+    else:
+        tops = getattr(found, "top_logprobs", None) if found is not None else None
+        if not tops:
+            raise LogprobsUnavailable("the endpoint returned no log-probabilities")
+        if not isinstance(tops[0], dict):
+            raise MalformedResponse("top_logprobs is not a list of objects")
+        pairs = list(tops[0].items())
+    out: dict[str, float] = {}
+    for token, logprob in pairs:
+        if not isinstance(token, str) or isinstance(logprob, bool) or not isinstance(logprob, (int, float)) \
+                or not math.isfinite(logprob) or logprob > 1e-6:
+            raise MalformedResponse(f"bad top log-probability {token!r}: {logprob!r}")
+        out[token] = max(out.get(token, -math.inf), float(logprob))
+    if not out:
+        raise MalformedResponse("empty top log-probabilities")
+    return out
 
 
 def price_per_million(model: str, base_url: str = "") -> tuple[float, float] | None:
@@ -118,6 +153,12 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code == 429 or exc.status_code >= 500
     return False
+
+
+def _status(exc: BaseException) -> int | None:
+    import openai
+
+    return exc.status_code if isinstance(exc, openai.APIStatusError) else None
 
 
 def _describe(exc: BaseException) -> str:
@@ -187,10 +228,22 @@ class Teacher:
     def close(self) -> None:
         self._client.close()
 
-    def _request(self, prompt: str, stop: list[str] | None, seed: int | None) -> Completion:
+    def gives_logprobs(self) -> bool:
+        """Whether the endpoint returns token log-probabilities (one short request)."""
+        try:
+            self.complete("Reply with 1 or 2.", top_logprobs=5)
+        except LogprobsUnavailable:
+            return False
+        return True
+
+    def _request(self, prompt: str, stop: list[str] | None, seed: int | None,
+                 top_logprobs: int | None = None) -> Completion:
         cfg = self.config
         kwargs: dict[str, Any] = dict(model=cfg.model, temperature=cfg.temperature, top_p=cfg.top_p,
-                                      max_tokens=cfg.max_tokens)
+                                      max_tokens=1 if top_logprobs else cfg.max_tokens)
+        if top_logprobs:  # the chat API takes a flag and a count, the completions API the count alone
+            kwargs.update(logprobs=True, top_logprobs=top_logprobs) if cfg.api == "chat" else \
+                kwargs.update(logprobs=top_logprobs)
         if cfg.frequency_penalty:
             kwargs["frequency_penalty"] = cfg.frequency_penalty
         if stop:
@@ -217,22 +270,33 @@ class Teacher:
                 finish_reason = "stop"
             return Completion(text=cut, finish_reason=finish_reason,
                               prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                              completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
+                              completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                              top_logprobs=_top_logprobs(choice, cfg.api) if top_logprobs else None)
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
             # A 200 whose body is not JSON or not a completion (the client then hands back a str or an
             # object with missing fields): treat it like a server error.
             raise MalformedResponse(f"{type(e).__name__}: {str(e)[:80]}") from None
 
-    def complete(self, prompt: str, stop: list[str] | None = None, seed: int | None = None) -> Completion:
-        """One completion of `prompt`, retried with exponential backoff on transient failures."""
+    def complete(self, prompt: str, stop: list[str] | None = None, seed: int | None = None,
+                 top_logprobs: int | None = None) -> Completion:
+        """One completion of `prompt`, retried with exponential backoff on transient failures.
+
+        With `top_logprobs=k`, one token is generated and the reply carries its k most likely alternatives
+        (`Completion.top_logprobs`); an endpoint that returns none raises `LogprobsUnavailable` at once.
+        """
         errors: list[str] = []
         delay = self.config.backoff_initial
         for attempt in range(self.config.max_retries + 1):
             try:
-                result = self._request(prompt, stop, seed)
+                result = self._request(prompt, stop, seed, top_logprobs)
                 result.retries, result.errors = attempt, errors
                 return result
+            except LogprobsUnavailable:
+                raise
             except Exception as e:  # noqa: BLE001 - sorted into retryable or not right below
+                if top_logprobs and _status(e) in (400, 422):  # a server that rejects the field outright
+                    raise LogprobsUnavailable(f"{self.config.base_url} refused the logprobs field "
+                                              f"({_describe(e)})") from None
                 if not _retryable(e):
                     raise TeacherError(_fatal_message(e, self.config)) from None
                 errors.append(_describe(e))

@@ -1,9 +1,13 @@
 """A small HTTP proxy on 127.0.0.1 that injects faults in front of a real OpenAI-compatible server.
 
 Each POST takes the next action from a script (then `then` for every later one): "pass" forwards the
-request, "429" / "500" answer that status, "401" rejects the key, "stall" holds the connection open for
+request, "400" / "429" / "500" answer that status, "401" rejects the key, "stall" holds the connection open for
 `stall_s` seconds without answering, "garbage" answers 200 with a body that is not JSON, "badjson" answers 200 with
 `application/json` that does not parse. GETs are forwarded.
+
+"logprobs" forwards and adds OpenAI-shaped log-probabilities of the first reply token (`logprobs`, a dict
+token -> logprob) to every choice: a stand-in for what OpenAI's endpoints return and `transformers serve` does
+not. "badlogprobs" forwards and adds malformed ones (a string where a number belongs).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FaultProxy:
-    def __init__(self, upstream_root: str, script: Iterable[str] = (), then: str = "pass", stall_s: float = 5.0):
+    def __init__(self, upstream_root: str, script: Iterable[str] = (), then: str = "pass", stall_s: float = 5.0,
+                 logprobs: dict[str, float] | None = None):
         self.upstream = upstream_root.rstrip("/")
+        self.logprobs = logprobs or {"1": -0.2, "2": -1.8, "Answer": -3.0}
         self.script = list(script)
         self.then = then
         self.stall_s = stall_s
@@ -77,6 +83,8 @@ class FaultProxy:
         elif action == "401":  # like OpenAI, echo (part of) the key back in the message
             key = handler.headers.get("Authorization", "").removeprefix("Bearer ")
             self._send(handler, 401, json.dumps({"error": {"message": f"Incorrect API key provided: {key}"}}).encode())
+        elif action == "400":  # what some servers answer to a request field they do not support
+            self._send(handler, 400, b'{"error": {"message": "logprobs is not supported", "type": "invalid_request"}}')
         elif action == "500":
             self._send(handler, 500, b'{"error": {"message": "boom", "type": "server_error"}}')
         elif action == "stall":
@@ -86,10 +94,27 @@ class FaultProxy:
             self._send(handler, 200, b"<html>upstream exploded</html>", "text/html")
         elif action == "badjson":
             self._send(handler, 200, b'{"choices": [{"text": "unterminated')
+        elif action in ("logprobs", "badlogprobs"):
+            self._forward(handler, body, self._add_logprobs if action == "logprobs" else self._add_bad_logprobs)
         else:
             raise ValueError(action)
 
-    def _forward(self, handler, body: bytes | None) -> None:
+    def _add_logprobs(self, path: str, reply: dict, values: dict | None = None) -> dict:
+        values = values or self.logprobs
+        for choice in reply.get("choices", []):
+            if "chat" in path:
+                tops = [{"token": t, "logprob": v, "bytes": None} for t, v in values.items()]
+                first = tops[0]
+                choice["logprobs"] = {"content": [{**first, "top_logprobs": tops}]}
+            else:
+                choice["logprobs"] = {"tokens": [next(iter(values))], "token_logprobs": [next(iter(values.values()))],
+                                      "top_logprobs": [dict(values)], "text_offset": [0]}
+        return reply
+
+    def _add_bad_logprobs(self, path: str, reply: dict) -> dict:
+        return self._add_logprobs(path, reply, {"1": "not a number", "2": -1.0})
+
+    def _forward(self, handler, body: bytes | None, rewrite=None) -> None:
         headers = {k: v for k, v in handler.headers.items() if k.lower() in ("content-type", "authorization")}
         request = urllib.request.Request(self.upstream + handler.path, data=body, headers=headers,
                                          method="POST" if body is not None else "GET")
@@ -98,4 +123,6 @@ class FaultProxy:
                 status, data, ctype = r.status, r.read(), r.headers.get("Content-Type", "application/json")
         except urllib.error.HTTPError as e:
             status, data, ctype = e.code, e.read(), e.headers.get("Content-Type", "application/json")
+        if rewrite is not None and status == 200:
+            data = json.dumps(rewrite(handler.path, json.loads(data))).encode()
         self._send(handler, status, data, ctype)

@@ -10,10 +10,12 @@ import time
 import pytest
 
 from alpaca_helpers.data import load_davinci_predictions, load_eval_set
-from alpaca_helpers.evaluate import (LOSS, TIE, UNPARSED, WIN, VoteStore, combine_orders, eval_subset,
-                                     generate_answers, judge_item, make_blind_pairs, outcome_of_choice,
-                                     parse_verdict, read_answers, read_votes, save_blind_pairs, tally, tally_by,
-                                     vote_outcomes)
+from alpaca_helpers.evaluate import (LOSS, TIE, UNPARSED, WIN, LocalJudge, VoteStore, alpaca_eval_rows,
+                                     combine_orders, eval_subset, generate_answers, judge_item,
+                                     judge_item_weighted, make_blind_pairs, outcome_of_choice, parse_verdict,
+                                     read_answers, read_votes, run_weighted_judge, save_alpaca_eval,
+                                     save_blind_pairs, tally, tally_by, verdict_preference, vote_outcomes,
+                                     weighted_win_rate)
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +168,10 @@ def test_answers_are_generated_resumably_with_the_real_model(tmp_path, eval_reco
     assert list(read_answers(path)) == [r["id"] for r in records]
     assert answers[records[1]["id"]]["output"] == first[records[1]["id"]]["output"]  # greedy: same answer again
     assert all(a["decoding"] == decoding and a["output"] for a in answers.values())
+    assert all(a["ended"] == (a["new_tokens"] < 12) and 0 < a["new_tokens"] <= 12 for a in answers.values())
+    from alpaca_helpers.generate import generate_batch  # the same text as the plain batch call
+    assert generate_batch(model, tokenizer, [records[2]["instruction"]], [records[2]["input"]], **decoding) == \
+        [answers[records[2]["id"]]["output"]]
     assert len(load_davinci_predictions()) == len(eval_records)
 
 
@@ -197,3 +203,99 @@ def test_tally_of_nothing_is_json_safe_and_printable():
     json.dumps(empty, allow_nan=False)
     assert format_tally(empty) == "0 vs 0 (ties 0, unparsed 2)"
     assert format_tally(tally([WIN, LOSS, TIE])) == "1 vs 1 (ties 1, unparsed 0), win rate 0.50 ± 0.29"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The judge read through log-probabilities
+
+
+def test_verdict_preference_and_both_orders():
+    assert verdict_preference({"1": math.log(0.6), " 2": math.log(0.2), "The": math.log(0.2)}) == pytest.approx(0.75)
+    assert verdict_preference({"Sure": -0.1}) is None
+
+    def always_first(prompt):  # position bias only: a tie, preference exactly one half
+        return {"1": math.log(0.9), "2": math.log(0.1)}
+
+    result = judge_item_weighted(always_first, "q", "", "ours", "theirs")
+    assert result["outcome"] == TIE and result["preference"] == pytest.approx(0.5)
+
+    def likes_ours(prompt):
+        ours_first = prompt.index("ours") < prompt.index("theirs")
+        return {"1": math.log(0.7 if ours_first else 0.4), "2": math.log(0.3 if ours_first else 0.6)}
+
+    result = judge_item_weighted(likes_ours, "q", "", "ours", "theirs")
+    assert result["outcome"] == WIN and result["verdicts"] == ["1", "2"]
+    assert result["preference"] == pytest.approx((0.7 + 0.6) / 2)
+    assert judge_item_weighted(lambda p: {"x": -1.0}, "q", "", "a", "b")["outcome"] == UNPARSED
+    rate = weighted_win_rate([0.65, 0.5, None, 0.2])
+    assert rate["n_weighted"] == 3 and rate["weighted_win_rate"] == pytest.approx(0.45)
+    assert rate["weighted_win_rate_se"] == pytest.approx(statistics.stdev([0.65, 0.5, 0.2]) / math.sqrt(3))
+
+
+def test_the_local_judge_gives_a_preference_on_every_item(eval_records):
+    from alpaca_helpers.generate import load_model
+
+    model, tokenizer = load_model("default")
+    judge = LocalJudge(model, tokenizer)
+    items = [{"id": r["id"], "instruction": r["instruction"], "input": r["input"], "model_answer": "I don't know.",
+              "reference_answer": r["output"]} for r in eval_records[:1]]
+    results, usage = run_weighted_judge(judge, items, progress=False)
+    assert [r["outcome"] for r in results if r["outcome"] == UNPARSED] == []
+    assert all(0 <= p <= 1 for r in results for p in r["preferences"] + [r["preference"]])
+    assert usage["requests"] == 2 and usage["prompt_tokens"] > 100 and usage["cost_usd"] == 0.0
+
+
+def test_alpaca_eval_files(tmp_path, eval_records):
+    rows = alpaca_eval_rows(eval_records[:2], ["a", "b"], "my-model", "user_oriented_instructions")
+    path = save_alpaca_eval(rows, tmp_path / "model_outputs.json")
+    back = json.loads(path.read_text())
+    assert back == rows and set(back[0]) == {"instruction", "output", "generator", "dataset"}
+    with_input = next(r for r in eval_records if r["input"])
+    row = alpaca_eval_rows([with_input], ["x"], "g", "d")[0]
+    assert row["instruction"].startswith(with_input["instruction"]) and row["instruction"].endswith(with_input["input"])
+
+
+@pytest.mark.slow
+def test_judge_log_probabilities_through_the_real_local_server(default_model_dir):
+    """`transformers serve` returns no log-probabilities (the fallback is the text judge); the fault proxy
+    stands in for an OpenAI endpoint's log-probabilities, malformed first, and the judge retries and decides."""
+    from fault_proxy import FaultProxy
+
+    from alpaca_helpers.server import serve
+    from alpaca_helpers.teacher import LogprobsUnavailable, Teacher, TeacherConfig
+
+    item = {"id": "x", "instruction": "Name a primary colour.", "input": "", "model_answer": "Red.",
+            "reference_answer": "Blue."}
+    with serve(default_model_dir) as server:
+        for api in ("chat", "completions"):
+            teacher = Teacher(TeacherConfig(base_url=server.base_url, model=server.model, api=api, temperature=0.0))
+            assert teacher.gives_logprobs() is False
+            with pytest.raises(LogprobsUnavailable):
+                teacher.complete("Say 1.", top_logprobs=5)
+        with FaultProxy(server.root_url, script=["badlogprobs"], then="logprobs",
+                        logprobs={"1": math.log(0.8), "2": math.log(0.2)}) as proxy:
+            teacher = Teacher(TeacherConfig(base_url=proxy.base_url, model=server.model, api="chat", temperature=0.0,
+                                            backoff_initial=0.01))
+            results, usage = run_weighted_judge(teacher, [item], progress=False)
+    assert proxy.seen == {"badlogprobs": 1, "logprobs": 2}  # the malformed reply was retried
+    assert results[0]["preferences"] == [pytest.approx(0.8), pytest.approx(0.8)]
+    assert results[0]["outcome"] == TIE and results[0]["preference"] == pytest.approx(0.5)
+    assert usage["requests"] == 2 and usage["completion_tokens"] >= 1
+
+
+def test_alpaca_eval_set_loads_as_evaluation_items(tmp_path):
+    """The 805-instruction set, as a local copy in its own format (offline here; by name it comes from the Hub)."""
+    from alpaca_helpers.evaluate import evaluation_items
+
+    rows = [{"instruction": "What are the names of some famous actors?", "output": "Some famous actors are ...",
+             "generator": "text_davinci_003", "dataset": "helpful_base"},
+            {"instruction": "How do I wrap a present neatly?", "output": "Use ...", "generator": "text_davinci_003",
+             "dataset": "oasst"}]
+    path = tmp_path / "alpaca_eval.json"
+    path.write_text(json.dumps(rows))
+    items, reference, generator, dataset = evaluation_items(str(path))
+    assert [i["id"] for i in items] == ["0", "1"] and [i["motivation_app"] for i in items] == ["helpful_base", "oasst"]
+    assert reference == [r["output"] for r in rows] and generator == "text_davinci_003" and dataset == str(path)
+    back = alpaca_eval_rows(items, ["a", "b"], "mine", dataset)
+    assert [r["dataset"] for r in back] == ["helpful_base", "oasst"]
+    assert [r["instruction"] for r in back] == [r["instruction"] for r in rows]

@@ -7,7 +7,7 @@ import random
 import nbformat
 
 from alpaca_helpers.analysis import verb_object_counts
-from alpaca_helpers.data import load_eval_set, load_seed_tasks, save_alpaca
+from alpaca_helpers.data import load_alpaca, load_eval_set, load_seed_tasks, save_alpaca
 from alpaca_helpers.rouge import filter_similar, max_similarity
 
 
@@ -43,6 +43,11 @@ def test_notebook_02_on_a_file_with_planted_duplicates(execute_notebook, tmp_pat
         assert (out / name).stat().st_size > 10_000
     nb = nbformat.read(executed, as_version=4)
     assert not any(o.output_type == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    # The course's training set: the seed tasks, then what passed the filter, each tagged with its source.
+    train = load_alpaca(out / "train_set.json")
+    assert summary["train_set"]["sources"] == {"seed": 175, "self-instruct": sum(kept)}
+    assert [r["instruction"] for r in train[175:]] == [t for t, k in zip(instructions, kept) if k]
+    assert {r["source"] for r in train[:175]} == {"seed"} and set(train[0]) == {"instruction", "input", "output", "source"}
 
 
 def test_notebook_02_falls_back_to_the_seed_tasks(execute_notebook, tmp_path):
@@ -53,3 +58,4 @@ def test_notebook_02_falls_back_to_the_seed_tasks(execute_notebook, tmp_path):
     verb, count, _ = verb_object_counts([r["instruction"] for r in load_seed_tasks()])[0]
     assert summary["top_verbs"][0] == [verb, count] and verb == "write"
     assert summary["scratch_agrees"] is True
+    assert summary["train_set"]["sources"] == {"seed": 175}  # nothing generated yet: the seed tasks alone

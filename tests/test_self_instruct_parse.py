@@ -125,6 +125,38 @@ def test_empty_output_is_counted():
     assert result.failures == {"empty_output": 1}
 
 
+# Chat replies seen from a third-party OpenAI-compatible server: the reply restates the slot's number and label
+# (the prompt already ends with "4. Instruction:"), on the same line or on its own.
+CHAT_RESTATED_SAME_LINE = """ 4. Instruction: I need you to create a movie title for a story about a lost dog.
+4. Input:
+<noinput>
+4. Output:
+Paws on the Road
+###
+5. Instruction: 5. Instruction: Translate the greeting into Spanish.
+5. Input:
+Good evening
+5. Output:
+Buenas noches"""
+
+CHAT_RESTATED_NEXT_LINE = """
+1. Instruction: Instruction: List two uses of a paperclip.
+1. Input:
+<noinput>
+1. Output:
+Holding papers together; resetting a device."""
+
+
+def test_a_restated_instruction_label_in_a_chat_reply_is_stripped():
+    result = parse_completion(CHAT_RESTATED_SAME_LINE, 4, "stop")
+    assert [t["instruction"] for t in result.tasks] == [
+        "I need you to create a movie title for a story about a lost dog.", "Translate the greeting into Spanish."]
+    assert not result.failures
+    result = parse_completion(CHAT_RESTATED_NEXT_LINE, 4, "stop")
+    assert [t["instruction"] for t in result.tasks] == ["List two uses of a paperclip."]
+    assert all(not t["instruction"].lower().startswith(("1.", "instruction")) for t in result.tasks)
+
+
 def test_last_block_dropped_when_cut_for_length():
     result = parse_completion(TRUNCATED, 4, "length")
     assert [t["instruction"] for t in result.tasks] == ["Suggest a name for a bakery."]

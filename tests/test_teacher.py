@@ -52,3 +52,14 @@ def test_a_rejected_key_is_not_retried_and_not_echoed(monkeypatch):
     assert proxy.seen == {"401": 1}
     assert "HTTP 401" in str(err.value) and "$MY_TEACHER_KEY" in str(err.value)
     assert "sk-secret" not in str(err.value)
+
+
+def test_an_endpoint_that_refuses_logprobs_is_told_apart_at_once():
+    from alpaca_helpers.teacher import LogprobsUnavailable
+
+    with FaultProxy("http://127.0.0.1:1", then="400") as proxy:
+        teacher = Teacher(TeacherConfig(base_url=proxy.base_url, model="m"))
+        assert teacher.gives_logprobs() is False
+        with pytest.raises(LogprobsUnavailable, match="refused the logprobs field"):
+            teacher.complete("Say 1.", top_logprobs=5)
+    assert proxy.seen == {"400": 2}  # not retried

@@ -1,0 +1,66 @@
+"""Teacher agreement: per-token loss of reference answers under a model, masked exactly as in training."""
+
+import math
+
+import pytest
+
+from alpaca_helpers.agreement import (agreement, agreement_by, answer_shape, paired_difference, response_losses,
+                                      score_models)
+from alpaca_helpers.data import load_davinci_predictions
+from alpaca_helpers.tokenize import tokenize_example
+
+
+@pytest.fixture(scope="module")
+def lm():
+    from alpaca_helpers.generate import load_model
+
+    return load_model("default")
+
+
+def test_losses_match_the_training_loss_and_do_not_depend_on_batching(lm):
+    import torch
+
+    model, tokenizer = lm
+    records = sorted(load_davinci_predictions()[:20], key=lambda r: len(r["output"]))[:3]  # short: a quick test
+    rows = response_losses(model, tokenizer, records, progress=False)
+    one_by_one = response_losses(model, tokenizer, records, tokens_per_batch=1, progress=False)
+    for row, single, record in zip(rows, one_by_one, records):
+        example = tokenize_example(record, tokenizer)  # what training sees: prompt masked, answer + eos trained
+        with torch.inference_mode():
+            loss = model(input_ids=torch.tensor([example["input_ids"]]),
+                         labels=torch.tensor([example["labels"]])).loss
+        trained = sum(label != -100 for label in example["labels"])
+        assert row["tokens"] == single["tokens"] == trained
+        assert row["nll"] / row["tokens"] == pytest.approx(float(loss), rel=1e-4)
+        assert single["nll"] == pytest.approx(row["nll"], rel=1e-4)
+    summary = agreement(rows)
+    assert summary["n"] == 3 and summary["tokens"] == sum(r["tokens"] for r in rows)
+    assert summary["loss"] == pytest.approx(sum(r["nll"] for r in rows) / summary["tokens"])
+    assert summary["perplexity"] == pytest.approx(math.exp(summary["loss"]))
+
+
+def test_the_same_model_is_scored_once():
+    records = load_davinci_predictions()[:2]
+    scored = score_models({"base": "default", "fine_tuned": "default"}, records, progress=False)
+    assert scored["base"] is scored["fine_tuned"]
+
+
+def test_grouping_paired_change_and_dropped_rows():
+    before = [{"nll": 4.0, "tokens": 2, "truncated": False}, {"nll": 3.0, "tokens": 3, "truncated": True},
+              {"nll": None, "tokens": 0, "truncated": False}]
+    after = [{"nll": 2.0, "tokens": 2, "truncated": False}, {"nll": 3.0, "tokens": 3, "truncated": True},
+             {"nll": None, "tokens": 0, "truncated": False}]
+    result = agreement(before)
+    assert result["loss"] == pytest.approx(7 / 5) and result["dropped"] == 1 and result["truncated"] == 1
+    by = agreement_by(before, ["Gmail", "Netflix", "Gmail"])
+    assert list(by) == ["Gmail", "Netflix"] and by["Gmail"]["loss"] == pytest.approx(2.0)
+    change = paired_difference(before, after)
+    assert change["n"] == 2 and change["mean"] == pytest.approx(-0.5)
+    assert change["se"] == pytest.approx(0.5)
+
+
+def test_answer_shape(default_tokenizer):
+    shape = answer_shape(["Paris.", "", "A longer answer here."], default_tokenizer, [True, True, False])
+    assert shape["n"] == 3 and shape["empty_share"] == pytest.approx(1 / 3)
+    assert shape["ended_share"] == pytest.approx(2 / 3) and shape["token_lengths"][1] == 0
+    assert answer_shape(["x"], default_tokenizer)["ended_share"] is None
