@@ -94,14 +94,20 @@ def ensure_pad_token(tokenizer, model=None, pad_token: str = "<pad>") -> int:
     return tokenizer.pad_token_id
 
 
-def resize_embeddings_mean(model, new_size: int) -> None:
-    """Resize a model's token embeddings to `new_size`, new rows = mean of the old rows (Alpaca's recipe)."""
+EMBEDDING_MULTIPLE = 64  # LLaMA's 32,000 + <pad> = 32,001 rows would leave the LM-head matmuls misaligned
+
+
+def resize_embeddings_mean(model, new_size: int, pad_to_multiple_of: int = EMBEDDING_MULTIPLE) -> None:
+    """Resize a model's token embeddings to `new_size` rounded up to `pad_to_multiple_of` (1 = exactly),
+    new rows = mean of the old rows (Alpaca's recipe). Rows past the tokenizer's are never produced as inputs."""
     import torch
 
     old_size = model.get_input_embeddings().weight.shape[0]
-    model.resize_token_embeddings(new_size, mean_resizing=False)
     if new_size <= old_size:
+        model.resize_token_embeddings(new_size, mean_resizing=False)
         return
+    new_size = -(-new_size // pad_to_multiple_of) * pad_to_multiple_of
+    model.resize_token_embeddings(new_size, mean_resizing=False)
     with torch.no_grad():
         for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
             if emb is None:

@@ -42,31 +42,20 @@ LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
 MODEL_DIR = "model"
 
-# Dense bf16 peak FLOP/s per GPU (no sparsity), for the MFU estimate; matched against the device name.
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L40S": 362e12,
-                   "L4": 121e12, "4090": 165e12, "3090": 71e12, "V100": 125e12}
-
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the batch's example ids."""
 
 
-def flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: float, frozen: bool = False) -> float:
-    """Training FLOPs per token: 6 per parameter plus attention scores (PaLM paper's estimate).
-
-    With a `frozen` base (LoRA) the weight gradients are skipped: 4 per parameter (forward and input grads).
-    """
-    return (4 if frozen else 6) * num_params + 12 * num_layers * hidden * seq_len
-
-
 def peak_flops(device: Any) -> float | None:
-    """Peak dense bf16 FLOP/s of a CUDA device, or None (CPU or unknown GPU: no MFU is reported)."""
+    """Peak dense bf16 FLOP/s of a CUDA device (`plan.peak_bf16_flops`), or None (CPU or unknown GPU: no MFU)."""
     import torch
+
+    from .plan import peak_bf16_flops
 
     if getattr(device, "type", "cpu") != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    return peak_bf16_flops(torch.cuda.get_device_name(device))
 
 
 def peak_memory_gb(device: Any) -> float:
@@ -121,9 +110,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from .train_dist import dist_env, init_distributed
 
     env = dist_env(force_cpu=cfg.device == "cpu")
-    plan = check_run(cfg, env.world_size, on_gpu=env.device.type == "cuda")  # before any model loads
+    on_gpu = env.device.type == "cuda"
+    plan = check_run(cfg, env.world_size, on_gpu=on_gpu, bf16_supported=bf16_supported(on_gpu))  # before any model loads
     if plan.fsdp:
-        init_distributed(env, cpu_offload=cfg.cpu_offload)
+        init_distributed(env, cpu_offload=cfg.cpu_offload, minutes=cfg.dist_timeout_minutes)
     try:
         recipe = Recipe(cfg, env, plan)
         recipe.setup()
@@ -133,6 +123,33 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def bf16_supported(on_gpu: bool) -> bool:
+    """Whether this machine's GPUs compute in bf16 (`torch.cuda.is_bf16_supported`); True on CPU."""
+    import torch
+
+    return torch.cuda.is_bf16_supported() if on_gpu else True
+
+
+def plan_fixed(cfg: TrainConfig, plan: RunPlan) -> dict[str, Any]:
+    """The `plan.memory_plan` arguments a run fixes beyond the ones `plan.suggestions` varies."""
+    return {"lora_r": cfg.lora_r, "lora_targets": cfg.lora_target_modules, "lora_dropout": cfg.lora_dropout,
+            "fsdp": "full_shard" if plan.fsdp else "off", "model": cfg.model_name_or_path}
+
+
+def memory_plan_for_run(cfg: TrainConfig, shape: Any, plan: RunPlan, world_size: int, num_machines: int,
+                        gpu_memory_gb: float) -> Any:
+    """`plan.memory_plan` for this run's settings: what each device holds, as the code does it (including
+    `reduce_scatter_every_micro_batch`)."""
+    from .plan import memory_plan
+
+    return memory_plan(shape, world_size=world_size, gpu_memory_gb=gpu_memory_gb,
+                       per_device=plan.batch.per_device, global_batch_size=cfg.global_batch_size,
+                       model_max_length=cfg.model_max_length, activation_checkpointing=cfg.activation_checkpointing,
+                       cpu_offload=cfg.cpu_offload, lora=cfg.lora, bf16=plan.precision.bf16,
+                       sync_every_micro_batch=cfg.reduce_scatter_every_micro_batch, num_machines=num_machines,
+                       **plan_fixed(cfg, plan))
 
 
 @dataclass
@@ -195,11 +212,41 @@ class Recipe:
         from .models import load_model_config
         from .train_dist import find_layer_class
 
+        from .plan import model_shape
+
         self.model_path, model_config = load_model_config(self.cfg.model_name_or_path)
         with torch.device("meta"):  # a weightless skeleton
             skeleton = AutoModelForCausalLM.from_config(model_config)
         self.layer_cls = find_layer_class(skeleton, self.cfg.fsdp_transformer_layer_cls_to_wrap)
+        self.shape = model_shape(skeleton)
+        self.memory = self.print_plan()
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+
+    def print_plan(self) -> Any:
+        """Rank 0 prints the memory plan (`alpaca_helpers.plan`) of this run; on CPU, one short line."""
+        import torch
+
+        from .plan import PlanError, checkpoint_disk, format_plan
+
+        env = self.env
+        on_gpu = env.device.type == "cuda"
+        gpu_gb = torch.cuda.get_device_properties(env.device).total_memory / 2**30 if on_gpu else 1e9
+        machines = max(1, int(os.environ.get("WORLD_SIZE", "1")) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        try:
+            memory = memory_plan_for_run(self.cfg, self.shape, self.plan, env.world_size, machines, gpu_gb)
+        except PlanError as e:  # a setting the plan does not model: the run itself decides
+            if env.is_main:
+                print(f"plan: not available ({e})", flush=True)
+            return None
+        if env.is_main:
+            if on_gpu:
+                disk = checkpoint_disk(memory, self.cfg.save_total_limit, 2 if self.cfg.save_dtype == "bfloat16" else 4)
+                print("plan: " + format_plan(memory, [], disk, None), flush=True)
+            else:
+                print(f"plan: {memory.parameters / 1e6:.1f}M parameters, {memory.mode}; about "
+                      f"{memory.per_device_gb - memory.components_gib['CUDA context and allocator slack']:.2f} GiB "
+                      "per process by the GPU plan's accounting", flush=True)
+        return memory
 
     def setup_data(self) -> None:
         """Records (any source), the held-out split, tokenization, and the step counts."""
@@ -353,20 +400,23 @@ class Recipe:
         trained_total = sum(data.trained[i] for i in batch)
         micro = rank_micro_batches(batch, data.lengths, self.plan.batch, env.rank, self.cfg.group_by_length)
         t0, cpu0 = time.perf_counter(), time.process_time()
-        loss_sum = tokens = padded = 0.0
+        tokens = padded = 0.0
+        loss_sum: Any = 0.0  # a device tensor after the first micro-batch: read once per step
+        every = self.cfg.reduce_scatter_every_micro_batch
         for k, ids in enumerate(micro):
             inputs = {key: v.to(env.device) for key, v in data.collate(ids).items()}
             if self.plan.fsdp:
-                self.model.set_requires_gradient_sync(k == len(micro) - 1)
+                # Off: FSDP2 keeps an unsharded fp32 gradient of the whole model until the last micro-batch.
+                self.model.set_requires_gradient_sync(every or k == len(micro) - 1)
             # Sum over this micro-batch's tokens / (global trained tokens / world): FSDP averages gradients
             # over ranks, so the step's gradient is that of the global token mean.
             loss = self.loss(inputs, trained_total / env.world_size)
             loss.backward()
-            loss_sum += loss.item()
+            loss_sum = loss_sum + loss.detach().float()
             tokens += sum(data.lengths[i] for i in ids)
             padded += inputs["input_ids"].numel()
         grad_norm = _clip(self.model, self.cfg.max_grad_norm)
-        loss_sum, tokens, padded = all_reduce_sum([loss_sum, tokens, padded], env.device)
+        loss_sum, tokens, padded = all_reduce_sum([float(loss_sum), tokens, padded], env.device)
         step_loss = loss_sum / env.world_size
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
             ids = sorted(data.example_ids[i] for i in batch)
@@ -386,17 +436,19 @@ class Recipe:
                 "cpu_seconds": round(time.process_time() - cpu0, 4),  # this process, all its threads
                 "tokens_per_s": tokens / seconds, "trained_tokens_per_s": trained_total / seconds,
                 "tokens_per_s_per_device": tokens / seconds / env.world_size,
-                "mfu": self.mfu(tokens / len(batch), tokens / seconds),
+                "mfu": self.mfu(tokens / len(batch), tokens / seconds, trained_total / max(tokens, 1.0)),
                 "peak_memory_gb": round(peak_memory_gb(env.device), 3)}
 
-    def mfu(self, mean_length: float, tokens_per_s: float) -> float | None:
-        """Model FLOPs utilisation on known GPUs (None on CPU)."""
+    def mfu(self, mean_length: float, tokens_per_s: float, trained_fraction: float) -> float | None:
+        """Model FLOPs utilisation on known GPUs (None on CPU): `plan.flops_per_token` (non-embedding
+        parameters, the LM head at trained positions only) against `plan.peak_bf16_flops`."""
+        from .plan import flops_per_token
+
         device_flops = peak_flops(self.env.device)
         if device_flops is None:
             return None
-        arch = self.model.config
-        per_token = flops_per_token(self.n_params, arch.num_hidden_layers, arch.hidden_size, mean_length,
-                                    frozen=self.cfg.lora)
+        head_fraction = trained_fraction if self.head is not None else 1.0
+        per_token = flops_per_token(self.shape, mean_length, head_fraction, frozen=self.cfg.lora)
         return per_token * tokens_per_s / (device_flops * self.env.world_size)
 
     def should_evaluate(self, step: int) -> bool:
@@ -415,7 +467,8 @@ class Recipe:
 
         env, val = self.env, self.val
         assert val is not None
-        loss_sum = count = 0.0
+        count = 0.0
+        loss_sum: Any = 0.0  # on the device, read once at the end
         self.model.eval()
         with torch.no_grad():
             for ids in eval_micro_batches(len(val), val.lengths, self.cfg.per_device_train_batch_size,
@@ -423,10 +476,10 @@ class Recipe:
                 inputs = {key: v.to(env.device) for key, v in val.collate(ids or [0]).items()}
                 loss = self.loss(inputs, 1.0)  # a rank with no share still joins the sharded forward
                 if ids:
-                    loss_sum += loss.item()
+                    loss_sum = loss_sum + loss.detach().float()
                     count += sum(val.trained[i] for i in ids)
         self.model.train()
-        loss_sum, count = all_reduce_sum([loss_sum, count], env.device)
+        loss_sum, count = all_reduce_sum([float(loss_sum), count], env.device)
         return loss_sum / count
 
     # --- logging and saving ----------------------------------------------------------------------------

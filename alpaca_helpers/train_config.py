@@ -57,6 +57,8 @@ class TrainConfig:
     fsdp_transformer_layer_cls_to_wrap: str | None = field(default=None, metadata={"help": "layer class to shard as a unit; found from the model when unset"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory)"})
     cpu_offload: bool = field(default=False, metadata={"help": "FSDP: keep parameters and optimizer state in CPU memory"})
+    reduce_scatter_every_micro_batch: bool = field(default=True, metadata={"help": "FSDP: reduce-scatter gradients after every micro-batch (false: only after the last, keeping an unsharded fp32 gradient of the whole model per rank meanwhile)"})
+    dist_timeout_minutes: float = field(default=120.0, metadata={"help": "timeout of collectives (rank 0 loads and saves alone while the others wait)"})
     group_by_length: bool = field(default=True, metadata={"help": "micro-batches of similar length inside each global batch"})
     packing: bool = field(default=False, metadata={"help": "concatenate each micro-batch into one row (no padding)"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) on the frozen base, one process; merged into model/ at the end"})
@@ -246,10 +248,11 @@ class RunPlan:
     precision: Precision
 
 
-def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool) -> RunPlan:
+def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool, bf16_supported: bool = True) -> RunPlan:
     """Every check that needs the process count or the device, run before any model loads.
 
-    `bf16`/`tf32` left unset (auto) are on with GPUs. bf16 is also allowed on CPU (FSDP's mixed-precision
+    `bf16`/`tf32` left unset (auto) are on with GPUs (bf16 only where `bf16_supported`, i.e.
+    `torch.cuda.is_bf16_supported()`: not on V100 and older). bf16 is also allowed on CPU (FSDP's mixed-precision
     policy over gloo, or autocast in one process): slow on most CPUs, but the same sharded code as GPUs.
     """
     from .lora import check_lora
@@ -262,7 +265,11 @@ def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool) -> RunPlan:
         raise TrainConfigError("fsdp=off needs a single process: several processes always shard")
     if cfg.cpu_offload and not fsdp:
         raise TrainConfigError("cpu_offload is an FSDP option: it needs fsdp on")
-    precision = Precision(bf16=on_gpu if cfg.bf16 is None else cfg.bf16,
+    if not cfg.dist_timeout_minutes > 0:
+        raise TrainConfigError(f"dist_timeout_minutes must be > 0, got {cfg.dist_timeout_minutes}")
+    if cfg.bf16 and on_gpu and not bf16_supported:
+        raise TrainConfigError("bf16=true: this GPU has no bf16 support; use bf16=false (fp32) or auto")
+    precision = Precision(bf16=on_gpu and bf16_supported if cfg.bf16 is None else cfg.bf16,
                           tf32=on_gpu if cfg.tf32 is None else cfg.tf32)
     if precision.tf32 and not on_gpu:
         raise TrainConfigError("tf32 is a GPU setting: use tf32=auto or false on CPU")

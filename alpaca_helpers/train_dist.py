@@ -60,31 +60,18 @@ def dist_env(force_cpu: bool = False) -> DistEnv:
 # Ranks 1..N wait in their first collective while rank 0 alone loads (or downloads) the weights, and in
 # the final barrier while it writes the fp32 folder (27 GB for LLaMA-7B): NCCL's 10-minute default is short.
 DEFAULT_TIMEOUT_MINUTES = 120.0
-TIMEOUT_ENV = "ALPACA_DIST_TIMEOUT_MINUTES"
 
 
-def timeout_minutes(value: float | None = None) -> float:
-    """The collective timeout: `value`, else $ALPACA_DIST_TIMEOUT_MINUTES, else 120 minutes."""
-    if value is None:
-        text = os.environ.get(TIMEOUT_ENV, "").strip()
-        try:
-            value = float(text) if text else DEFAULT_TIMEOUT_MINUTES
-        except ValueError:
-            raise ValueError(f"{TIMEOUT_ENV} must be a number of minutes, got {text!r}") from None
-    if not value > 0:
-        raise ValueError(f"the process-group timeout must be > 0 minutes, got {value}")
-    return float(value)
-
-
-def process_group_args(env: DistEnv, cpu_offload: bool = False, minutes: float | None = None) -> dict[str, Any]:
+def process_group_args(env: DistEnv, cpu_offload: bool = False,
+                       minutes: float = DEFAULT_TIMEOUT_MINUTES) -> dict[str, Any]:
     """Keyword arguments of `init_process_group` for this process.
 
     GPUs: nccl bound to this process's device (`device_id`); with `cpu_offload` also gloo for the CPU
     tensors (the offloaded gradients' clip-norm all-reduce has no NCCL path: pytorch/pytorch#148532).
-    CPU: gloo. Always a long timeout (`timeout_minutes`).
+    CPU: gloo. Always a long timeout (training's `dist_timeout_minutes`, checked > 0 by `check_run`).
     """
     kwargs: dict[str, Any] = {"rank": env.rank, "world_size": env.world_size,
-                              "timeout": timedelta(minutes=timeout_minutes(minutes))}
+                              "timeout": timedelta(minutes=minutes)}
     if env.device.type == "cuda":
         kwargs["backend"] = "cuda:nccl,cpu:gloo" if cpu_offload else "nccl"
         kwargs["device_id"] = env.device
@@ -93,11 +80,11 @@ def process_group_args(env: DistEnv, cpu_offload: bool = False, minutes: float |
     return kwargs
 
 
-def init_distributed(env: DistEnv, cpu_offload: bool = False, minutes: float | None = None) -> None:
+def init_distributed(env: DistEnv, cpu_offload: bool = False, minutes: float = DEFAULT_TIMEOUT_MINUTES) -> None:
     """Start the process group (`process_group_args`); a lone process gets a 1-rank group."""
     if dist.is_initialized():
         return
-    args = process_group_args(env, cpu_offload, minutes)  # a bad timeout fails before anything starts
+    args = process_group_args(env, cpu_offload, minutes)
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
     if "MASTER_ADDR" not in os.environ:  # started without a launcher

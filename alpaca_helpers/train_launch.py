@@ -108,7 +108,7 @@ def launch_command(train_args: Sequence[str], gpus: int = 0, cpu_processes: int 
     if main_process_port is not None and not 0 < main_process_port < 65536:
         raise LaunchError(f"main_process_port must be in 1..65535, got {main_process_port}")
     per_machine = gpus if gpus else cpu_processes
-    total = per_machine * num_machines
+    total = total_processes(gpus, cpu_processes, num_machines)
     if main_process_port is None:
         main_process_port = free_port() if num_machines == 1 else DEFAULT_MULTI_MACHINE_PORT
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_file()),
@@ -165,9 +165,39 @@ def read_log(output_dir: str | os.PathLike) -> Any:
     """The per-step training log (`train_log.jsonl`) as a pandas DataFrame."""
     import pandas as pd
 
-    from .train import LOG_FILE
+    from .train import LOG_FILE, read_train_log
 
-    return pd.read_json(Path(output_dir) / LOG_FILE, lines=True)
+    return pd.DataFrame(read_train_log(Path(output_dir) / LOG_FILE))  # a torn last line is left out
+
+
+def total_processes(gpus: int, cpu_processes: int = 1, num_machines: int = 1) -> int:
+    """Processes of the whole run (what the global batch is split over): GPUs per machine, or the CPU
+    processes when `gpus` is 0, times the machines."""
+    return (gpus or cpu_processes) * num_machines
+
+
+def launch_plan(config: Any, gpus: int, cpu_processes: int = 1, num_machines: int = 1,
+                gpu_memory_gb: float | None = None) -> str:
+    """The memory plan (`alpaca_helpers.plan`) of a run before it is launched, as `train` counts it: per GPU
+    against this machine's GPU memory (or `gpu_memory_gb`); on CPU, per process against this machine's RAM.
+    The batch is split over all processes of all machines. Reads only the model's config.json."""
+    import torch
+
+    from .plan import checkpoint_disk, format_plan, load_model_shape, suggestions
+    from .train import bf16_supported, memory_plan_for_run, plan_fixed
+    from .train_config import check_run
+
+    world = total_processes(gpus, cpu_processes, num_machines)
+    run = check_run(config, world, on_gpu=gpus > 0, bf16_supported=bf16_supported(gpus > 0))
+    if gpu_memory_gb is None:
+        gpu_memory_gb = (torch.cuda.get_device_properties(0).total_memory if gpus
+                         else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / world) / 2**30
+    shape = load_model_shape(config.model_name_or_path)
+    memory = memory_plan_for_run(config, shape, run, world, num_machines, gpu_memory_gb)
+    advice = suggestions(shape, memory, **plan_fixed(config, run))
+    disk = checkpoint_disk(memory, config.save_total_limit, 2 if config.save_dtype == "bfloat16" else 4)
+    where = "" if gpus else "CPU run: the GPU accounting per process, against this machine's RAM per process\n"
+    return where + format_plan(memory, advice, disk, None)
 
 
 def epoch_mean_loss(log: Any) -> Any:

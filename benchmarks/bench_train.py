@@ -216,9 +216,9 @@ def main() -> None:
     base = results["trainer_random"]
     trl_best = max((r for k, r in results.items() if k.startswith("trl_")), key=lambda r: r["trained_tokens_per_s"],
                    default=None)
-    print(f"\n| run | steps | loop s | CPU s | trained tok/s | trained tok/CPU s | padding | last-step loss "
-          f"| mean loss after | speed-up (wall) | speed-up (CPU) | vs fastest TRL (wall) |\n"
-          f"|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| run | steps | loop s | CPU s | trained tok/s | trained tok/CPU s | padding | last-step loss "
+          "| mean loss after | speed-up (wall) | speed-up (CPU) | vs fastest TRL (wall) |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         r["speedup"] = r["trained_tokens_per_s"] / base["trained_tokens_per_s"]
         r["speedup_cpu"] = r["trained_tokens_per_cpu_s"] / base["trained_tokens_per_cpu_s"]

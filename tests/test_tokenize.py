@@ -267,8 +267,8 @@ def test_ensure_pad_token_adds_one_with_mean_embeddings(default_tokenizer, defau
     pad = ensure_pad_token(tokenizer, model)
     assert pad == size and tokenizer.pad_token == "<pad>" and pad != tokenizer.eos_token_id
     new = model.get_input_embeddings().weight
-    assert new.shape[0] == size + 1
-    torch.testing.assert_close(new[size], old.mean(0))
+    assert new.shape[0] == -(-(size + 1) // 64) * 64 and new.shape[0] % 64 == 0  # padded to a multiple of 64
+    torch.testing.assert_close(new[size:], old.mean(0).expand(new.shape[0] - size, -1))
     torch.testing.assert_close(model.get_output_embeddings().weight[size], old.mean(0))  # tied here
     assert ensure_pad_token(tokenizer, model) == pad  # already there: unchanged
     features = [tokenize_example({"instruction": "Hi.", "output": o}, tokenizer) for o in ("a", "a b c d")]
@@ -333,3 +333,26 @@ def test_packing_a_dataset_and_drop_policy_counts(records, default_tokenizer):
     assert sorted(i for row in packed for i in row["example_ids"]) == sorted(ds["example_id"])
     assert sum(len(row["input_ids"]) for row in packed) == sum(map(len, ds["input_ids"]))
     assert all(len(row["input_ids"]) <= 512 for row in packed)
+
+
+def test_llama_vocab_plus_pad_is_padded_to_a_multiple_of_64():
+    """LLaMA's 32,000 tokens + <pad> = 32,001 would give misaligned LM-head matmuls: 32,064 rows, all the
+    new ones (input and untied output) the mean of the old rows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alpaca_helpers.tokenize import resize_embeddings_mean
+
+    config = LlamaConfig(vocab_size=32000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    old_out = model.get_output_embeddings().weight.detach().clone()
+    resize_embeddings_mean(model, 32001)
+    new_in, new_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert new_in.shape == new_out.shape == (32064, 16) and model.config.vocab_size == 32064
+    torch.testing.assert_close(new_in[:32000], old_in)
+    torch.testing.assert_close(new_in[32000:], old_in.mean(0).expand(64, -1))
+    torch.testing.assert_close(new_out[32000:], old_out.mean(0).expand(64, -1))
+    resize_embeddings_mean(model, 32064)  # already that size: unchanged
+    assert model.get_input_embeddings().weight.shape[0] == 32064

@@ -478,3 +478,87 @@ def test_bf16_on_cpu_trains_and_keeps_fp32_weights(tmp_path, tiny_model):
                                 model_max_length=256, learning_rate=1e-3))
     assert summary["finished"] and summary["bf16"] and summary["final_loss"] > 0
     assert next(AutoModelForCausalLM.from_pretrained(out / "model").parameters()).dtype == torch.float32
+
+
+def test_bf16_auto_needs_a_gpu_with_bf16_and_explicit_bf16_there_is_refused():
+    """V100 and older: `torch.cuda.is_bf16_supported()` is False (passed in, so this runs on CPU)."""
+    from alpaca_helpers.train_config import check_run
+
+    assert check_run(parse_config([]), 1, on_gpu=True, bf16_supported=False).precision.bf16 is False
+    assert check_run(parse_config(["--bf16", "false"]), 1, on_gpu=True, bf16_supported=False).precision.bf16 is False
+    with pytest.raises(TrainConfigError, match="no bf16 support"):
+        check_run(parse_config(["--bf16", "true"]), 1, on_gpu=True, bf16_supported=False)
+    assert check_run(parse_config(["--bf16", "true"]), 1, on_gpu=False, bf16_supported=False).precision.bf16
+
+
+def test_dist_timeout_comes_from_the_config(monkeypatch, tmp_path, tiny_model):
+    """`train` gives `init_distributed` the configured minutes (120 by default); <= 0 is refused first."""
+    from alpaca_helpers.train_config import check_run
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_init(env, cpu_offload=False, minutes=None):
+        seen["minutes"] = minutes
+        raise Stop
+
+    monkeypatch.setattr(train_dist, "init_distributed", fake_init)
+    for given, expected in (({}, 120.0), ({"dist_timeout_minutes": 7.5}, 7.5)):
+        with pytest.raises(Stop):
+            train(make_config(model_name_or_path=str(tiny_model), output_dir=str(tmp_path), fsdp="full_shard",
+                              device="cpu", **given))
+        assert seen["minutes"] == expected
+    assert parse_config(["--dist_timeout_minutes", "30"]).dist_timeout_minutes == 30.0
+    with pytest.raises(TrainConfigError, match="dist_timeout_minutes must be > 0"):
+        check_run(parse_config(["--dist_timeout_minutes", "0"]), 2, on_gpu=False)
+
+
+def test_reduce_scatter_setting_reaches_the_memory_plan(tiny_model):
+    """What `train` prints and plans counts what the loop does: with reduce-scatter after every micro-batch
+    (default) no unsharded fp32 gradient is held during accumulation; with it off, one of the whole model."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from alpaca_helpers.plan import model_shape
+    from alpaca_helpers.train import memory_plan_for_run
+    from alpaca_helpers.train_config import check_run
+
+    with torch.device("meta"):
+        shape = model_shape(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model)))
+    base = ["--global_batch_size", "8", "--per_device_train_batch_size", "2"]
+    default = parse_config(base)
+    assert default.reduce_scatter_every_micro_batch is True
+    run = check_run(default, 2, on_gpu=False)
+    assert run.batch.accumulation == 2
+    plan = memory_plan_for_run(default, shape, run, 2, 1, 80.0)
+    assert plan.sync_every_micro_batch and plan.accumulation_gradients_bytes == 0
+    off = parse_config(base + ["--reduce_scatter_every_micro_batch", "false"])
+    plan_off = memory_plan_for_run(off, shape, check_run(off, 2, on_gpu=False), 2, 1, 80.0)
+    assert not plan_off.sync_every_micro_batch
+    assert plan_off.accumulation_gradients_bytes == shape.parameters * 4
+    assert plan_off.per_device_gb > plan.per_device_gb
+
+
+def test_mfu_uses_the_plans_flops_and_peaks(monkeypatch, tiny_model):
+    """MFU = plan.flops_per_token (non-embedding parameters, LM head at trained positions only) × tokens/s
+    / (plan.peak_bf16_flops × processes): the H100 PCIe is 756 TFLOP/s, not the SXM's 989."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from alpaca_helpers import plan as plan_mod
+    from alpaca_helpers import train as train_mod
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
+    cuda = SimpleNamespace(type="cuda")
+    assert train_mod.peak_flops(cuda) == 756e12 and train_mod.peak_flops(SimpleNamespace(type="cpu")) is None
+    assert not hasattr(train_mod, "PEAK_BF16_FLOPS") and not hasattr(train_mod, "flops_per_token")
+    with torch.device("meta"):
+        shape = plan_mod.model_shape(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model)))
+    recipe = train_mod.Recipe.__new__(train_mod.Recipe)
+    recipe.shape, recipe.head = shape, object()
+    recipe.cfg, recipe.env = make_config(), SimpleNamespace(device=cuda, world_size=2)
+    expected = plan_mod.flops_per_token(shape, 100.0, 0.25) * 5000.0 / (756e12 * 2)
+    assert recipe.mfu(100.0, 5000.0, 0.25) == pytest.approx(expected)
+    assert shape.non_embedding < shape.parameters  # the embedding is not counted as 6N

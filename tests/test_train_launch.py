@@ -12,7 +12,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -96,8 +95,7 @@ def test_a_real_launch_ignores_the_users_accelerate_default_config(tmp_path):
         assert s["MASTER_PORT"] == option(cmd, "--main_process_port") != "29500"
 
 
-def test_process_group_gets_a_long_timeout_its_device_and_gloo_beside_nccl_when_offloading(monkeypatch):
-    monkeypatch.delenv("ALPACA_DIST_TIMEOUT_MINUTES", raising=False)
+def test_process_group_gets_a_long_timeout_its_device_and_gloo_beside_nccl_when_offloading():
     gpu = DistEnv(rank=3, local_rank=3, world_size=8, device=torch.device("cuda", 3))
     args = process_group_args(gpu)
     assert args == {"rank": 3, "world_size": 8, "timeout": timedelta(minutes=120), "backend": "nccl",
@@ -106,12 +104,7 @@ def test_process_group_gets_a_long_timeout_its_device_and_gloo_beside_nccl_when_
     cpu = DistEnv(rank=0, local_rank=0, world_size=2, device=torch.device("cpu"))
     assert process_group_args(cpu) == {"rank": 0, "world_size": 2, "timeout": timedelta(minutes=120),
                                        "backend": "gloo"}
-    monkeypatch.setenv("ALPACA_DIST_TIMEOUT_MINUTES", "240")
-    assert process_group_args(cpu)["timeout"] == timedelta(hours=4)
-    assert process_group_args(cpu, minutes=5)["timeout"] == timedelta(minutes=5)
-    monkeypatch.setenv("ALPACA_DIST_TIMEOUT_MINUTES", "long")
-    with pytest.raises(ValueError, match="ALPACA_DIST_TIMEOUT_MINUTES must be a number of minutes, got 'long'"):
-        process_group_args(cpu)
+    assert process_group_args(cpu, minutes=240)["timeout"] == timedelta(hours=4)
 
 
 def test_the_arguments_start_a_real_process_group(monkeypatch):
@@ -159,3 +152,22 @@ def test_slurm_script_starts_one_launcher_per_node_with_its_rank(tmp_path):
         assert launch == {"--gpus": "8", "--num_machines": "2", "--machine_rank": str(rank),
                           "--main_process_ip": "10.1.2.3", "--main_process_port": "29500"}
         assert args[12:] == ["--", "--config", "configs/alpaca_13b.yaml", "--output_dir", "/shared/runs/13b"]
+
+
+def test_launch_plan_splits_the_batch_over_all_machines():
+    """The notebook's plan cell: the global batch over all processes of all machines, from config.json only."""
+    from alpaca_helpers.train_config import choose_preset, load_preset, make_config
+    from alpaca_helpers.train_launch import launch_plan, total_processes
+
+    assert total_processes(0, 2) == 2 and total_processes(8, 1, 2) == 16 and total_processes(0, 1, 2) == 2
+    config = make_config(**load_preset(choose_preset("auto", 0, False)))
+    text = launch_plan(config, 0, 1, num_machines=2, gpu_memory_gb=8.0)
+    assert f"batch: {config.global_batch_size} = 4 per device × 1 accumulation × 2 GPU(s) (2 machine(s))" in text
+    assert "of 8 GiB" in text and "FSDP over 2" in text and "accumulated unsharded" not in text
+
+
+def test_read_log_leaves_out_a_torn_last_line(tmp_path):
+    from alpaca_helpers.train_launch import read_log
+
+    (tmp_path / "train_log.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert list(read_log(tmp_path)["step"]) == [1, 2]
