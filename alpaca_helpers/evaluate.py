@@ -299,6 +299,12 @@ def mean_words(texts: Iterable[str]) -> float:
     return sum(lengths) / len(lengths) if lengths else 0.0
 
 
+def _count_usage(usage: dict[str, Any], reply: Any) -> None:
+    """Add one request's tokens to a judge run's usage counts."""
+    usage["requests"] += 1
+    usage["prompt_tokens"] += reply.prompt_tokens
+    usage["completion_tokens"] += reply.completion_tokens
+
 def run_judge(teacher: Any, items: Sequence[Mapping[str, Any]], progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Judge every item ({id, instruction, input, model_answer, reference_answer}) with a `Teacher`, both orders.
 
@@ -313,9 +319,7 @@ def run_judge(teacher: Any, items: Sequence[Mapping[str, Any]], progress: bool =
 
     def ask(prompt: str) -> str:
         reply = teacher.complete(prompt)
-        usage["requests"] += 1
-        usage["prompt_tokens"] += reply.prompt_tokens
-        usage["completion_tokens"] += reply.completion_tokens
+        _count_usage(usage, reply)
         return reply.text
 
     results = []
@@ -453,9 +457,7 @@ def run_weighted_judge(judge: Any, items: Sequence[Mapping[str, Any]],
         if isinstance(judge, LocalJudge):
             return judge.top_logprobs(prompt)
         reply = judge.complete(prompt, top_logprobs=TOP_LOGPROBS)
-        usage["requests"] += 1
-        usage["prompt_tokens"] += reply.prompt_tokens
-        usage["completion_tokens"] += reply.completion_tokens
+        _count_usage(usage, reply)
         return reply.top_logprobs
 
     results = []

@@ -80,17 +80,11 @@ def parse_guard_reply(reply: str) -> list[str]:
 
 def _describe(exc: BaseException) -> str:
     """A short reason for a failed request (no server message: it may echo the key)."""
-    import openai
+    from .teacher import transport_error
 
-    if isinstance(exc, openai.APITimeoutError):
-        return "timeout"
-    if isinstance(exc, openai.APIStatusError):
-        return f"HTTP {exc.status_code}"
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection error"
     if isinstance(exc, FilterUnavailable):
         return str(exc)
-    return f"malformed reply ({type(exc).__name__})"
+    return transport_error(exc) or f"malformed reply ({type(exc).__name__})"
 
 
 class ContentFilter:

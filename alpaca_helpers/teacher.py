@@ -161,7 +161,10 @@ def _status(exc: BaseException) -> int | None:
     return exc.status_code if isinstance(exc, openai.APIStatusError) else None
 
 
-def _describe(exc: BaseException) -> str:
+def transport_error(exc: BaseException) -> str | None:
+    """A short name for a failed request's transport error (timeout, HTTP status, connection), else None.
+
+    Never the server's message: it may echo the key."""
     import openai
 
     if isinstance(exc, openai.APITimeoutError):
@@ -170,9 +173,13 @@ def _describe(exc: BaseException) -> str:
         return f"HTTP {exc.status_code}"
     if isinstance(exc, openai.APIConnectionError):
         return "connection error"
+    return None
+
+
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, MalformedResponse):
         return f"malformed response ({exc})"
-    return type(exc).__name__
+    return transport_error(exc) or type(exc).__name__
 
 
 def _fatal_message(exc: BaseException, config: TeacherConfig) -> str:
