@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from .data import atomic_folder
+from .files import atomic_folder
 from .paths import REPO_ROOT, cache_dir
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"

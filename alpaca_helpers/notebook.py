@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .data import atomic_write_text
+from .files import atomic_write_text
 from .paths import resolve
 
 SUMMARY_FILE = "summary.json"

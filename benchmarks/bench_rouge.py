@@ -1,4 +1,4 @@
-"""Benchmark: Alpaca's incremental ROUGE-L filter, `rouge_score` reference vs `alpaca_helpers.rouge`.
+"""Benchmark: Alpaca's incremental ROUGE-L filter, `rouge_score` reference vs `alpaca_helpers.self_instruct.rouge`.
 
     python benchmarks/bench_rouge.py                 # 20,000 candidates, reference on the first 800
     python benchmarks/bench_rouge.py --n 2000 --ref-n 200 --workers 2
@@ -33,7 +33,7 @@ import time
 from rouge_score import rouge_scorer
 
 from alpaca_helpers.data import load_eval_set, load_seed_tasks
-from alpaca_helpers.rouge import filter_similar, filter_similar_detailed
+from alpaca_helpers.self_instruct.rouge import filter_similar, filter_similar_detailed
 
 ALPACA_RUN = 52_002  # instructions in the released Alpaca data
 _PLAIN = re.compile(r"^[A-Za-z][A-Za-z'-]*[.,;:?!]?$")  # keep prose, skip code, numbers and lists

@@ -19,9 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from alpaca_helpers.self_instruct import generate
-from alpaca_helpers.server import serve
-from alpaca_helpers.teacher import Teacher, TeacherConfig
+from alpaca_helpers.self_instruct.pipeline import generate
+from alpaca_helpers.self_instruct.server import serve
+from alpaca_helpers.self_instruct.teacher import Teacher, TeacherConfig
 
 
 def run_once(server, concurrency: int, args: argparse.Namespace, out: Path) -> dict:

@@ -17,7 +17,7 @@ import time
 
 from alpaca_helpers.data import load_davinci_predictions, load_eval_set, load_seed_tasks
 from alpaca_helpers.models import default_model
-from alpaca_helpers.tokenize import alpaca_original_tokenize, build_dataset, original_recipe_fault
+from alpaca_helpers.train.tokenize import alpaca_original_tokenize, build_dataset, original_recipe_fault
 
 ALPACA_SIZE = 52_002
 

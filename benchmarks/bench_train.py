@@ -28,9 +28,9 @@ import torch
 
 from alpaca_helpers.data import load_seed_tasks
 from alpaca_helpers.models import resolve_model
-from alpaca_helpers.tokenize import IGNORE_INDEX, AlpacaCollator, build_dataset
-from alpaca_helpers.train import train
-from alpaca_helpers.train_config import make_config, warmup_steps
+from alpaca_helpers.train.config import make_config, warmup_steps
+from alpaca_helpers.train.recipe import train
+from alpaca_helpers.train.tokenize import IGNORE_INDEX, AlpacaCollator, build_dataset
 
 
 def mean_loss(model_dir: str, dataset, pad_id: int, batch: int = 8) -> float:

@@ -11,7 +11,7 @@ shape without its 128K vocabulary (the default tokenizer's 49K). Training goes t
 exactly as a real run (bf16 autocast on one GPU, fp32 master weights, AdamW) on the 175 seed tasks, repeated
 for `--steps` optimizer steps; the first step is left out of the rates as warm-up.
 
-MFU = model FLOPs per token × tokens/s ÷ the GPU's dense bf16 peak (`alpaca_helpers.plan`: 756 TFLOP/s for
+MFU = model FLOPs per token × tokens/s ÷ the GPU's dense bf16 peak (`alpaca_helpers.train.plan`: 756 TFLOP/s for
 an H100 PCIe, 989 for SXM). FLOPs per token (`plan.flops_per_token`) count 6 per non-embedding parameter,
 attention, and the LM head only at the trained positions it computes (measured share); the embedding
 lookup is no matmul. Peak memory is reset before each run and set beside the plan's estimate
@@ -32,10 +32,16 @@ from pathlib import Path
 import torch
 
 from alpaca_helpers.models import resolve_model
-from alpaca_helpers.plan import (CUDA_OVERHEAD_GIB, flops_per_token, load_model_shape, memory_plan, model_shape,
-                                 peak_bf16_flops)
-from alpaca_helpers.train import train
-from alpaca_helpers.train_config import make_config
+from alpaca_helpers.train.config import make_config
+from alpaca_helpers.train.plan import (
+    CUDA_OVERHEAD_GIB,
+    flops_per_token,
+    load_model_shape,
+    memory_plan,
+    model_shape,
+    peak_bf16_flops,
+)
+from alpaca_helpers.train.recipe import train
 
 # LLaMA-architecture shapes: hidden, intermediate, layers, heads, kv heads.
 SHAPES = {"tiny": (64, 128, 2, 4, 2), "1b": (2048, 5632, 22, 32, 4), "3b": (3072, 8192, 28, 24, 8)}

@@ -4,15 +4,21 @@ import math
 
 import pytest
 
-from alpaca_helpers.agreement import (agreement, agreement_by, answer_shape, paired_difference, response_losses,
-                                      score_models)
 from alpaca_helpers.data import load_davinci_predictions
-from alpaca_helpers.tokenize import tokenize_example
+from alpaca_helpers.evaluate.agreement import (
+    agreement,
+    agreement_by,
+    answer_shape,
+    paired_difference,
+    response_losses,
+    score_models,
+)
+from alpaca_helpers.train.tokenize import tokenize_example
 
 
 @pytest.fixture(scope="module")
 def lm():
-    from alpaca_helpers.generate import load_model
+    from alpaca_helpers.demo.generate import load_model
 
     return load_model("default")
 

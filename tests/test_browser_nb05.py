@@ -27,7 +27,7 @@ import pytest
 
 from alpaca_helpers.course import NOTEBOOKS_DIR
 from alpaca_helpers.paths import runs_dir
-from alpaca_helpers.server import free_port
+from alpaca_helpers.self_instruct.server import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -104,8 +104,8 @@ def jupyterlab(tmp_path):
 def test_notebook_05_in_a_real_browser(jupyterlab, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    from alpaca_helpers.generate import generate, load_model
-    from alpaca_helpers.watermark import Watermark
+    from alpaca_helpers.demo.generate import generate, load_model
+    from alpaca_helpers.demo.watermark import Watermark
 
     assert CHROMIUM.is_file(), "Debian's chromium is missing: apt-get install -y chromium"
     url, token = jupyterlab

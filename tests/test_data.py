@@ -2,12 +2,17 @@ import json
 from pathlib import Path
 
 import pytest
-
-from alpaca_helpers.data import (AlpacaFormatError, load_alpaca, load_davinci_predictions, load_eval_set,
-                                 load_seed_tasks, save_alpaca)
-from alpaca_helpers.paths import data_dir
-
 from conftest import SHARED_DATA
+
+from alpaca_helpers.data import (
+    AlpacaFormatError,
+    load_alpaca,
+    load_davinci_predictions,
+    load_eval_set,
+    load_seed_tasks,
+    save_alpaca,
+)
+from alpaca_helpers.paths import data_dir
 
 
 def test_seed_tasks_counts_match_the_data():
@@ -107,7 +112,7 @@ def test_training_data_with_eval_instructions_is_refused():
 
 
 def test_durable_appends_skip_and_repair_a_torn_line(tmp_path):
-    from alpaca_helpers.data import append_durable, complete_lines
+    from alpaca_helpers.files import append_durable, complete_lines
 
     path = tmp_path / "sub" / "log.jsonl"
     assert complete_lines(path) == ""
@@ -124,7 +129,7 @@ def test_jsonl_lines_end_at_newline_only(tmp_path):
     """U+2028 and U+0085 stay raw in JSON written with ensure_ascii=False; str.splitlines would cut there."""
     import json
 
-    from alpaca_helpers.data import append_durable, read_complete_jsonl
+    from alpaca_helpers.files import append_durable, read_complete_jsonl
 
     records = [{"instruction": "Split\u2028here?", "input": "", "output": "next\x85line \u2029 end"}]
     assert load_alpaca(save_alpaca(records, tmp_path / "odd.jsonl")) == records
@@ -136,7 +141,7 @@ def test_jsonl_lines_end_at_newline_only(tmp_path):
 
 
 def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
-    from alpaca_helpers.data import atomic_folder
+    from alpaca_helpers.files import atomic_folder
 
     target = tmp_path / "model"
     with atomic_folder(target) as tmp:

@@ -10,12 +10,33 @@ import time
 import pytest
 
 from alpaca_helpers.data import load_davinci_predictions, load_eval_set
-from alpaca_helpers.evaluate import (LOSS, TIE, UNPARSED, WIN, LocalJudge, VoteStore, alpaca_eval_rows,
-                                     combine_orders, eval_subset, generate_answers, judge_item,
-                                     judge_item_weighted, make_blind_pairs, outcome_of_choice, parse_verdict,
-                                     read_answers, read_votes, run_weighted_judge, save_alpaca_eval,
-                                     save_blind_pairs, tally, tally_by, verdict_preference, vote_outcomes,
-                                     weighted_win_rate)
+from alpaca_helpers.evaluate.pairwise import (
+    LOSS,
+    TIE,
+    UNPARSED,
+    WIN,
+    LocalJudge,
+    VoteStore,
+    alpaca_eval_rows,
+    combine_orders,
+    eval_subset,
+    generate_answers,
+    judge_item,
+    judge_item_weighted,
+    make_blind_pairs,
+    outcome_of_choice,
+    parse_verdict,
+    read_answers,
+    read_votes,
+    run_weighted_judge,
+    save_alpaca_eval,
+    save_blind_pairs,
+    tally,
+    tally_by,
+    verdict_preference,
+    vote_outcomes,
+    weighted_win_rate,
+)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +151,7 @@ def test_a_torn_vote_line_is_ignored_then_repaired(tmp_path, eval_records):
 def test_votes_survive_kill_9_while_writing(tmp_path):
     """A real process voting as fast as it can is killed with SIGKILL; every complete vote is kept."""
     path = tmp_path / "votes.csv"
-    code = ("import sys; from alpaca_helpers.evaluate import VoteStore\n"
+    code = ("import sys; from alpaca_helpers.evaluate.pairwise import VoteStore\n"
             "s = VoteStore(sys.argv[1], 'ann')\n"
             "for i in range(10**9): s.add(f'item_{i}', 'A')\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)])
@@ -154,7 +175,7 @@ def test_eval_subset_is_seeded_and_ordered():
 
 
 def test_answers_are_generated_resumably_with_the_real_model(tmp_path, eval_records):
-    from alpaca_helpers.generate import load_model
+    from alpaca_helpers.demo.generate import load_model
 
     model, tokenizer = load_model("default")
     records = eval_records[:3]
@@ -169,14 +190,14 @@ def test_answers_are_generated_resumably_with_the_real_model(tmp_path, eval_reco
     assert answers[records[1]["id"]]["output"] == first[records[1]["id"]]["output"]  # greedy: same answer again
     assert all(a["decoding"] == decoding and a["output"] for a in answers.values())
     assert all(a["ended"] == (a["new_tokens"] < 12) and 0 < a["new_tokens"] <= 12 for a in answers.values())
-    from alpaca_helpers.generate import generate_batch  # the same text as the plain batch call
+    from alpaca_helpers.demo.generate import generate_batch  # the same text as the plain batch call
     assert generate_batch(model, tokenizer, [records[2]["instruction"]], [records[2]["input"]], **decoding) == \
         [answers[records[2]["id"]]["output"]]
     assert len(load_davinci_predictions()) == len(eval_records)
 
 
 def test_rating_widget_records_each_click_and_resumes(tmp_path, eval_records):
-    from alpaca_helpers.rating import RatingWidget
+    from alpaca_helpers.evaluate.rating import RatingWidget
 
     visible, key = _pairs(eval_records[:4], seed=1)
     store = VoteStore(tmp_path / "votes_ann.csv", "ann")
@@ -196,7 +217,7 @@ def test_rating_widget_records_each_click_and_resumes(tmp_path, eval_records):
 
 
 def test_tally_of_nothing_is_json_safe_and_printable():
-    from alpaca_helpers.evaluate import format_tally
+    from alpaca_helpers.evaluate.pairwise import format_tally
 
     empty = tally([UNPARSED, UNPARSED])
     assert empty["win_rate"] is None and empty["win_rate_se"] is None
@@ -233,7 +254,7 @@ def test_verdict_preference_and_both_orders():
 
 
 def test_the_local_judge_gives_a_preference_on_every_item(eval_records):
-    from alpaca_helpers.generate import load_model
+    from alpaca_helpers.demo.generate import load_model
 
     model, tokenizer = load_model("default")
     judge = LocalJudge(model, tokenizer)
@@ -261,8 +282,8 @@ def test_judge_log_probabilities_through_the_real_local_server(default_model_dir
     stands in for an OpenAI endpoint's log-probabilities, malformed first, and the judge retries and decides."""
     from fault_proxy import FaultProxy
 
-    from alpaca_helpers.server import serve
-    from alpaca_helpers.teacher import LogprobsUnavailable, Teacher, TeacherConfig
+    from alpaca_helpers.self_instruct.server import serve
+    from alpaca_helpers.self_instruct.teacher import LogprobsUnavailable, Teacher, TeacherConfig
 
     item = {"id": "x", "instruction": "Name a primary colour.", "input": "", "model_answer": "Red.",
             "reference_answer": "Blue."}
@@ -285,7 +306,7 @@ def test_judge_log_probabilities_through_the_real_local_server(default_model_dir
 
 def test_alpaca_eval_set_loads_as_evaluation_items(tmp_path):
     """The 805-instruction set, as a local copy in its own format (offline here; by name it comes from the Hub)."""
-    from alpaca_helpers.evaluate import evaluation_items
+    from alpaca_helpers.evaluate.pairwise import evaluation_items
 
     rows = [{"instruction": "What are the names of some famous actors?", "output": "Some famous actors are ...",
              "generator": "text_davinci_003", "dataset": "helpful_base"},

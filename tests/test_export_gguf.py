@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from alpaca_helpers.export_gguf import ExportError, _hf_to_gguf_rotary, export_gguf
-from alpaca_helpers.generate import STOP_MARKERS, generate_batch, load_model
+from alpaca_helpers.demo.export_gguf import ExportError, _hf_to_gguf_rotary, export_gguf
+from alpaca_helpers.demo.generate import STOP_MARKERS, generate_batch, load_model
 from alpaca_helpers.prompts import PROMPT_NO_INPUT, format_prompt
 
 pytestmark = pytest.mark.slow
@@ -149,7 +149,7 @@ def test_user_mistakes_get_one_line_errors(make, message, tmp_path):
 
 def test_the_cli_prints_one_line_and_exits_1(tmp_path):
     _llama_like(tmp_path / "model", model_type="mistral")
-    run = subprocess.run([sys.executable, "-m", "alpaca_helpers.export_gguf", str(tmp_path / "model"),
+    run = subprocess.run([sys.executable, "-m", "alpaca_helpers.demo.export_gguf", str(tmp_path / "model"),
                           str(tmp_path / "out.gguf"), "--dtype", "q8_0"], capture_output=True, text=True)
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines() == [f"error: {tmp_path / 'model'} is a 'mistral' model, not a "

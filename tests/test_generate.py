@@ -1,4 +1,4 @@
-"""`alpaca_helpers.generate` on the real default model: response extraction, stopping, seeding, streaming,
+"""`alpaca_helpers.demo.generate` on the real default model: response extraction, stopping, seeding, streaming,
 model loading and the model picker's search."""
 
 import os
@@ -6,9 +6,18 @@ import shutil
 
 import pytest
 
-from alpaca_helpers.generate import (BASE_MODEL, extract_response, find_models, generate, generate_batch,
-                                     generate_stream, generate_tokens, load_model, model_choices,
-                                     response_perplexity)
+from alpaca_helpers.demo.generate import (
+    BASE_MODEL,
+    extract_response,
+    find_models,
+    generate,
+    generate_batch,
+    generate_stream,
+    generate_tokens,
+    load_model,
+    model_choices,
+    response_perplexity,
+)
 from alpaca_helpers.prompts import format_prompt
 
 HEALTH = "Give three tips for staying healthy."

@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 
 import torch
-
-from alpaca_helpers.lora import apply_lora, save_adapter_and_merge
-from alpaca_helpers.train_config import make_config
 from test_train import make_tiny_llama
+
+from alpaca_helpers.train.config import make_config
+from alpaca_helpers.train.lora import apply_lora, save_adapter_and_merge
 
 
 def logits_fp32(model, ids):

@@ -13,10 +13,16 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
-from alpaca_helpers.moderation import (UNAVAILABLE, ContentFilter, FilterUnavailable, parse_guard_reply, read_log,
-                                       refusal)
 from fault_proxy import FaultProxy
+
+from alpaca_helpers.demo.content_filter import (
+    UNAVAILABLE,
+    ContentFilter,
+    FilterUnavailable,
+    parse_guard_reply,
+    read_log,
+    refusal,
+)
 
 SECRET = "sk-test-never-in-the-log-0123456789"
 BAD = "I will kill you"  # what the fake upstream flags
@@ -195,7 +201,7 @@ def test_unknown_backend_and_missing_settings_are_named():
 def test_guard_backend_against_a_real_local_server(default_model_dir, tmp_path):
     """The mechanism, not the accuracy: the default model is no guard model, so its reply is either a verdict or
     (far likelier) not one, which must then block as "filter unavailable"; either way one real round trip."""
-    from alpaca_helpers.server import serve
+    from alpaca_helpers.self_instruct.server import serve
 
     log = tmp_path / "moderation.jsonl"
     with serve(default_model_dir, log_path=tmp_path / "server.log") as server:
@@ -212,7 +218,7 @@ def test_guard_backend_against_a_real_local_server(default_model_dir, tmp_path):
 
 
 def test_screen_checks_the_instruction_before_generating_and_the_answer_before_showing(tmp_path):
-    from alpaca_helpers.moderation import screen
+    from alpaca_helpers.demo.content_filter import screen
 
     content_filter, produced = ContentFilter("offline", log_path=tmp_path / "log.jsonl"), []
 

@@ -6,7 +6,7 @@ import nbformat
 from rouge_score import rouge_scorer
 
 from alpaca_helpers.data import load_alpaca, load_seed_tasks
-from alpaca_helpers.self_instruct import FILTER_REASONS, PARSE_REASONS, filter_reason
+from alpaca_helpers.self_instruct.parse import FILTER_REASONS, PARSE_REASONS, filter_reason
 
 
 def test_notebook_01_generates_filtered_alpaca_data(execute_notebook):

@@ -6,9 +6,9 @@ import random
 
 import nbformat
 
-from alpaca_helpers.analysis import verb_object_counts
 from alpaca_helpers.data import load_alpaca, load_eval_set, load_seed_tasks, save_alpaca
-from alpaca_helpers.rouge import filter_similar, max_similarity
+from alpaca_helpers.self_instruct.diversity import verb_object_counts
+from alpaca_helpers.self_instruct.rouge import filter_similar, max_similarity
 
 
 def planted_duplicates(n: int = 100, n_dups: int = 20) -> list[dict]:

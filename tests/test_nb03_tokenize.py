@@ -6,7 +6,7 @@ import json
 
 from alpaca_helpers.course import NOTEBOOKS_DIR
 from alpaca_helpers.data import load_seed_tasks, save_alpaca
-from alpaca_helpers.tokenize import alpaca_original_tokenize, build_dataset, original_recipe_fault
+from alpaca_helpers.train.tokenize import alpaca_original_tokenize, build_dataset, original_recipe_fault
 
 NOTEBOOK = "03_tokenize_and_mask"
 

@@ -1,7 +1,7 @@
 """The memory and time plan counts what training really holds.
 
 - Weights, gradients and AdamW state per rank: 2 CPU processes (gloo) shard a tiny LLaMA with the training
-  code's own `train_dist.shard_model` and take one optimizer step; each rank sums the bytes of the tensors
+  code's own `train.distributed.shard_model` and take one optimizer step; each rank sums the bytes of the tensors
   it holds. Its vocabulary (1001 rows) does not split evenly: FSDP2 gives rank 0 the padded chunk of
   ceil(rows / 2) rows, which is what the plan counts, so rank 0 matches exactly and rank 1 holds less by at
   most that padding. Accumulating without gradient sync, each rank holds an unsharded fp32 gradient of the
@@ -20,8 +20,16 @@ import socket
 import pytest
 import torch
 
-from alpaca_helpers.plan import (PlanError, activation_bytes_per_token, layer_activation_bytes, load_model_shape, main,
-                                 memory_plan, peak_bf16_flops, shard_elements)
+from alpaca_helpers.train.plan import (
+    PlanError,
+    activation_bytes_per_token,
+    layer_activation_bytes,
+    load_model_shape,
+    main,
+    memory_plan,
+    peak_bf16_flops,
+    shard_elements,
+)
 
 TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 160,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1001,
@@ -49,7 +57,7 @@ def _rank(rank: int, world: int, port: int, folder: str, out: str) -> None:
     from torch.distributed.fsdp import FSDPModule
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from alpaca_helpers.train_dist import find_layer_class, shard_model
+    from alpaca_helpers.train.distributed import find_layer_class, shard_model
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

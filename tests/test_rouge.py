@@ -1,4 +1,4 @@
-"""alpaca_helpers.rouge gives exactly rouge_score's ROUGE-L and Alpaca's incremental filter decisions."""
+"""alpaca_helpers.self_instruct.rouge gives exactly rouge_score's ROUGE-L and Alpaca's incremental filter decisions."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
-from alpaca_helpers.analysis import verb_object, verb_object_counts
 from alpaca_helpers.data import load_davinci_predictions, load_eval_set, load_seed_tasks
-from alpaca_helpers.rouge import (
+from alpaca_helpers.self_instruct.diversity import verb_object, verb_object_counts
+from alpaca_helpers.self_instruct.rouge import (
     FilterResult,
     filter_similar,
     filter_similar_detailed,

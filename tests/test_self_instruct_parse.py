@@ -5,8 +5,9 @@ import json
 import pytest
 
 from alpaca_helpers.data import load_seed_tasks
-from alpaca_helpers.self_instruct import (BLACKLIST, FILTER_REASONS, PARSE_REASONS, Checkpoint, encode_prompt,
-                                          filter_reason, parse_completion, stop_strings)
+from alpaca_helpers.self_instruct.parse import BLACKLIST, FILTER_REASONS, PARSE_REASONS, filter_reason, parse_completion
+from alpaca_helpers.self_instruct.pipeline import Checkpoint
+from alpaca_helpers.self_instruct.prompt import encode_prompt, stop_strings
 
 
 def test_prompt_lists_requirements_examples_and_the_open_slot():

@@ -9,13 +9,14 @@ import sys
 import time
 
 import pytest
+from fault_proxy import FaultProxy
 from rouge_score import rouge_scorer
 
 from alpaca_helpers.data import load_alpaca, load_seed_tasks
-from alpaca_helpers.self_instruct import CHECKPOINT_FILE, META_FILE, OUTPUT_FILE, filter_reason, generate
-from alpaca_helpers.server import free_port, serve
-from alpaca_helpers.teacher import Teacher, TeacherConfig, TeacherError, TeacherUnreachable
-from fault_proxy import FaultProxy
+from alpaca_helpers.self_instruct.parse import filter_reason
+from alpaca_helpers.self_instruct.pipeline import CHECKPOINT_FILE, META_FILE, OUTPUT_FILE, generate
+from alpaca_helpers.self_instruct.server import free_port, serve
+from alpaca_helpers.self_instruct.teacher import Teacher, TeacherConfig, TeacherError, TeacherUnreachable
 
 pytestmark = pytest.mark.slow
 

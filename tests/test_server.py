@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from alpaca_helpers.server import ServerError, health_ok, serve
-from alpaca_helpers.teacher import Teacher, TeacherConfig
+from alpaca_helpers.self_instruct.server import ServerError, health_ok, serve
+from alpaca_helpers.self_instruct.teacher import Teacher, TeacherConfig
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def test_a_dying_server_shows_its_log(default_model_dir, tmp_path):
 
 
 def test_no_orphan_when_the_parent_is_killed(default_model_dir, tmp_path):
-    script = ("import sys, time\nfrom alpaca_helpers.server import serve\n"
+    script = ("import sys, time\nfrom alpaca_helpers.self_instruct.server import serve\n"
               f"with serve({str(default_model_dir)!r}) as s:\n"
               "    print(s.process.pid, flush=True)\n    time.sleep(600)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)

@@ -3,9 +3,16 @@
 import pytest
 from fault_proxy import FaultProxy
 
-from alpaca_helpers.server import free_port
-from alpaca_helpers.teacher import (Teacher, TeacherConfig, TeacherError, TeacherUnreachable, estimate_cost,
-                                    price_per_million, strip_stop)
+from alpaca_helpers.self_instruct.server import free_port
+from alpaca_helpers.self_instruct.teacher import (
+    Teacher,
+    TeacherConfig,
+    TeacherError,
+    TeacherUnreachable,
+    estimate_cost,
+    price_per_million,
+    strip_stop,
+)
 
 
 def test_price_table():
@@ -55,7 +62,7 @@ def test_a_rejected_key_is_not_retried_and_not_echoed(monkeypatch):
 
 
 def test_an_endpoint_that_refuses_logprobs_is_told_apart_at_once():
-    from alpaca_helpers.teacher import LogprobsUnavailable
+    from alpaca_helpers.self_instruct.teacher import LogprobsUnavailable
 
     with FaultProxy("http://127.0.0.1:1", then="400") as proxy:
         teacher = Teacher(TeacherConfig(base_url=proxy.base_url, model="m"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from alpaca_helpers.data import AlpacaFormatError, load_eval_set, load_seed_tasks
-from alpaca_helpers.tokenize import (
+from alpaca_helpers.train.tokenize import (
     IGNORE_INDEX,
     AlpacaCollator,
     alpaca_original_tokenize,
@@ -340,7 +340,7 @@ def test_llama_vocab_plus_pad_is_padded_to_a_multiple_of_64():
     new ones (input and untied output) the mean of the old rows."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from alpaca_helpers.tokenize import resize_embeddings_mean
+    from alpaca_helpers.train.tokenize import resize_embeddings_mean
 
     config = LlamaConfig(vocab_size=32000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, tie_word_embeddings=False)

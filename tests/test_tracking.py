@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from alpaca_helpers.train import train
-from alpaca_helpers.train_config import make_config
 from test_train import make_tiny_llama
+
+from alpaca_helpers.train.config import make_config
+from alpaca_helpers.train.recipe import train
 
 
 @pytest.fixture(scope="module")

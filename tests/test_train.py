@@ -11,12 +11,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from alpaca_helpers import train_dist
-from alpaca_helpers.tokenize import global_batches
-from alpaca_helpers.train import NonFiniteLossError, main, train
-from alpaca_helpers.train_data import rank_micro_batches
-from alpaca_helpers.train_config import (CONFIGS_DIR, TrainConfigError, list_presets, load_preset, make_config,
-                                         parse_config, plan_batch)
+from alpaca_helpers.train import distributed
+from alpaca_helpers.train.batches import rank_micro_batches
+from alpaca_helpers.train.config import (
+    CONFIGS_DIR,
+    TrainConfigError,
+    list_presets,
+    load_preset,
+    make_config,
+    parse_config,
+    plan_batch,
+)
+from alpaca_helpers.train.recipe import NonFiniteLossError, main, train
+from alpaca_helpers.train.tokenize import global_batches
 
 
 def make_tiny_llama(folder: Path, tokenizer_dir: Path, nan: bool = False) -> Path:
@@ -139,12 +146,12 @@ def test_decoder_layer_class_is_found_from_the_model(tiny_model):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    assert train_dist.find_layer_class(model).__name__ == "LlamaDecoderLayer"
-    assert train_dist.find_layer_class(model, "LlamaDecoderLayer").__name__ == "LlamaDecoderLayer"
+    assert distributed.find_layer_class(model).__name__ == "LlamaDecoderLayer"
+    assert distributed.find_layer_class(model, "LlamaDecoderLayer").__name__ == "LlamaDecoderLayer"
     model._no_split_modules = None  # falls back to the class repeated in the layer list
-    assert train_dist.find_layer_class(model).__name__ == "LlamaDecoderLayer"
+    assert distributed.find_layer_class(model).__name__ == "LlamaDecoderLayer"
     with pytest.raises(ValueError, match="'LLaMADecoderLayer' is not in this model.*LlamaDecoderLayer"):
-        train_dist.find_layer_class(model, "LLaMADecoderLayer")
+        distributed.find_layer_class(model, "LLaMADecoderLayer")
 
 
 # --- checkpoints -------------------------------------------------------------------------------------
@@ -171,12 +178,12 @@ def test_checkpoint_round_trip_keeps_last_n(tmp_path, tiny_model):
     model, optimizer, scheduler = _tiny_training_state(tiny_model)
     for step in range(1, 4):
         _step(model, optimizer, scheduler)
-        train_dist.save_checkpoint(tmp_path, step, model, optimizer, scheduler, {"note": "x"}, rank=0, keep_last=2)
-    assert [s for s, _ in train_dist.list_checkpoints(tmp_path)] == [2, 3]
+        distributed.save_checkpoint(tmp_path, step, model, optimizer, scheduler, {"note": "x"}, rank=0, keep_last=2)
+    assert [s for s, _ in distributed.list_checkpoints(tmp_path)] == [2, 3]
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     rng_after_save = torch.rand(3)
     fresh, fresh_opt, fresh_sched = _tiny_training_state(tiny_model)
-    state = train_dist.load_checkpoint(train_dist.latest_checkpoint(tmp_path), fresh, fresh_opt, fresh_sched, rank=0)
+    state = distributed.load_checkpoint(distributed.latest_checkpoint(tmp_path), fresh, fresh_opt, fresh_sched, rank=0)
     assert state["step"] == 3 and state["note"] == "x"
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in expected.items())
     assert fresh_sched.last_epoch == scheduler.last_epoch
@@ -192,7 +199,7 @@ def test_a_kill_during_save_leaves_the_last_good_checkpoint(tmp_path, tiny_model
 
     model, optimizer, scheduler = _tiny_training_state(tiny_model)
     _step(model, optimizer, scheduler)
-    good = train_dist.save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {}, rank=0, keep_last=1)
+    good = distributed.save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {}, rank=0, keep_last=1)
     real_save = dcp.save
 
     def killed_mid_save(state, checkpoint_id):  # fault injection: half the files, then the process dies
@@ -203,12 +210,12 @@ def test_a_kill_during_save_leaves_the_last_good_checkpoint(tmp_path, tiny_model
     monkeypatch.setattr(dcp, "save", killed_mid_save)
     _step(model, optimizer, scheduler)
     with pytest.raises(KeyboardInterrupt):
-        train_dist.save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {}, rank=0, keep_last=1)
-    assert train_dist.latest_checkpoint(tmp_path) == good
+        distributed.save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {}, rank=0, keep_last=1)
+    assert distributed.latest_checkpoint(tmp_path) == good
     fresh, fresh_opt, fresh_sched = _tiny_training_state(tiny_model)
-    assert train_dist.load_checkpoint(good, fresh, fresh_opt, fresh_sched, rank=0)["step"] == 1
+    assert distributed.load_checkpoint(good, fresh, fresh_opt, fresh_sched, rank=0)["step"] == 1
     monkeypatch.setattr(dcp, "save", real_save)
-    train_dist.save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {}, rank=0, keep_last=1)
+    distributed.save_checkpoint(tmp_path, 2, model, optimizer, scheduler, {}, rank=0, keep_last=1)
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-2"]  # torn temp folder and old one gone
 
 
@@ -252,7 +259,7 @@ def test_single_process_run_logs_every_step_and_saves_a_loadable_folder(tmp_path
 def test_launch_command_for_cpu_and_gpus():
     import sys
 
-    from alpaca_helpers.train_launch import LaunchError, launch_command, show_command
+    from alpaca_helpers.train.launch import LaunchError, launch_command, show_command
 
     cpu = launch_command(["--max_steps", "2"], gpus=0, cpu_processes=1, gpus_present=0)
     assert cpu[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and "--cpu" in cpu
@@ -268,7 +275,7 @@ def test_launch_command_for_cpu_and_gpus():
 def test_run_streaming_shows_lines_live_and_fails_with_the_tail():
     import sys
 
-    from alpaca_helpers.train_launch import LaunchError, run_streaming
+    from alpaca_helpers.train.launch import LaunchError, run_streaming
 
     seen = []
     lines = run_streaming([sys.executable, "-c", "import sys\nfor i in range(3): print('line', i)\n"
@@ -290,7 +297,7 @@ def test_wrong_layer_class_fails_the_run_before_training(tmp_path, tiny_model, c
 
 def test_training_refuses_a_file_with_evaluation_tasks(tmp_path):
     from alpaca_helpers.data import AlpacaFormatError, load_eval_set, load_seed_tasks, save_alpaca
-    from alpaca_helpers.train_data import load_records
+    from alpaca_helpers.train.batches import load_records
 
     path = save_alpaca(load_seed_tasks()[:5] + load_eval_set()[:1], tmp_path / "leaky.json")
     with pytest.raises(AlpacaFormatError, match="repeat evaluation-set instructions"):
@@ -301,7 +308,7 @@ def test_training_refuses_a_file_with_evaluation_tasks(tmp_path):
 def test_epoch_mean_loss_groups_steps_by_epoch():
     import pandas as pd
 
-    from alpaca_helpers.train_launch import epoch_mean_loss
+    from alpaca_helpers.train.launch import epoch_mean_loss
 
     log = pd.DataFrame({"step": [1, 2, 3, 4, 5, 6], "epoch": [0.3333, 0.6667, 1.0, 1.3333, 1.6667, 2.0],
                         "loss": [3.0, 2.0, 1.0, 1.0, 0.5, 0.0]})
@@ -316,8 +323,8 @@ def test_trained_positions_head_gives_the_full_heads_loss_and_gradients(tiny_mod
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from alpaca_helpers.data import load_seed_tasks
-    from alpaca_helpers.tokenize import AlpacaCollator, build_dataset, pack_features
-    from alpaca_helpers.train import TrainedPositionsHead
+    from alpaca_helpers.train.recipe import TrainedPositionsHead
+    from alpaca_helpers.train.tokenize import AlpacaCollator, build_dataset, pack_features
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     rows = build_dataset(load_seed_tasks()[:6], tok, max_length=256).dataset
@@ -346,9 +353,9 @@ def test_trained_positions_head_gives_the_full_heads_loss_and_gradients(tiny_mod
 
 def test_held_out_examples_never_reach_a_training_batch(tiny_model, tmp_path):
     from alpaca_helpers.data import source_counts
-    from alpaca_helpers.train import Recipe
-    from alpaca_helpers.train_config import check_run
-    from alpaca_helpers.train_dist import dist_env
+    from alpaca_helpers.train.config import check_run
+    from alpaca_helpers.train.distributed import dist_env
+    from alpaca_helpers.train.recipe import Recipe
 
     cfg = make_config(model_name_or_path=str(tiny_model), output_dir=str(tmp_path), max_examples=60,
                       val_set_size=0.25, global_batch_size=8, per_device_train_batch_size=4, num_train_epochs=3)
@@ -363,13 +370,13 @@ def test_held_out_examples_never_reach_a_training_batch(tiny_model, tmp_path):
     assert seen and not seen & held_out
     assert source_counts(recipe.data.records) == {}
     with pytest.raises(TrainConfigError, match="nothing would be left to train on"):
-        from alpaca_helpers.train_data import split_validation
+        from alpaca_helpers.train.batches import split_validation
         split_validation(recipe.val.records, 15, seed=0)
 
 
 def test_max_examples_is_a_seeded_sample_of_every_source(tmp_path):
     from alpaca_helpers.data import load_seed_tasks, save_alpaca
-    from alpaca_helpers.train_data import load_records
+    from alpaca_helpers.train.batches import load_records
 
     seeds = [{**r, "source": "seed"} for r in load_seed_tasks()]
     generated = [{"instruction": f"Write a haiku about the number {i}.", "input": "", "output": "...",
@@ -398,8 +405,8 @@ def test_full_scale_command_with_a_hub_layout_copy_builds_the_launch_and_trains(
     import datasets
 
     from alpaca_helpers.data import load_seed_tasks
-    from alpaca_helpers.train_config import choose_preset, overrides, train_args
-    from alpaca_helpers.train_launch import launch_command
+    from alpaca_helpers.train.config import choose_preset, overrides, train_args
+    from alpaca_helpers.train.launch import launch_command
 
     parquet = tmp_path / "tatsu-lab" / "alpaca" / "data" / "train-00000-of-00001.parquet"
     parquet.parent.mkdir(parents=True)
@@ -440,7 +447,7 @@ def test_unreachable_data_or_model_names_fail_in_one_line(tmp_path, tiny_model, 
 
 
 def test_notebook_preset_policy():
-    from alpaca_helpers.train_config import choose_preset, overrides
+    from alpaca_helpers.train.config import choose_preset, overrides
 
     assert choose_preset("auto", gpus=0).name == "cpu_default.yaml"
     assert choose_preset("auto", gpus=1, lora=True).name == "alpaca_7b_lora.yaml"
@@ -454,7 +461,7 @@ def test_notebook_preset_policy():
 
 
 def test_bf16_and_tf32_are_typed_choices_checked_before_loading():
-    from alpaca_helpers.train_config import check_run
+    from alpaca_helpers.train.config import check_run
 
     assert parse_config(["--bf16", "auto"]).bf16 is None and parse_config(["--tf32", "true"]).tf32 is True
     assert check_run(parse_config([]), 1, on_gpu=True).precision.bf16 is True
@@ -482,7 +489,7 @@ def test_bf16_on_cpu_trains_and_keeps_fp32_weights(tmp_path, tiny_model):
 
 def test_bf16_auto_needs_a_gpu_with_bf16_and_explicit_bf16_there_is_refused():
     """V100 and older: `torch.cuda.is_bf16_supported()` is False (passed in, so this runs on CPU)."""
-    from alpaca_helpers.train_config import check_run
+    from alpaca_helpers.train.config import check_run
 
     assert check_run(parse_config([]), 1, on_gpu=True, bf16_supported=False).precision.bf16 is False
     assert check_run(parse_config(["--bf16", "false"]), 1, on_gpu=True, bf16_supported=False).precision.bf16 is False
@@ -493,7 +500,7 @@ def test_bf16_auto_needs_a_gpu_with_bf16_and_explicit_bf16_there_is_refused():
 
 def test_dist_timeout_comes_from_the_config(monkeypatch, tmp_path, tiny_model):
     """`train` gives `init_distributed` the configured minutes (120 by default); <= 0 is refused first."""
-    from alpaca_helpers.train_config import check_run
+    from alpaca_helpers.train.config import check_run
 
     seen = {}
 
@@ -520,9 +527,9 @@ def test_reduce_scatter_setting_reaches_the_memory_plan(tiny_model):
     (default) no unsharded fp32 gradient is held during accumulation; with it off, one of the whole model."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from alpaca_helpers.plan import model_shape
-    from alpaca_helpers.train import memory_plan_for_run
-    from alpaca_helpers.train_config import check_run
+    from alpaca_helpers.train.config import check_run
+    from alpaca_helpers.train.plan import model_shape
+    from alpaca_helpers.train.recipe import memory_plan_for_run
 
     with torch.device("meta"):
         shape = model_shape(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model)))
@@ -547,8 +554,8 @@ def test_mfu_uses_the_plans_flops_and_peaks(monkeypatch, tiny_model):
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from alpaca_helpers import plan as plan_mod
-    from alpaca_helpers import train as train_mod
+    from alpaca_helpers.train import plan as plan_mod
+    from alpaca_helpers.train import recipe as train_mod
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
     cuda = SimpleNamespace(type="cuda")

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_train import make_tiny_llama  # noqa: E402
 from test_train_fsdp import RUN, launch, losses  # noqa: E402
 
-from alpaca_helpers.train import train  # noqa: E402
-from alpaca_helpers.train_config import make_config  # noqa: E402
+from alpaca_helpers.train.config import make_config  # noqa: E402
+from alpaca_helpers.train.recipe import train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

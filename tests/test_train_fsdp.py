@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from alpaca_helpers.paths import REPO_ROOT
-from alpaca_helpers.train import train
-from alpaca_helpers.train_config import make_config
-from alpaca_helpers.train_launch import launch_command
+from alpaca_helpers.train.config import make_config
+from alpaca_helpers.train.launch import launch_command
+from alpaca_helpers.train.recipe import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import make_tiny_llama  # noqa: E402

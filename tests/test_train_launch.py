@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from alpaca_helpers.paths import REPO_ROOT
-from alpaca_helpers.train_dist import DistEnv, init_distributed, process_group_args
-from alpaca_helpers.train_launch import LaunchError, accelerate_config_file, launch_command, main, usable_cpus
+from alpaca_helpers.train.distributed import DistEnv, init_distributed, process_group_args
+from alpaca_helpers.train.launch import LaunchError, accelerate_config_file, launch_command, main, usable_cpus
 
 
 def option(cmd: list[str], name: str) -> str:
@@ -147,7 +147,7 @@ def test_slurm_script_starts_one_launcher_per_node_with_its_rank(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for rank in (0, 1):
         args = (tmp_path / f"node{rank}.args").read_text().split()
-        assert args[:2] == ["-m", "alpaca_helpers.train_launch"]
+        assert args[:2] == ["-m", "alpaca_helpers.train.launch"]
         launch = dict(zip(args[2:12:2], args[3:12:2]))
         assert launch == {"--gpus": "8", "--num_machines": "2", "--machine_rank": str(rank),
                           "--main_process_ip": "10.1.2.3", "--main_process_port": "29500"}
@@ -156,8 +156,8 @@ def test_slurm_script_starts_one_launcher_per_node_with_its_rank(tmp_path):
 
 def test_launch_plan_splits_the_batch_over_all_machines():
     """The notebook's plan cell: the global batch over all processes of all machines, from config.json only."""
-    from alpaca_helpers.train_config import choose_preset, load_preset, make_config
-    from alpaca_helpers.train_launch import launch_plan, total_processes
+    from alpaca_helpers.train.config import choose_preset, load_preset, make_config
+    from alpaca_helpers.train.launch import launch_plan, total_processes
 
     assert total_processes(0, 2) == 2 and total_processes(8, 1, 2) == 16 and total_processes(0, 1, 2) == 2
     config = make_config(**load_preset(choose_preset("auto", 0, False)))
@@ -167,7 +167,7 @@ def test_launch_plan_splits_the_batch_over_all_machines():
 
 
 def test_read_log_leaves_out_a_torn_last_line(tmp_path):
-    from alpaca_helpers.train_launch import read_log
+    from alpaca_helpers.train.launch import read_log
 
     (tmp_path / "train_log.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
     assert list(read_log(tmp_path)["step"]) == [1, 2]

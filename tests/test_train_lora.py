@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-
-from alpaca_helpers.train import main, train
-from alpaca_helpers.train_config import TrainConfigError, make_config, parse_config
 from test_train import make_tiny_llama
+
+from alpaca_helpers.train.config import TrainConfigError, make_config, parse_config
+from alpaca_helpers.train.recipe import main, train
 
 
 @pytest.fixture(scope="module")

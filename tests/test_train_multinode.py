@@ -1,4 +1,4 @@
-"""Two "machines" on 127.0.0.1: two launches of `python -m alpaca_helpers.train_launch --num_machines 2`
+"""Two "machines" on 127.0.0.1: two launches of `python -m alpaca_helpers.train.launch --num_machines 2`
 (the command `scripts/slurm_train.sbatch` runs on each node), one CPU process each, gloo, sharing the
 output folder as nodes share a file system.
 
@@ -18,9 +18,9 @@ import pytest
 from safetensors.torch import load_file
 
 from alpaca_helpers.paths import REPO_ROOT
-from alpaca_helpers.train import train
-from alpaca_helpers.train_config import make_config
-from alpaca_helpers.train_launch import free_port
+from alpaca_helpers.train.config import make_config
+from alpaca_helpers.train.launch import free_port
+from alpaca_helpers.train.recipe import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import make_tiny_llama  # noqa: E402
@@ -42,7 +42,7 @@ def test_two_machines_train_like_one_process(tmp_path, default_model_dir):
     train_args = ["--model_name_or_path", str(tiny), "--output_dir", str(out)]
     train_args += [item for k, v in RUN.items() for item in (f"--{k}", v)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    machines = [subprocess.Popen([sys.executable, "-m", "alpaca_helpers.train_launch", "--gpus", "0",
+    machines = [subprocess.Popen([sys.executable, "-m", "alpaca_helpers.train.launch", "--gpus", "0",
                                   "--num_machines", "2", "--machine_rank", str(rank),
                                   "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
                                   "--", *train_args],

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from alpaca_helpers.data import load_eval_set
-from alpaca_helpers.generate import BASE_MODEL, generate_tokens, load_model, response_perplexity
+from alpaca_helpers.demo.generate import BASE_MODEL, generate_tokens, load_model, response_perplexity
+from alpaca_helpers.demo.watermark import Watermark, WatermarkLogitsProcessor, detect, detect_ids, z_score
 from alpaca_helpers.prompts import format_prompt
-from alpaca_helpers.watermark import Watermark, WatermarkLogitsProcessor, detect, detect_ids, z_score
 
 WM = Watermark()  # the default key, gamma 0.25, delta 2 (the paper's running example), as the notebook uses
 N_PROMPTS, N_TOKENS = 20, 200

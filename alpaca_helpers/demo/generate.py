@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria
 
-from .models import DEFAULT_MODEL_NAME, default_model, resolve_model
-from .paths import cache_dir, resolve, runs_dir
-from .prompts import format_prompt
+from ..models import DEFAULT_MODEL_NAME, default_model, resolve_model
+from ..paths import cache_dir, resolve, runs_dir
+from ..prompts import format_prompt
 from .watermark import Watermark, WatermarkLogitsProcessor
 
 # The decoding knobs the notebook's sliders expose, with their defaults.

@@ -13,7 +13,7 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .tokenize import DEFAULT_MAX_LENGTH, IGNORE_INDEX, AlpacaCollator, build_dataset, ensure_pad_token
+from ..train.tokenize import DEFAULT_MAX_LENGTH, IGNORE_INDEX, AlpacaCollator, build_dataset, ensure_pad_token
 
 TOKENS_PER_BATCH = 4096  # padded tokens per forward pass: enough to keep 2 cores busy, little memory
 
@@ -120,8 +120,8 @@ def score_models(model_paths: Mapping[str, str], records: Sequence[Mapping[str, 
                  progress: bool = True, **kwargs: Any) -> dict[str, list[dict[str, Any]]]:
     """`response_losses` of the records under each named model ({"base": "default", "fine_tuned": path});
     names that resolve to the same model are scored once."""
-    from .generate import load_model
-    from .models import resolve_model
+    from ..demo.generate import load_model
+    from ..models import resolve_model
 
     by_source: dict[str, list[dict[str, Any]]] = {}
     out = {}

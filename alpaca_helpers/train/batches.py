@@ -13,8 +13,8 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .config import BatchPlan, validation_count
 from .tokenize import IGNORE_INDEX, micro_batches
-from .train_config import BatchPlan, validation_count
 
 
 def load_records(data_path: str, max_examples: int | None = None, seed: int = 42,
@@ -22,7 +22,7 @@ def load_records(data_path: str, max_examples: int | None = None, seed: int = 42
     """Training records from `data_path` (see `data.load_source`), refused if they hold evaluation-set
     tasks (notebook 06 compares on them), and a seeded random sample of `max_examples` of them (in their
     original order) when set."""
-    from .data import check_not_eval_set, load_source
+    from ..data import check_not_eval_set, load_source
 
     records = load_source(data_path, columns)
     check_not_eval_set(records, source=data_path)

@@ -8,7 +8,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .evaluate import VoteStore
+from .pairwise import VoteStore
 
 _BOX = ("border:1px solid #ccc;border-radius:6px;padding:8px;margin:4px 0;white-space:pre-wrap;"
         "font-family:system-ui,sans-serif;font-size:14px")

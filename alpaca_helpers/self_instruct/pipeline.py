@@ -19,183 +19,28 @@ import argparse
 import json
 import os
 import random
-import re
 import signal
-import string
 import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data import append_durable, atomic_write_text, load_seed_tasks, read_complete_jsonl, save_alpaca
+from ..data import load_seed_tasks, save_alpaca
+from ..files import append_durable, atomic_write_text, read_complete_jsonl
+from .parse import filter_reason, parse_completion
+from .prompt import NUM_PROMPT_INSTRUCTIONS, TASKS_PER_PROMPT, request_prompt, stop_strings
 from .teacher import Completion, Teacher, TeacherConfig, TeacherError, estimate_cost, price_per_million
 
-NUM_PROMPT_INSTRUCTIONS = 3  # seed tasks shown in each prompt (Alpaca)
-TASKS_PER_PROMPT = 20  # new tasks asked for in each prompt (Alpaca)
 SIMILARITY_THRESHOLD = 0.7
 ALPACA_SIZE = 52_002  # records in Stanford Alpaca's alpaca_data.json
 OUTPUT_FILE = "regen.json"
 META_FILE = "regen.meta.json"
 CHECKPOINT_FILE = "regen.checkpoint.jsonl"
-NO_INPUT = "<noinput>"
-
-# Tasks a text-only model cannot do (Alpaca's list); matched as whole words, case-insensitive.
-BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
-             "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram")
-_BLACKLIST_RE = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in BLACKLIST) + r")\b", re.I)
-
-# Why a task was dropped; parse failures first, then filters in the order they are applied.
-PARSE_REASONS = ("truncated", "missing_input", "missing_output", "empty_instruction", "empty_output",
-                 "no_task_found")
-FILTER_REASONS = ("too_short", "too_long", "blacklisted_word", "write_a_program", "starts_with_punctuation",
-                  "starts_non_ascii", "too_similar")
-
-PROMPT_HEADER = """\
-You are helping to build a training set for an assistant that follows instructions. Continue the list \
-below until it holds {total} tasks: the first {shown} are examples, and the {new} you add must be new \
-and different from them and from each other. Each task has an instruction, an input and an output.
-
-What makes a good task:
-1. Vary the opening verb: no two instructions should start with the same one.
-2. Vary the kind of task: questions, rewriting, classification, brainstorming, extraction, editing, \
-reasoning, open-ended writing and more.
-3. Write everything in English.
-4. An instruction is one or two sentences, either a command or a question.
-5. The assistant reads and writes text only: no task may ask it to see, hear, draw or do anything \
-outside the conversation.
-6. When an instruction needs material to work on, give a realistic and specific input (a passage, a list, \
-a sentence, a short code snippet), not a placeholder. When it needs none, the input is exactly {no_input}.
-7. The output is a correct, helpful answer to the instruction and its input, under about 100 words.
-
-Tasks:
-"""
-
-
-# ---------------------------------------------------------------------------------------------- prompt
-
-def _clean_instruction(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().rstrip(":")
-
-
-def encode_prompt(examples: Sequence[Mapping[str, str]], tasks_per_prompt: int = TASKS_PER_PROMPT) -> str:
-    """The generation prompt: requirements, the example tasks as numbered blocks, and the next open slot."""
-    shown = len(examples)
-    prompt = PROMPT_HEADER.format(total=shown + tasks_per_prompt, shown=shown, new=tasks_per_prompt,
-                                  no_input=NO_INPUT)
-    for i, task in enumerate(examples, start=1):
-        inp = (task.get("input") or "").strip() or NO_INPUT
-        prompt += (f"###\n{i}. Instruction: {_clean_instruction(task['instruction'])}\n"
-                   f"{i}. Input:\n{inp}\n{i}. Output:\n{task['output'].strip()}\n")
-    return prompt + f"###\n{shown + 1}. Instruction:"
-
-
-def request_prompt(seeds: Sequence[Mapping[str, str]], seed: int, index: int,
-                   num_prompt_instructions: int = NUM_PROMPT_INSTRUCTIONS,
-                   tasks_per_prompt: int = TASKS_PER_PROMPT) -> str:
-    """The prompt of request number `index` of a run: its example seed tasks depend only on (seed, index)."""
-    examples = random.Random(f"{seed}:{index}:examples").sample(list(seeds), num_prompt_instructions)
-    return encode_prompt(examples, tasks_per_prompt)
-
-
-def stop_strings(num_examples: int, tasks_per_prompt: int = TASKS_PER_PROMPT) -> list[str]:
-    """Where the teacher should stop: at the block after the last one asked for."""
-    return [f"{num_examples + tasks_per_prompt + 1}. Instruction"]
-
-
-# ---------------------------------------------------------------------------------------------- parser
-
-@dataclass
-class ParseResult:
-    """The tasks found in one completion, and a count of every block that could not be used, by reason."""
-
-    tasks: list[dict[str, str]] = field(default_factory=list)
-    failures: Counter = field(default_factory=Counter)
-
-
-_NUM = r"(?:\d+[ \t]*[.)][ \t]*)?"
-_BLOCK_START = re.compile(rf"^[ \t]*{_NUM}Instruction[ \t]*:", re.M | re.I)
-_LABEL = re.compile(rf"^[ \t]*{_NUM}(Instruction|Input|Output)[ \t]*:", re.M | re.I)
-_SEPARATOR = re.compile(r"^[ \t]*#{3,}[ \t]*$", re.M)
-# A chat reply often restates the slot's label ("4. Instruction:" + " 4. Instruction: Write...").
-_RESTATED_LABEL = re.compile(rf"^(?:[ \t]*{_NUM}Instruction[ \t]*:[ \t]*)+", re.I)
-
-
-def _parse_block(block: str) -> tuple[dict[str, str] | None, str | None]:
-    """One `N. Instruction / N. Input / N. Output` block -> (task, None) or (None, failure reason)."""
-    block = _SEPARATOR.split(block)[0]  # anything after a ### line is not part of this task
-    labels = list(_LABEL.finditer(block))
-    names = [m.group(1).lower() for m in labels]
-    fields: dict[str, str] = {}
-    for k, m in enumerate(labels):
-        end = labels[k + 1].start() if k + 1 < len(labels) else len(block)
-        fields.setdefault(names[k], block[m.end():end].strip())
-    if "input" not in fields:
-        return None, "missing_input"
-    if "output" not in fields:
-        return None, "missing_output"
-    instruction = re.sub(r"\s+", " ", _RESTATED_LABEL.sub("", fields["instruction"].strip())).strip()
-    if not instruction:
-        return None, "empty_instruction"
-    if not fields["output"]:
-        return None, "empty_output"
-    inp = fields["input"]
-    if inp.lower().replace(" ", "") in (NO_INPUT, "noinput", "<none>"):
-        inp = ""
-    return {"instruction": instruction, "input": inp, "output": fields["output"]}, None
-
-
-def parse_completion(text: str, first_number: int, finish_reason: str | None = None) -> ParseResult:
-    """Parse a completion that continues the prompt after `"{first_number}. Instruction:"`.
-
-    Blocks start at each `N. Instruction:` line (numbers optional, `###` separators optional, so merged
-    blocks are split too). When the completion stopped for length, the last block is dropped as truncated.
-    """
-    full = f"{first_number}. Instruction:" + text
-    starts = [m.start() for m in _BLOCK_START.finditer(full)]
-    blocks = [full[a:b] for a, b in zip(starts, starts[1:] + [len(full)])]
-    result = ParseResult()
-    if finish_reason == "length" and blocks:
-        blocks.pop()
-        result.failures["truncated"] += 1
-    for block in blocks:
-        task, reason = _parse_block(block)
-        if task is None:
-            result.failures[reason] += 1
-        else:
-            result.tasks.append(task)
-    if not blocks and not result.failures:
-        result.failures["no_task_found"] += 1
-    return result
-
-
-# --------------------------------------------------------------------------------------------- filters
-
-def filter_reason(instruction: str) -> str | None:
-    """Why Alpaca's filters reject `instruction` (a key of FILTER_REASONS), or None if it passes them.
-
-    ROUGE-L similarity is checked separately, against the pool (see `rouge.filter_similar_detailed`).
-    """
-    words = len(instruction.split())
-    if words <= 3:
-        return "too_short"
-    if words > 150:
-        return "too_long"
-    if _BLACKLIST_RE.search(instruction):
-        return "blacklisted_word"
-    if instruction.startswith("Write a program"):
-        return "write_a_program"
-    if instruction[0] in string.punctuation:
-        return "starts_with_punctuation"
-    if not instruction[0].isascii():
-        return "starts_non_ascii"
-    return None
-
-
 # ---------------------------------------------------------------------------------------- training set
 
 TRAIN_SET_FILE = "train_set.json"
@@ -304,7 +149,8 @@ class _Run:
     def __init__(self, teacher: Teacher, seeds: list[dict[str, Any]], output_dir: Path, target: int,
                  num_prompt_instructions: int, tasks_per_prompt: int, seed: int, threshold: float) -> None:
         self.teacher, self.seeds, self.target = teacher, seeds, target
-        self.k, self.n, self.seed, self.threshold = num_prompt_instructions, tasks_per_prompt, seed, threshold
+        self.num_prompt_instructions, self.tasks_per_prompt = num_prompt_instructions, tasks_per_prompt
+        self.seed, self.threshold = seed, threshold
         self.checkpoint = Checkpoint(output_dir / CHECKPOINT_FILE)
         self.pool = [s["instruction"] for s in seeds] + [r["instruction"] for r in self.checkpoint.records]
         self.session = uuid.uuid4().hex[:12]
@@ -312,15 +158,17 @@ class _Run:
         self.example: dict[str, Any] | None = None
 
     def ask(self, index: int) -> tuple[int, str, Completion]:
-        prompt = request_prompt(self.seeds, self.seed, index, self.k, self.n)
-        reply = self.teacher.complete(prompt, stop=stop_strings(self.k, self.n), seed=_request_seed(self.seed, index))
+        prompt = request_prompt(self.seeds, self.seed, index, self.num_prompt_instructions,
+                                self.tasks_per_prompt)
+        stop = stop_strings(self.num_prompt_instructions, self.tasks_per_prompt)
+        reply = self.teacher.complete(prompt, stop=stop, seed=_request_seed(self.seed, index))
         return index, prompt, reply
 
     def process(self, index: int, prompt: str, reply: Completion, room: int) -> int:
         """Parse, filter and deduplicate one reply; checkpoint what is kept (at most `room`). Returns kept."""
         from .rouge import filter_similar_detailed
 
-        parsed = parse_completion(reply.text, self.k + 1, reply.finish_reason)
+        parsed = parse_completion(reply.text, self.num_prompt_instructions + 1, reply.finish_reason)
         rejections = Counter(parsed.failures)
         rejected: list[tuple[str, str]] = []
         candidates = []
@@ -446,8 +294,8 @@ def _finish(run: _Run, output_dir: Path, target: int, finished_at: float) -> Run
         example=run.example)
     meta = {**result.summary(), "teacher": cfg.to_dict(),
             "price_per_million_usd": price_per_million(cfg.model, cfg.base_url),
-            "num_prompt_instructions": run.k, "tasks_per_prompt": run.n, "seed": run.seed,
-            "similarity_threshold": run.threshold, "rejected_examples": rejected_examples,
+            "num_prompt_instructions": run.num_prompt_instructions, "tasks_per_prompt": run.tasks_per_prompt,
+            "seed": run.seed, "similarity_threshold": run.threshold, "rejected_examples": rejected_examples,
             "example_request": run.example,
             "instructions": [{"instruction": e["instruction"], "most_similar_instructions":
                               e["most_similar_instructions"], "avg_similarity_score": e["avg_similarity_score"]}
@@ -499,7 +347,7 @@ def _exit_on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     import contextlib
 
-    from .paths import resolve
+    from ..paths import resolve
     from .server import ServerError, serve
 
     args = _parser().parse_args(argv)

@@ -170,7 +170,7 @@ def serve(model_dir: str | os.PathLike | None = None, *, port: int | None = None
     temporary file). Raises `ServerError` (with the log tail) if the port is taken, the server exits, or
     `/health` does not answer within `startup_timeout` seconds.
     """
-    from .models import resolve_model
+    from ..models import resolve_model
 
     model = resolve_model(None if model_dir is None else str(model_dir))
     if port is None:

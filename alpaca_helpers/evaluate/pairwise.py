@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .data import append_durable, atomic_write_text, complete_lines, read_complete_jsonl
+from ..files import append_durable, atomic_write_text, complete_lines, read_complete_jsonl
 
 MODEL, REFERENCE = "model", "reference"
 WIN, LOSS, TIE, UNPARSED = "win", "loss", "tie", "unparsed"
@@ -47,7 +47,7 @@ def evaluation_items(eval_data: str = USER_ORIENTED) -> tuple[list[dict[str, Any
     other name goes through `data.load_source` (a file, a folder or a Hub name such as `tatsu-lab/alpaca_eval`,
     805 instructions whose `output` is the reference and whose `dataset` names the group).
     """
-    from .data import load_davinci_predictions, load_eval_set, load_source
+    from ..data import load_davinci_predictions, load_eval_set, load_source
 
     if eval_data == USER_ORIENTED:
         records = load_eval_set()
@@ -79,8 +79,8 @@ def generate_answers(model: Any, tokenizer: Any, records: Sequence[Mapping[str, 
     """
     from tqdm.auto import tqdm
 
-    from .generate import DECODING_DEFAULTS, extract_response, generate_tokens
-    from .prompts import format_prompt
+    from ..demo.generate import DECODING_DEFAULTS, extract_response, generate_tokens
+    from ..prompts import format_prompt
 
     path = Path(path)
     limit = decoding.get("max_new_tokens", DECODING_DEFAULTS["max_new_tokens"])
@@ -313,7 +313,7 @@ def run_judge(teacher: Any, items: Sequence[Mapping[str, Any]], progress: bool =
     """
     from tqdm.auto import tqdm
 
-    from .teacher import estimate_cost
+    from ..self_instruct.teacher import estimate_cost
 
     usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
@@ -449,7 +449,7 @@ def run_weighted_judge(judge: Any, items: Sequence[Mapping[str, Any]],
     returns them. Returns per-item results (id, outcome, verdicts, preferences, preference) and the usage."""
     from tqdm.auto import tqdm
 
-    from .teacher import estimate_cost
+    from ..self_instruct.teacher import estimate_cost
 
     usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 

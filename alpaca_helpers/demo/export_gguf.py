@@ -1,11 +1,11 @@
 """Export a LLaMA-architecture Hugging Face folder to one GGUF file for llama.cpp and Ollama.
 
-    python -m alpaca_helpers.export_gguf runs/04_train/final runs/alpaca.gguf --dtype q8_0
+    python -m alpaca_helpers.demo.export_gguf runs/04_train/final runs/alpaca.gguf --dtype q8_0
     export_gguf("runs/04_train/final", "runs/alpaca.gguf", dtype="f16")   # -> GGUFExport(path, modelfile, ...)
 
 The file holds the weights, the hyperparameters and the tokenizer (vocabulary, merges, special tokens, chat
 template), so a GGUF reader needs nothing else. Beside it goes an Ollama `Modelfile` whose template is the
-Alpaca prompt and whose stop sequences end the answer where `alpaca_helpers.generate` does. Writing, tensor
+Alpaca prompt and whose stop sequences end the answer where `alpaca_helpers.demo.generate` does. Writing, tensor
 names and quantization are llama.cpp's own Python library (`gguf`); the file appears atomically.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import atomic_write_text
+from ..files import atomic_write_text
+from ..prompts import PROMPT_NO_INPUT
 from .generate import DECODING_DEFAULTS, STOP_MARKERS
-from .prompts import PROMPT_NO_INPUT
 
 DTYPES = ("f16", "bf16", "q8_0")
 MODELFILE = "Modelfile"
@@ -71,8 +71,8 @@ def _file_type(dtype: str) -> int:
 
 def _model_folder(model_dir: str | os.PathLike) -> Path:
     """"default" (the embedded model), or a folder from the working directory or else the repository root."""
-    from .models import _DEFAULT_ALIASES, default_model
-    from .paths import REPO_ROOT
+    from ..models import _DEFAULT_ALIASES, default_model
+    from ..paths import REPO_ROOT
 
     if str(model_dir) in _DEFAULT_ALIASES:
         return default_model()
@@ -226,7 +226,7 @@ def _add_hyperparameters(writer, config: dict[str, Any], name: str, dtype: str) 
 
 def modelfile_text(gguf_name: str) -> str:
     """An Ollama Modelfile for `gguf_name` (a file in the same folder): the Alpaca prompt as the template, stop
-    sequences where `alpaca_helpers.generate` cuts the answer, and the notebook's sampling defaults."""
+    sequences where `alpaca_helpers.demo.generate` cuts the answer, and the notebook's sampling defaults."""
     template = PROMPT_NO_INPUT.format(instruction="{{ .Prompt }}")
     lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{template}"""', ""]
     lines += [f'PARAMETER stop "{marker}"' for marker in STOP_MARKERS]
@@ -289,7 +289,7 @@ def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alpaca_helpers.export_gguf", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m alpaca_helpers.demo.export_gguf", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="a LLaMA-architecture Hugging Face folder ('default' = the embedded model)")
     parser.add_argument("out", help="the .gguf file to write (a Modelfile for Ollama goes beside it)")
     parser.add_argument("--dtype", choices=DTYPES, default="f16", help="weight type (default: f16)")

@@ -2,8 +2,8 @@
 alone (no weights are read), what each GPU will hold, whether it fits, what to change when it does not,
 the disk the checkpoints need and how long the run takes at an assumed throughput (MFU).
 
-    python -m alpaca_helpers.plan --model huggyllama/llama-7b --gpus 8 --gpu_memory_gb 80
-    python -m alpaca_helpers.plan --model /models/llama-7b --gpus 1 --config alpaca_7b_lora --json
+    python -m alpaca_helpers.train.plan --model huggyllama/llama-7b --gpus 8 --gpu_memory_gb 80
+    python -m alpaca_helpers.train.plan --model /models/llama-7b --gpus 1 --config alpaca_7b_lora --json
 
 It counts what `alpaca_helpers.train` does. Full fine-tuning keeps fp32 master weights, fp32 gradients and
 fp32 AdamW state (two moments and a step per tensor); with FSDP (several processes, or `cpu_offload`) each
@@ -34,7 +34,7 @@ from typing import Any
 
 from torch import nn
 
-from .train_config import TrainConfigError, load_preset, make_config, plan_batch
+from .config import TrainConfigError, load_preset, make_config, plan_batch
 
 GIB = 2**30
 CUDA_OVERHEAD_GIB = 2.0  # CUDA context, kernels and allocator slack per process (a round assumption)
@@ -85,7 +85,7 @@ class ModelShape:
 
 def model_shape(model: nn.Module) -> ModelShape:
     """Count a model's parameters by decoder layer and the rest (the units `train_dist.shard_model` shards)."""
-    from .train_dist import find_layer_class
+    from .distributed import find_layer_class
 
     layer_cls = find_layer_class(model)
     layers = [m for m in model.modules() if isinstance(m, layer_cls)]
@@ -116,7 +116,7 @@ def load_model_shape(name_or_folder: str) -> ModelShape:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .models import load_model_config
+    from ..models import load_model_config
 
     try:
         _, config = load_model_config(name_or_folder)
@@ -382,7 +382,7 @@ def checkpoint_disk(plan: Plan, save_total_limit: int, save_dtype_bytes: int = 4
 
 
 def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float], timing: dict[str, Any] | None) -> str:
-    """The plan as a few readable lines (what `python -m alpaca_helpers.plan` prints)."""
+    """The plan as a few readable lines (what `python -m alpaca_helpers.train.plan` prints)."""
     lines = [f"{plan.model}: {plan.parameters / 1e9:.2f}B parameters ({plan.trainable_parameters / 1e6:,.1f}M trained), "
              f"{plan.mode}; {'bf16' if plan.bf16 else 'fp32'} compute, "
              + ("fp32 adapters" if plan.mode.startswith("LoRA") else "fp32 master weights")
@@ -421,7 +421,7 @@ def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m alpaca_helpers.plan", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m alpaca_helpers.train.plan", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="HF folder or Hub name (only config.json is read)")
     p.add_argument("--gpus", type=int, default=8, help="GPUs per machine")

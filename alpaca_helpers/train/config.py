@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .paths import REPO_ROOT, resolve
+from ..paths import REPO_ROOT, resolve
 
 CONFIGS_DIR = REPO_ROOT / "configs"
 
@@ -248,6 +248,19 @@ class RunPlan:
     precision: Precision
 
 
+def check_lora(cfg: TrainConfig, world_size: int) -> None:
+    """LoRA here is for one process (one GPU, or the CPU); checked before any model loads."""
+    if not cfg.lora:
+        return
+    if world_size > 1:
+        raise TrainConfigError(f"lora runs on a single process (one GPU or the CPU), not {world_size}: "
+                               "launch 1 process, or train all weights with FSDP across several")
+    if cfg.fsdp == "full_shard" or cfg.cpu_offload:
+        raise TrainConfigError("lora is not combined with FSDP or cpu_offload here: use fsdp=auto, cpu_offload=false")
+    if cfg.lora_r < 1:
+        raise TrainConfigError(f"lora_r must be >= 1, got {cfg.lora_r}")
+
+
 def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool, bf16_supported: bool = True) -> RunPlan:
     """Every check that needs the process count or the device, run before any model loads.
 
@@ -255,8 +268,6 @@ def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool, bf16_supported: b
     `torch.cuda.is_bf16_supported()`: not on V100 and older). bf16 is also allowed on CPU (FSDP's mixed-precision
     policy over gloo, or autocast in one process): slow on most CPUs, but the same sharded code as GPUs.
     """
-    from .lora import check_lora
-
     batch = plan_batch(cfg.global_batch_size, cfg.per_device_train_batch_size, world_size,
                        cfg.gradient_accumulation_steps)
     check_lora(cfg, world_size)

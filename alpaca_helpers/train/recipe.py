@@ -35,8 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .train_config import (RunPlan, TrainConfig, TrainConfigError, check_run, output_path, parse_config,
-                           report_targets, total_steps, warmup_steps)
+from .config import (
+    RunPlan,
+    TrainConfig,
+    TrainConfigError,
+    check_run,
+    output_path,
+    parse_config,
+    report_targets,
+    total_steps,
+    warmup_steps,
+)
 
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
@@ -107,7 +116,7 @@ class TrainedPositionsHead:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run one training job as configured (every process calls this); returns the run summary."""
-    from .train_dist import dist_env, init_distributed
+    from .distributed import dist_env, init_distributed
 
     env = dist_env(force_cpu=cfg.device == "cpu")
     on_gpu = env.device.type == "cuda"
@@ -209,9 +218,8 @@ class Recipe:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from .models import load_model_config
-        from .train_dist import find_layer_class
-
+        from ..models import load_model_config
+        from .distributed import find_layer_class
         from .plan import model_shape
 
         self.model_path, model_config = load_model_config(self.cfg.model_name_or_path)
@@ -223,7 +231,7 @@ class Recipe:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
 
     def print_plan(self) -> Any:
-        """Rank 0 prints the memory plan (`alpaca_helpers.plan`) of this run; on CPU, one short line."""
+        """Rank 0 prints the memory plan (`alpaca_helpers.train.plan`) of this run; on CPU, one short line."""
         import torch
 
         from .plan import PlanError, checkpoint_disk, format_plan
@@ -250,9 +258,9 @@ class Recipe:
 
     def setup_data(self) -> None:
         """Records (any source), the held-out split, tokenization, and the step counts."""
-        from .data import source_counts
+        from ..data import source_counts
+        from .batches import TrainData, load_records, split_validation
         from .tokenize import build_dataset, ensure_pad_token
-        from .train_data import TrainData, load_records, split_validation
 
         cfg = self.cfg
         records = load_records(cfg.data_path, cfg.max_examples, cfg.seed, cfg.data_columns)
@@ -274,9 +282,9 @@ class Recipe:
         """Load the weights, add LoRA adapters, shard with FSDP (or move to the device), hook the loss head."""
         from transformers import AutoModelForCausalLM
 
+        from .distributed import broadcast_weights, load_model_for_sharding, per_rank, shard_model
         from .lora import apply_lora, trainable_parameters
         from .tokenize import resize_embeddings_mean
-        from .train_dist import broadcast_weights, load_model_for_sharding, per_rank, shard_model
 
         cfg, env = self.cfg, self.env
         # Other ranks get their shards from rank 0's copy. Not with cpu_offload, whose offloaded shards must
@@ -324,7 +332,7 @@ class Recipe:
 
     def setup_resume(self) -> None:
         """With `resume`, restore the latest checkpoint and cut the log back to it; else start afresh."""
-        from .train_dist import barrier, latest_checkpoint, load_checkpoint
+        from .distributed import barrier, latest_checkpoint, load_checkpoint
 
         env, out = self.env, self.out
         self.start = 0
@@ -393,8 +401,8 @@ class Recipe:
 
     def train_step(self, step: int) -> dict[str, Any]:
         """One optimizer step on global batch `step`; returns its log row (the same on every rank)."""
-        from .train_data import rank_micro_batches
-        from .train_dist import all_reduce_sum
+        from .batches import rank_micro_batches
+        from .distributed import all_reduce_sum
 
         env, data, batch = self.env, self.data, self.global_batch(step)
         trained_total = sum(data.trained[i] for i in batch)
@@ -462,8 +470,8 @@ class Recipe:
         computes its share; the sums are reduced."""
         import torch
 
-        from .train_data import eval_micro_batches
-        from .train_dist import all_reduce_sum
+        from .batches import eval_micro_batches
+        from .distributed import all_reduce_sum
 
         env, val = self.env, self.val
         assert val is not None
@@ -507,7 +515,7 @@ class Recipe:
 
     def log(self, row: dict[str, Any]) -> None:
         """Rank 0: append the row to train_log.jsonl (durably), update the bar and console, report it."""
-        from .data import append_durable
+        from ..files import append_durable
 
         if not self.env.is_main:
             return
@@ -519,7 +527,7 @@ class Recipe:
         self.tracker.log(row, row["step"])
 
     def save_checkpoint(self, step: int, row: dict[str, Any]) -> None:
-        from .train_dist import save_checkpoint
+        from .distributed import save_checkpoint
 
         save_checkpoint(self.out, step, self.model, self.optimizer, self.scheduler,
                         {"epoch": row["epoch"], "world_size": self.env.world_size, "config": vars(self.cfg)},
@@ -529,9 +537,9 @@ class Recipe:
         """The final save (when every step ran) and `train_summary.json`; returns the summary."""
         import torch
 
-        from .data import atomic_write_text
+        from ..files import atomic_write_text
+        from .distributed import per_rank, save_hf_folder
         from .lora import ADAPTER_DIR, save_adapter_and_merge
-        from .train_dist import per_rank, save_hf_folder
 
         cfg, env, out = self.cfg, self.env, self.out
         self.bar.close()
@@ -600,7 +608,7 @@ def _clip(model: Any, max_norm: float) -> float:
 
 def read_train_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a `train_log.jsonl` (a last line torn by a kill is left out)."""
-    from .data import read_complete_jsonl
+    from ..files import read_complete_jsonl
 
     return read_complete_jsonl(path)
 
@@ -608,7 +616,7 @@ def read_train_log(path: str | os.PathLike) -> list[dict[str, Any]]:
 def truncate_log(path: Path, step: int) -> None:
     """Keep the log rows up to `step` (a resumed run rewrites what came after its checkpoint); a torn last
     line is dropped."""
-    from .data import atomic_write_text
+    from ..files import atomic_write_text
 
     if path.exists():
         kept = [row for row in read_train_log(path) if row["step"] <= step]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .paths import REPO_ROOT
+from ..paths import REPO_ROOT
 
 
 class LaunchError(RuntimeError):
@@ -46,7 +46,7 @@ def check_gpus(gpus: int, gpus_present: int | None = None) -> int:
 # mixed precision or FSDP plugin settings would otherwise leak into every run); the command line
 # names everything else explicitly.
 ACCELERATE_CONFIG = """\
-# Written by alpaca_helpers.train_launch: the settings of our `accelerate launch` commands (the command
+# Written by alpaca_helpers.train.launch: the settings of our `accelerate launch` commands (the command
 # line passes the rest). bf16 is FSDP's policy in alpaca_helpers.train, not accelerate's mixed precision.
 compute_environment: LOCAL_MACHINE
 distributed_type: 'NO'
@@ -59,8 +59,8 @@ DEFAULT_MULTI_MACHINE_PORT = 29500  # every machine must name the same port, so 
 
 def accelerate_config_file() -> Path:
     """Our accelerate config file (written once under the cache folder)."""
-    from .data import atomic_write_text
-    from .paths import cache_dir
+    from ..files import atomic_write_text
+    from ..paths import cache_dir
 
     path = cache_dir() / "accelerate_launch.yaml"
     if not path.is_file() or path.read_text() != ACCELERATE_CONFIG:
@@ -165,7 +165,7 @@ def read_log(output_dir: str | os.PathLike) -> Any:
     """The per-step training log (`train_log.jsonl`) as a pandas DataFrame."""
     import pandas as pd
 
-    from .train import LOG_FILE, read_train_log
+    from .recipe import LOG_FILE, read_train_log
 
     return pd.DataFrame(read_train_log(Path(output_dir) / LOG_FILE))  # a torn last line is left out
 
@@ -178,14 +178,14 @@ def total_processes(gpus: int, cpu_processes: int = 1, num_machines: int = 1) ->
 
 def launch_plan(config: Any, gpus: int, cpu_processes: int = 1, num_machines: int = 1,
                 gpu_memory_gb: float | None = None) -> str:
-    """The memory plan (`alpaca_helpers.plan`) of a run before it is launched, as `train` counts it: per GPU
+    """The memory plan (`alpaca_helpers.train.plan`) of a run before it is launched, as `train` counts it: per GPU
     against this machine's GPU memory (or `gpu_memory_gb`); on CPU, per process against this machine's RAM.
     The batch is split over all processes of all machines. Reads only the model's config.json."""
     import torch
 
+    from .config import check_run
     from .plan import checkpoint_disk, format_plan, load_model_shape, suggestions
-    from .train import bf16_supported, memory_plan_for_run, plan_fixed
-    from .train_config import check_run
+    from .recipe import bf16_supported, memory_plan_for_run, plan_fixed
 
     world = total_processes(gpus, cpu_processes, num_machines)
     run = check_run(config, world, on_gpu=gpus > 0, bf16_supported=bf16_supported(gpus > 0))
@@ -212,12 +212,12 @@ def epoch_mean_loss(log: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m alpaca_helpers.train_launch [launch options] -- <train flags>`: print the launch command
+    """`python -m alpaca_helpers.train.launch [launch options] -- <train flags>`: print the launch command
     and run it in place of this process (one per machine under SLURM: `scripts/slurm_train.sbatch`)."""
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m alpaca_helpers.train_launch",
+        prog="python -m alpaca_helpers.train.launch",
         description="Start alpaca_helpers.train under `accelerate launch` on this machine; the flags after "
                     "`--` go to the training script.")
     parser.add_argument("--gpus", type=int, default=None, help="GPUs per machine (default: all present; 0 = CPU)")

@@ -37,8 +37,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from .data import AlpacaFormatError, validate_record
-from .prompts import format_prompt
+from ..data import AlpacaFormatError, validate_record
+from ..prompts import format_prompt
 
 IGNORE_INDEX = -100
 DEFAULT_MAX_LENGTH = 512

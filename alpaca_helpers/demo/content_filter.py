@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .data import append_durable
+from ..files import append_durable
 
 BACKENDS = ("offline", "openai", "guard", "none")
 UNAVAILABLE = "filter unavailable"
@@ -80,7 +80,7 @@ def parse_guard_reply(reply: str) -> list[str]:
 
 def _describe(exc: BaseException) -> str:
     """A short reason for a failed request (no server message: it may echo the key)."""
-    from .teacher import transport_error
+    from ..self_instruct.teacher import transport_error
 
     if isinstance(exc, FilterUnavailable):
         return str(exc)
@@ -201,7 +201,7 @@ def refusal(verdict: Verdict, what: str = "instruction") -> str:
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The decisions logged so far (a line torn by a crash is left out)."""
-    from .data import read_complete_jsonl
+    from ..files import read_complete_jsonl
 
     return read_complete_jsonl(path)
 

@@ -12,22 +12,9 @@ from typing import Any
 
 from torch import nn
 
-from .train_config import TrainConfig, TrainConfigError
+from .config import TrainConfig, TrainConfigError
 
 ADAPTER_DIR = "adapter"
-
-
-def check_lora(cfg: TrainConfig, world_size: int) -> None:
-    """LoRA here is for one process (one GPU, or the CPU); checked before any model loads."""
-    if not cfg.lora:
-        return
-    if world_size > 1:
-        raise TrainConfigError(f"lora runs on a single process (one GPU or the CPU), not {world_size}: "
-                               "launch 1 process, or train all weights with FSDP across several")
-    if cfg.fsdp == "full_shard" or cfg.cpu_offload:
-        raise TrainConfigError("lora is not combined with FSDP or cpu_offload here: use fsdp=auto, cpu_offload=false")
-    if cfg.lora_r < 1:
-        raise TrainConfigError(f"lora_r must be >= 1, got {cfg.lora_r}")
 
 
 def target_modules(spec: str) -> str | list[str]:
@@ -75,7 +62,7 @@ def save_adapter_and_merge(model: Any, out: Path) -> nn.Module:
     """
     import torch
 
-    from .data import atomic_folder
+    from ..files import atomic_folder
 
     with atomic_folder(out / ADAPTER_DIR) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
