@@ -389,6 +389,3 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
