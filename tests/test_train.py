@@ -511,7 +511,7 @@ def test_dist_timeout_comes_from_the_config(monkeypatch, tmp_path, tiny_model):
         seen["minutes"] = minutes
         raise Stop
 
-    monkeypatch.setattr(train_dist, "init_distributed", fake_init)
+    monkeypatch.setattr(distributed, "init_distributed", fake_init)
     for given, expected in (({}, 120.0), ({"dist_timeout_minutes": 7.5}, 7.5)):
         with pytest.raises(Stop):
             train(make_config(model_name_or_path=str(tiny_model), output_dir=str(tmp_path), fsdp="full_shard",
