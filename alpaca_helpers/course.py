@@ -3,6 +3,10 @@
     python -m alpaca_helpers.course                 # all notebooks, default parameters
     python -m alpaca_helpers.course --only 00 03    # a few
     python -m alpaca_helpers.course -p gpus 8       # a parameter for every notebook that has it
+    python -m alpaca_helpers.course --check notebooks/03_tokenize_and_mask.ipynb   # grade your exercises
+
+Each executed notebook is also written as HTML (`<output-dir>/html/`) to hand out, and its `summary.json` is
+checked against what the notebook says you should see. Kernels talk over local IPC sockets, not TCP ports.
 """
 
 from __future__ import annotations
@@ -12,9 +16,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .paths import REPO_ROOT, resolve
+
+if TYPE_CHECKING:
+    from .exercises import Grade
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
@@ -52,16 +59,24 @@ def linked_parameters(stem: str, output_dir: Path) -> dict[str, str]:
     return {name: str(output_dir / rel) for name, rel in links.items() if (output_dir / rel).exists()}
 
 
-def run_notebook(notebook: Path, output_dir: Path, parameters: dict[str, Any] | None = None,
-                 progress: bool = True) -> Path:
-    """Execute one notebook with papermill into `output_dir/<name>`; returns the executed copy's path.
+def ipc_kernel_manager() -> type:
+    """A Jupyter kernel manager whose kernels listen on local IPC sockets instead of loopback TCP ports.
 
-    Each notebook writes its files into `output_dir/<stem>` (its `output_dir` parameter), so a course
-    run never mixes with the defaults a user gets in JupyterLab; a notebook that reads an earlier one's
-    output (`COURSE_LINKS`) reads this run's. Only parameters the notebook declares are passed.
+    No port is opened, and ipykernel has no reason to warn that its TCP traffic is unencrypted.
     """
-    import papermill
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
 
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+    return IPCKernelManager
+
+
+def course_parameters(notebook: Path, output_dir: Path, parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The parameters a course run passes to `notebook`: those it declares, its output folder, its links."""
     declared = notebook_parameters(notebook)
     params = {k: v for k, v in (parameters or {}).items() if k in declared}
     if "output_dir" in declared:
@@ -69,11 +84,61 @@ def run_notebook(notebook: Path, output_dir: Path, parameters: dict[str, Any] | 
     for name, value in linked_parameters(notebook.stem, output_dir).items():
         if name in declared:
             params.setdefault(name, value)
+    return params
+
+
+def run_notebook(notebook: Path, output_dir: Path, parameters: dict[str, Any] | None = None,
+                 progress: bool = True, solutions: bool = False) -> Path:
+    """Execute one notebook with papermill into `output_dir/<name>`; returns the executed copy's path.
+
+    Each notebook writes its files into `output_dir/<stem>` (its `output_dir` parameter), so a course
+    run never mixes with the defaults a user gets in JupyterLab; a notebook that reads an earlier one's
+    output (`COURSE_LINKS`) reads this run's. Only parameters the notebook declares are passed. With
+    `solutions`, the exercise cells run the code of `solutions/<notebook>.md` (for teachers and the tests).
+    """
+    import nbformat
+    import papermill
+
+    params = course_parameters(notebook, output_dir, parameters)
     output_dir.mkdir(parents=True, exist_ok=True)
     executed = output_dir / notebook.name
-    papermill.execute_notebook(str(notebook), str(executed), parameters=params, cwd=str(notebook.parent),
-                               progress_bar=progress, kernel_name="python3")
+    source: Any = str(notebook)
+    if solutions:
+        from .exercises import with_solutions
+
+        source = nbformat.read(notebook, as_version=4)
+        with_solutions(source, notebook.stem)
+    papermill.execute_notebook(source, str(executed), parameters=params, cwd=str(notebook.parent),
+                               progress_bar=progress, kernel_name="python3",
+                               kernel_manager_class=ipc_kernel_manager())
     return executed
+
+
+def notebook_output_dir(notebook: Path, output_dir: Path, parameters: dict[str, Any] | None = None) -> Path:
+    """Where a course run of `notebook` writes its files (its `output_dir` parameter, resolved)."""
+    return resolve(course_parameters(notebook, output_dir, parameters).get("output_dir", output_dir / notebook.stem))
+
+
+def export_html(executed: Path, html_dir: Path) -> Path:
+    """An HTML copy of an executed notebook, with its outputs, to hand out."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from .files import atomic_write_text
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    path = html_dir / f"{executed.stem}.html"
+    atomic_write_text(path, body)
+    return path
+
+
+def check_notebook(notebook: Path, output_dir: Path, parameters: dict[str, Any] | None = None,
+                   solutions: bool = False) -> list[Grade]:
+    """Run a (learner's) notebook and grade its exercises from the numbers it recorded."""
+    from .exercises import grade
+
+    run_notebook(notebook, output_dir, parameters, progress=False, solutions=solutions)
+    return grade(notebook.stem, notebook_output_dir(notebook, output_dir, parameters))
 
 
 def _parse_value(text: str) -> Any:
@@ -83,29 +148,65 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _check_main(paths: list[str], out: Path, params: dict[str, Any], solutions: bool) -> int:
+    """`--check`: run each named notebook (a learner's copy may live anywhere) and print its grades."""
+    all_right = True
+    for name in paths:
+        notebook = resolve(name)
+        if not notebook.is_file():
+            print(f"error: {name}: no such notebook", file=sys.stderr)
+            return 2
+        print(f"checking {notebook.name} (running it: a minute or more)", flush=True)
+        grades = check_notebook(notebook, out, params, solutions)
+        for g in grades:
+            print("  " + g.line())
+        if not grades:
+            print("  (this notebook has no exercises)")
+        all_right &= all(g.right for g in grades)
+    return 0 if all_right else 1
+
+
+def _run_course(books: list[Path], out: Path, params: dict[str, Any]) -> int:
+    from .expectations import unmet
+
+    timings = {}
+    for i, book in enumerate(books, 1):
+        print(f"[{i}/{len(books)}] {book.name}", flush=True)
+        start = time.perf_counter()
+        executed = run_notebook(book, out, params)
+        timings[book.name] = round(time.perf_counter() - start, 1)
+        html = export_html(executed, out / "html")
+        print(f"    done in {timings[book.name]} s -> {executed} (HTML: {html})", flush=True)
+        summary = notebook_output_dir(book, out, params) / "summary.json"
+        if summary.exists():
+            for problem in unmet(book, json.loads(summary.read_text())):
+                print(f"    outside what the notebook says you should see: {problem}", flush=True)
+    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print(f"course finished: {len(books)} notebooks in {sum(timings.values()):.0f} s; outputs in {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="notebook number prefixes to run (default: all)")
     parser.add_argument("--output-dir", default="runs/course", help="where executed notebooks and outputs go")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a parameter for every notebook that declares it (value parsed as JSON if it can be)")
+    parser.add_argument("--check", nargs="+", metavar="NOTEBOOK",
+                        help="run these notebooks (yours) and grade their exercises; exit 1 unless all are right")
+    parser.add_argument("--solutions", action="store_true",
+                        help="with --check: run the exercise cells with the code of solutions/<notebook>.md")
     args = parser.parse_args(argv)
     out = resolve(args.output_dir)
     params = {k: _parse_value(v) for k, v in args.parameter}
+    if args.check:
+        return _check_main(args.check, resolve("runs/check") if args.output_dir == "runs/course" else out, params,
+                           args.solutions)
     books = course_notebooks(args.only)
     if not books:
         print("no notebook matched", file=sys.stderr)
         return 2
-    timings = {}
-    for i, book in enumerate(books, 1):
-        print(f"[{i}/{len(books)}] {book.name}", flush=True)
-        start = time.perf_counter()
-        run_notebook(book, out, params)
-        timings[book.name] = round(time.perf_counter() - start, 1)
-        print(f"    done in {timings[book.name]} s -> {out / book.name}", flush=True)
-    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
-    print(f"course finished: {len(books)} notebooks in {sum(timings.values()):.0f} s; outputs in {out}")
-    return 0
+    return _run_course(books, out, params)
 
 
 if __name__ == "__main__":

@@ -28,19 +28,36 @@ def default_tokenizer(default_model_dir):
     return AutoTokenizer.from_pretrained(default_model_dir)
 
 
+def check_exercises_and_expectations(notebook: Path, output_dir: Path, summary: dict) -> None:
+    """Every exercise of the run (with its solution) is graded right, and graded wrong once its answer is changed;
+    every "You should see" statement of the notebook holds for its summary."""
+    from alpaca_helpers.exercises import EXERCISES_FILE, grade, grade_one
+    from alpaca_helpers.expectations import unmet
+
+    grades = grade(notebook.stem, output_dir)
+    assert all(g.right for g in grades), [g.line() for g in grades]
+    recorded = json.loads((output_dir / EXERCISES_FILE).read_text()) if grades else {}
+    for exercise_id, record in recorded.items():
+        wrong = {**record, "answer": ["not", "the", "answer"]}
+        assert grade_one(exercise_id, wrong).verdict == "wrong", exercise_id
+    assert unmet(notebook, summary) == []
+
+
 @pytest.fixture
 def execute_notebook(tmp_path):
     """Run `notebooks/<name>.ipynb` with papermill and return (summary dict, executed notebook path).
 
-    The notebook's `output_dir` parameter points into this test's tmp folder.
+    The notebook's `output_dir` parameter points into this test's tmp folder. Its exercise cells run their
+    solutions (`solutions/<name>.md`), and the run is checked with `check_exercises_and_expectations`.
     """
 
     def run(name: str, **parameters):
         notebook = NOTEBOOKS_DIR / f"{name}.ipynb"
         out = tmp_path / "course"
         parameters.setdefault("output_dir", str(out / notebook.stem))
-        executed = run_notebook(notebook, out, parameters, progress=False)
+        executed = run_notebook(notebook, out, parameters, progress=False, solutions=True)
         summary = json.loads((Path(parameters["output_dir"]) / "summary.json").read_text())
+        check_exercises_and_expectations(notebook, Path(parameters["output_dir"]), summary)
         return summary, executed
 
     return run

@@ -356,3 +356,27 @@ def test_llama_vocab_plus_pad_is_padded_to_a_multiple_of_64():
     torch.testing.assert_close(new_out[32000:], old_out.mean(0).expand(64, -1))
     resize_embeddings_mean(model, 32064)  # already that size: unchanged
     assert model.get_input_embeddings().weight.shape[0] == 32064
+
+
+def test_chat_prompt_format_masks_the_chat_template_and_trains_the_same_answer(default_tokenizer):
+    import copy
+
+    from alpaca_helpers.prompts import PromptFormatError, prompt_text
+
+    record = {"instruction": "Summarize the text.", "input": "Alpacas are camelids.", "output": "Alpacas are camelids."}
+    chat = tokenize_example(record, default_tokenizer, prompt_format="chat")
+    alpaca = tokenize_example(record, default_tokenizer, prompt_format="alpaca")
+    prompt = prompt_text(record, "chat", default_tokenizer)
+    assert prompt.startswith("<|im_start|>") and prompt.endswith("<|im_start|>assistant\n")
+    assert "Summarize the text.\n\nAlpacas are camelids." in prompt  # the input follows the instruction
+    n_prompt = len(default_tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert chat["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert chat["input_ids"][:n_prompt] == default_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    trained = [[t for t in x["labels"] if t != IGNORE_INDEX] for x in (chat, alpaca)]
+    assert trained[0] == trained[1] and trained[0][-1] == default_tokenizer.eos_token_id
+    no_template = copy.deepcopy(default_tokenizer)
+    no_template.chat_template = None
+    with pytest.raises(PromptFormatError, match="needs a tokenizer with a chat template"):
+        tokenize_example(record, no_template, prompt_format="chat")
+    with pytest.raises(PromptFormatError, match="must be one of alpaca, chat"):
+        prompt_text(record, "chatml")

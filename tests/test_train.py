@@ -569,3 +569,29 @@ def test_mfu_uses_the_plans_flops_and_peaks(monkeypatch, tiny_model):
     expected = plan_mod.flops_per_token(shape, 100.0, 0.25) * 5000.0 / (756e12 * 2)
     assert recipe.mfu(100.0, 5000.0, 0.25) == pytest.approx(expected)
     assert shape.non_embedding < shape.parameters  # the embedding is not counted as 6N
+
+
+def test_prompt_format_chat_trains_the_same_answers_behind_the_chat_template(tmp_path, tiny_model):
+    from alpaca_helpers.train.config import check_run
+    from alpaca_helpers.train.distributed import dist_env
+    from alpaca_helpers.train.recipe import Recipe
+    from alpaca_helpers.train.tokenize import IGNORE_INDEX
+
+    settings = dict(model_name_or_path=str(tiny_model), max_examples=16, global_batch_size=8,
+                    per_device_train_batch_size=4, num_train_epochs=1, learning_rate=1e-3)
+    built = {}
+    for fmt in ("alpaca", "chat"):
+        cfg = make_config(**settings, output_dir=str(tmp_path / fmt), prompt_format=fmt)
+        recipe = Recipe(cfg, dist_env(force_cpu=True), check_run(cfg, 1, on_gpu=False))
+        recipe.setup_model_source()
+        recipe.setup_data()
+        built[fmt] = recipe
+    chat_row, alpaca_row = built["chat"].built.dataset[0], built["alpaca"].built.dataset[0]
+    assert built["chat"].tokenizer.decode(chat_row["input_ids"][:1]) == "<|im_start|>"
+    trained = {fmt: [t for t in row["labels"] if t != IGNORE_INDEX] for fmt, row in
+               (("chat", chat_row), ("alpaca", alpaca_row))}
+    assert trained["chat"] == trained["alpaca"]  # the same answer and eos; only the masked prompt differs
+    summary = train(make_config(**settings, output_dir=str(tmp_path / "run"), prompt_format="chat"))
+    assert summary["finished"] and summary["total_steps"] >= 1
+    with pytest.raises(TrainConfigError, match="prompt_format: expected alpaca or chat"):
+        make_config(prompt_format="chatml")

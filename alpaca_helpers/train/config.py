@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import REPO_ROOT, resolve
+from ..prompts import PROMPT_FORMATS
 
 CONFIGS_DIR = REPO_ROOT / "configs"
 
@@ -61,6 +62,7 @@ class TrainConfig:
     dist_timeout_minutes: float = field(default=120.0, metadata={"help": "timeout of collectives (rank 0 loads and saves alone while the others wait)"})
     group_by_length: bool = field(default=True, metadata={"help": "micro-batches of similar length inside each global batch"})
     packing: bool = field(default=False, metadata={"help": "concatenate each micro-batch into one row (no padding)"})
+    prompt_format: str = field(default="alpaca", metadata={"help": "alpaca: Alpaca's prompt template (the recipe) | chat: the model's own chat template (apply_chat_template; ChatML for SmolLM2-Instruct)"})
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) on the frozen base, one process; merged into model/ at the end"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
@@ -181,6 +183,8 @@ def make_config(**values: Any) -> TrainConfig:
         raise TrainConfigError(f"device: expected auto or cpu, got {cfg.device!r}")
     if cfg.fsdp not in {"auto", "full_shard", "off"}:
         raise TrainConfigError(f"fsdp: expected auto, full_shard or off, got {cfg.fsdp!r}")
+    if cfg.prompt_format not in PROMPT_FORMATS:
+        raise TrainConfigError(f"prompt_format: expected {' or '.join(PROMPT_FORMATS)}, got {cfg.prompt_format!r}")
     if cfg.save_dtype not in {"float32", "bfloat16", "float16"}:
         raise TrainConfigError(f"save_dtype: expected float32, bfloat16 or float16, got {cfg.save_dtype!r}")
     if cfg.num_train_epochs < 1 and cfg.max_steps <= 0:

@@ -269,11 +269,13 @@ class Recipe:
         self.pad_added = self.tokenizer.pad_token_id is None  # then the model's embeddings grow in setup_model
         pad_id = ensure_pad_token(self.tokenizer)
         self.built = build_dataset(train_records, self.tokenizer, max_length=cfg.model_max_length,
+                                   prompt_format=cfg.prompt_format,
                                    num_proc=cfg.num_proc)
         self.data = TrainData(self.built.dataset, train_records, pad_id, cfg.packing)
         self.val = None
         if val_records:
-            built_val = build_dataset(val_records, self.tokenizer, max_length=cfg.model_max_length)
+            built_val = build_dataset(val_records, self.tokenizer, max_length=cfg.model_max_length,
+                                      prompt_format=cfg.prompt_format)
             self.val = TrainData(built_val.dataset, val_records, pad_id, cfg.packing)
         self.per_epoch, self.steps = total_steps(len(self.data), cfg)
         self.last_step = min(self.steps, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else self.steps

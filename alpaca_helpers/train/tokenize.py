@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
 
 from ..data import AlpacaFormatError, validate_record
-from ..prompts import format_prompt
+from ..prompts import format_prompt, prompt_text
 
 IGNORE_INDEX = -100
 DEFAULT_MAX_LENGTH = 512
@@ -143,17 +143,27 @@ def _check_args(max_length: int, overflow: str) -> None:
         raise ValueError(f"max_length must be at least 2, got {max_length}")
 
 
+def prompt_prefix(tokenizer, prompt_format: str = "alpaca", first_prompt: str = "") -> list[int]:
+    """The ids put before every prompt: the tokenizer's bos, unless a chat template already writes it."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if prompt_format == "chat" and bos and first_prompt.startswith(bos):
+        return []
+    return special_prefix(tokenizer)
+
+
 def tokenize_example(example: Mapping[str, Any], tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
-                     overflow: Overflow = "truncate", index: int | None = None) -> dict[str, list[int]] | None:
+                     overflow: Overflow = "truncate", index: int | None = None,
+                     prompt_format: str = "alpaca") -> dict[str, list[int]] | None:
     """Tokenize one Alpaca record into `input_ids`, `labels`, `attention_mask`; None when it must be dropped.
 
-    Labels are IGNORE_INDEX on the prompt; the response (cut if needed) plus one eos are trained.
-    `index` only names the record in errors.
+    Labels are IGNORE_INDEX on the prompt (in `prompt_format`: "alpaca" or "chat"); the response (cut if
+    needed) plus one eos are trained. `index` only names the record in errors.
     """
     _check_args(max_length, overflow)
     record = validate_record(example, f"record {index}" if index is not None else "record")
-    out = _assemble(special_prefix(tokenizer),
-                    tokenizer(format_prompt(record), add_special_tokens=False)["input_ids"],
+    prompt = prompt_text(record, prompt_format, tokenizer)
+    out = _assemble(prompt_prefix(tokenizer, prompt_format, prompt),
+                    tokenizer(prompt, add_special_tokens=False)["input_ids"],
                     tokenizer(record["output"], add_special_tokens=False)["input_ids"],
                     tokenizer.eos_token_id, max_length, overflow)
     if out is None:
@@ -183,7 +193,8 @@ def dataset_features():
 
 
 def tokenize_batch(batch: Mapping[str, Sequence], indices: Sequence[int] | None = None, *, tokenizer,
-                   max_length: int = DEFAULT_MAX_LENGTH, overflow: Overflow = "truncate") -> dict[str, list]:
+                   max_length: int = DEFAULT_MAX_LENGTH, overflow: Overflow = "truncate",
+                   prompt_format: str = "alpaca") -> dict[str, list]:
     """Batched form for `Dataset.map(batched=True, with_indices=True, remove_columns=...)`.
 
     Tokenizes all prompts and all outputs of the batch in two fast-tokenizer calls. Returns only the kept
@@ -200,11 +211,11 @@ def tokenize_batch(batch: Mapping[str, Sequence], indices: Sequence[int] | None 
     prompts, outputs = [], []
     for j, example_id in enumerate(ids_in):
         record = validate_record({f: batch[f][j] for f in present}, f"record {example_id}")
-        prompts.append(format_prompt(record))
+        prompts.append(prompt_text(record, prompt_format, tokenizer))
         outputs.append(record["output"])
     prompt_ids = _encode_many(tokenizer, prompts)
     response_ids = _encode_many(tokenizer, outputs)
-    prefix, eos_id = special_prefix(tokenizer), tokenizer.eos_token_id
+    prefix, eos_id = prompt_prefix(tokenizer, prompt_format, prompts[0] if prompts else ""), tokenizer.eos_token_id
     result: dict[str, list] = {"input_ids": [], "labels": [], "example_id": [], "truncated": []}
     for example_id, p, r in zip(ids_in, prompt_ids, response_ids):
         out = _assemble(prefix, p, r, eos_id, max_length, overflow)
@@ -246,9 +257,10 @@ def validate_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
 
 def build_dataset(records: Sequence[Mapping[str, Any]], tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
                   num_proc: int | None = 1, overflow: Overflow = "truncate",
-                  batch_size: int = 1000) -> BuiltDataset:
+                  batch_size: int = 1000, prompt_format: str = "alpaca") -> BuiltDataset:
     """Tokenize Alpaca records into a `datasets.Dataset` (input_ids, labels, example_id, truncated) and
-    return it with its `TokenizeStats`. `example_id` is the record's index in `records`."""
+    return it with its `TokenizeStats`. `example_id` is the record's index in `records`; prompts are in
+    `prompt_format` ("alpaca" or the tokenizer's "chat" template)."""
     from datasets import Dataset
 
     _check_args(max_length, overflow)
@@ -263,7 +275,8 @@ def build_dataset(records: Sequence[Mapping[str, Any]], tokenizer, max_length: i
     num_proc = num_proc if num_proc and num_proc > 1 and len(checked) > batch_size else None
     ds = raw.map(tokenize_batch, batched=True, batch_size=batch_size, num_proc=num_proc,
                  remove_columns=raw.column_names, features=dataset_features(),
-                 fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "overflow": overflow},
+                 fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "overflow": overflow,
+                            "prompt_format": prompt_format},
                  desc="tokenize" if num_proc else None)
     kept_ids = set(ds.data.column("example_id").to_pylist())
     dropped_ids = [i for i in range(len(checked)) if i not in kept_ids]

@@ -1,0 +1,73 @@
+"""Exercises: every one has a tagged cell and a solution, the grader tells right from wrong, and the checker's
+command line runs a notebook and grades it (notebook 00, the fastest). The notebook tests run every other
+solution through the same grader (tests/conftest.py: check_exercises_and_expectations)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from alpaca_helpers.course import course_notebooks
+from alpaca_helpers.exercises import (EXERCISE_TAG, EXERCISES, exercise_id_of, grade_one, notebook_exercises,
+                                      solutions, with_solutions)
+from alpaca_helpers.paths import REPO_ROOT
+
+
+def _exercise_cells(notebook) -> dict[str, str]:
+    nb = nbformat.read(notebook, as_version=4)
+    return {exercise_id_of(c.source): c.source for c in nb.cells
+            if c.cell_type == "code" and EXERCISE_TAG in c.metadata.get("tags", [])}
+
+
+@pytest.mark.parametrize("notebook", course_notebooks(), ids=lambda p: p.stem)
+def test_each_exercise_has_one_tagged_cell_a_solution_and_a_record_cell(notebook):
+    cells = _exercise_cells(notebook)
+    assert set(cells) == set(notebook_exercises(notebook.stem))
+    assert set(solutions(notebook.stem)) == set(cells)
+    text = notebook.read_text()
+    for exercise_id in cells:
+        assert f'\\"{exercise_id}\\", answer=' in text, f"{exercise_id} is never recorded"
+
+
+def test_the_numbered_notebooks_from_01_each_have_an_exercise():
+    numbers = {b.stem[:2] for b in course_notebooks()} - {"00"}
+    assert numbers <= {i[:2] for i in EXERCISES}, "a notebook from 01 on has no exercise"
+
+
+def test_solutions_replace_the_code_and_keep_the_task():
+    nb = nbformat.read(REPO_ROOT / "notebooks" / "03_tokenize_and_mask.ipynb", as_version=4)
+    assert with_solutions(nb, "03_tokenize_and_mask") == 2
+    cell = next(c for c in nb.cells if exercise_id_of(c.source) == "03.2")
+    assert cell.source.startswith("# Exercise 03.2") and 'prompt_format="chat"' in cell.source
+
+
+@pytest.mark.parametrize("record, verdict", [
+    (None, "not attempted"),
+    ({"answer": None, "expected": 3}, "not attempted"),
+    ({"answer": 3, "expected": 3, "settings": {"threshold": 0.5}}, "right"),
+    ({"answer": 3.0000000001, "expected": 3, "settings": {"threshold": 0.5}}, "right"),
+    ({"answer": 4, "expected": 3, "settings": {"threshold": 0.5}}, "wrong"),
+    ({"answer": 3, "expected": 3, "settings": {"threshold": 0.7}}, "wrong"),  # the change was not made
+])
+def test_the_grader_tells_right_from_wrong(record, verdict):
+    assert grade_one("02.1", record).verdict == verdict
+
+
+def test_the_checker_runs_a_notebook_and_grades_it(tmp_path):
+    def check(*extra):
+        return subprocess.run([sys.executable, "-m", "alpaca_helpers.course", "--check",
+                               "notebooks/00_seed_tasks.ipynb", "--output-dir", str(tmp_path), *extra],
+                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+
+    solved = check("--solutions")
+    assert solved.returncode == 0 and "✓ 00.1" in solved.stdout and "right" in solved.stdout, solved.stderr
+    recorded = json.loads((tmp_path / "00_seed_tasks" / "exercises.json").read_text())
+    assert recorded["00.1"]["answer"] == recorded["00.1"]["expected"] == 26
+    unsolved = check()
+    assert unsolved.returncode == 1 and "not attempted" in unsolved.stdout
+    # kernels listen on IPC sockets: ipykernel's warning about unencrypted TCP never appears
+    assert "TCP" not in solved.stdout + solved.stderr + unsolved.stdout + unsolved.stderr
