@@ -14,8 +14,11 @@ for `--steps` optimizer steps; the first step is left out of the rates as warm-u
 MFU = model FLOPs per token × tokens/s ÷ the GPU's dense bf16 peak (`alpaca_helpers.train.plan`: 756 TFLOP/s for
 an H100 PCIe, 989 for SXM). FLOPs per token (`plan.flops_per_token`) count 6 per non-embedding parameter,
 attention, and the LM head only at the trained positions it computes (measured share); the embedding
-lookup is no matmul. Peak memory is reset before each run and set beside the plan's estimate
-(`plan.memory_plan`, without its CUDA-context allowance, which `max_memory_allocated` does not see).
+lookup is no matmul. Each model's micro-batch is the largest of `--micro-batch` and the smaller options that
+fits `--gpu-memory-gb` (default 80: the row must run on an 80 GB card) by the plan
+(`plan.largest_fitting_micro_batch`); the 3B model at 16 would plan 86.6 GiB. Peak memory is reset before each
+run and set beside the plan's estimate (`plan.memory_plan`, without its CUDA-context allowance, which
+`max_memory_allocated` does not see).
 On a GPU without bf16 the runs are fp32 and no MFU is given. The projection for Alpaca's run assumes
 LLaMA-7B on 8×A100 reaches the MFU measured here for the largest model, and that Alpaca's examples are as
 long as the seed tasks under the default tokenizer (`--tokens-per-example` overrides): an estimate, printed as one.
@@ -36,8 +39,8 @@ from alpaca_helpers.train.config import make_config
 from alpaca_helpers.train.plan import (
     CUDA_OVERHEAD_GIB,
     flops_per_token,
+    largest_fitting_micro_batch,
     load_model_shape,
-    memory_plan,
     model_shape,
     peak_bf16_flops,
 )
@@ -69,11 +72,21 @@ def build_model(shape: str, folder: Path) -> str:
     return str(folder / shape)
 
 
-def run(model_dir: str, args, out: Path, packing: bool, bf16: bool, peak: float | None) -> dict:
+def planned(model_dir: str, args, bf16: bool):
+    """The plan of the largest micro-batch (at most `--micro-batch`) that fits `--gpu-memory-gb`, or None."""
+    budget = args.gpu_memory_gb
+    if torch.cuda.is_available() and args.device != "cpu":
+        budget = min(budget, torch.cuda.get_device_properties(0).total_memory / 2**30)
+    return largest_fitting_micro_batch(load_model_shape(model_dir), per_device=args.micro_batch, world_size=1,
+                                       gpu_memory_gb=budget, global_batch_size=args.global_batch, model_max_length=512,
+                                       bf16=bf16, activation_checkpointing=args.activation_checkpointing)
+
+
+def run(model_dir: str, args, out: Path, packing: bool, bf16: bool, peak: float | None, plan) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()  # each run's peak, not the largest so far
     cfg = make_config(model_name_or_path=model_dir, data_path="seed", model_max_length=512, max_steps=args.steps,
-                      global_batch_size=args.global_batch, per_device_train_batch_size=args.micro_batch,
+                      global_batch_size=args.global_batch, per_device_train_batch_size=plan.per_device,
                       learning_rate=1e-5, packing=packing, output_dir=str(out), device=args.device,
                       bf16="true" if bf16 else "false", activation_checkpointing=args.activation_checkpointing)
     summary = train(cfg)
@@ -83,14 +96,11 @@ def run(model_dir: str, args, out: Path, packing: bool, bf16: bool, peak: float 
     shape = load_model_shape(model_dir)
     length = tokens / (len(log) * args.global_batch)
     mfu = (flops_per_token(shape, length, trained / tokens) * tokens / seconds / peak) if peak else None
-    planned = memory_plan(shape, world_size=1, gpu_memory_gb=1e9, per_device=args.micro_batch,
-                          global_batch_size=args.global_batch, model_max_length=512, bf16=bf16,
-                          activation_checkpointing=args.activation_checkpointing)
-    return {"parameters": summary["parameters"], "tokens_per_s": tokens / seconds,
+    return {"parameters": summary["parameters"], "micro_batch": plan.per_device, "tokens_per_s": tokens / seconds,
             "trained_tokens_per_s": trained / seconds,
             "padding": sum(r["padding"] for r in log) / len(log), "mfu": mfu,
             "peak_memory_gb": max(r["peak_memory_gb"] for r in log),
-            "planned_memory_gb": planned.per_device_gb - CUDA_OVERHEAD_GIB,
+            "planned_memory_gb": plan.per_device_gb - CUDA_OVERHEAD_GIB,
             "tokens_per_example": length, "trained_fraction": trained / tokens}
 
 
@@ -99,7 +109,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="default,1b,3b", help=f"comma-separated: default, {', '.join(SHAPES)}")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--global-batch", type=int, default=64)
-    parser.add_argument("--micro-batch", type=int, default=16)
+    parser.add_argument("--micro-batch", type=int, default=16, help="the largest tried (the plan picks what fits)")
+    parser.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory the plan must fit (GiB)")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--device", default="auto", help="auto (the GPU) or cpu (smoke test)")
     parser.add_argument("--tokens-per-example", type=float, help="for the projection (default: measured on the seed tasks)")
@@ -118,22 +129,26 @@ def main() -> None:
         tmp = Path(tmp)
         for shape in args.shapes.split(","):
             model_dir = build_model(shape, tmp / "models")
+            plan = planned(model_dir, args, bf16)
             for packing in (False, True):
                 key = f"{shape} {'packed' if packing else 'padded'}"
+                if plan is None:
+                    results[key] = {"error": f"no micro-batch fits {args.gpu_memory_gb:g} GiB by the plan"}
+                    continue
                 try:
-                    results[key] = run(model_dir, args, tmp / key.replace(" ", "_"), packing, bf16, peak)
+                    results[key] = run(model_dir, args, tmp / key.replace(" ", "_"), packing, bf16, peak, plan)
                 except torch.OutOfMemoryError:
                     results[key] = {"error": "out of memory"}
                     torch.cuda.empty_cache()
-    print("\n| model | parameters | packing | tokens/s | trained tokens/s | padding | MFU | peak memory GiB "
-          "| planned GiB |\n|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| model | parameters | micro-batch | packing | tokens/s | trained tokens/s | padding | MFU | peak memory GiB "
+          "| planned GiB |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for key, r in results.items():
         shape, mode = key.split(" ")
         if "error" in r:
-            print(f"| {shape} | | {mode} | {r['error']} | | | | | |")
+            print(f"| {shape} | | | {mode} | {r['error']} | | | | | |")
             continue
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        print(f"| {shape} | {r['parameters'] / 1e9:.2f}B | {mode} | {r['tokens_per_s']:,.0f} | "
+        print(f"| {shape} | {r['parameters'] / 1e9:.2f}B | {r['micro_batch']} | {mode} | {r['tokens_per_s']:,.0f} | "
               f"{r['trained_tokens_per_s']:,.0f} | {r['padding']:.1%} | {mfu} | {r['peak_memory_gb']:.1f} "
               f"| {r['planned_memory_gb']:.1f} |")
     measured = [r for r in results.values() if r.get("mfu")]

@@ -6,9 +6,14 @@
   ceil(rows / 2) rows, which is what the plan counts, so rank 0 matches exactly and rank 1 holds less by at
   most that padding. Accumulating without gradient sync, each rank holds an unsharded fp32 gradient of the
   whole model: the plan's `sync_every_micro_batch=False` counts exactly that.
+- Backward's working gradients: the same 2 processes shard a bf16 (FSDP mixed precision) copy and track one
+  forward and backward with PyTorch's `FSDPMemTracker`, which files every tensor under the role FSDP gives it;
+  the root unit's unsharded bf16 gradients plus the fp32 buffer they are reduce-scattered from are exactly the
+  plan's `root_gradient_bytes`, and no moment of backward holds more such gradients and buffers than the plan's
+  root and one-layer terms together.
 - Activations: the plan's fp32 estimate against the bytes autograd saves for backward on CPU.
 - LLaMA-7B (its config.json written out here, no download): full fine-tuning does not fit one 80 GB GPU
-  and fits 8; LoRA fits one.
+  and fits 8; LoRA fits one; its vocabulary is counted with the pad token training adds (32,064 rows).
 """
 
 from __future__ import annotations
@@ -46,6 +51,16 @@ def write_config(folder, config):
     return folder
 
 
+def checkpoint_shape(folder):
+    """The shape of the model as its config.json builds it (no pad token added: what the harness trains)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from alpaca_helpers.train.plan import model_shape
+
+    with torch.device("meta"):
+        return model_shape(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)))
+
+
 def _local_bytes(t):
     t = t.to_local() if hasattr(t, "to_local") else t
     return t.numel() * t.element_size()
@@ -81,10 +96,44 @@ def _rank(rank: int, world: int, port: int, folder: str, out: str) -> None:
                        for fp in m._get_fsdp_state()._fsdp_param_group.fsdp_params]
         held["accumulated"] = sum(_local_bytes(fp._unsharded_param.grad) for fp in fsdp_params
                                   if fp._unsharded_param.grad is not None)
+        held.update(_backward_gradients(folder, world))
         with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
             json.dump(held, f)
     finally:
         dist.destroy_process_group()
+
+
+def _backward_gradients(folder: str, world: int) -> dict[str, int]:
+    """A bf16 (mixed-precision) sharded copy, one forward and backward under `FSDPMemTracker`: the root unit's
+    unsharded gradients before its post-backward and its reduce-scatter buffer after, and the most unsharded
+    gradients plus reduce-scatter buffers held at any moment tracked."""
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from alpaca_helpers.train.distributed import find_layer_class, shard_model
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    shard_model(model, find_layer_class(model), torch.device("cpu"), world, bf16=True, cpu_offload=False)
+    ids = torch.randint(0, 1001, (2, 16))
+    tracker = FSDPMemTracker(model)
+    with tracker:
+        model(input_ids=ids, labels=ids).loss.backward()
+
+    def held(snapshot: dict, *roles: str) -> int:
+        return sum(v for k, v in snapshot.items() if str(k).endswith(roles))
+
+    found = {"backward_gradients_peak": 0}
+    for stats in tracker.memory_tracking.values():
+        for state, snapshots in stats.snapshots.items():
+            for per_device in (d for snapshot in snapshots for d in snapshot.values()):
+                found["backward_gradients_peak"] = max(found["backward_gradients_peak"],
+                                                       held(per_device, "UNSHARDED_GRAD", "REDUCE_SCATTER"))
+                if stats.mod_fqn == type(model).__name__ and str(state).endswith("BEF_POST_BW"):
+                    found["root_unsharded_gradients"] = held(per_device, "UNSHARDED_GRAD")
+                if stats.mod_fqn == type(model).__name__ and str(state).endswith("AFT_POST_BW"):
+                    found["root_reduce_scatter_buffer"] = held(per_device, "REDUCE_SCATTER")
+    return found
 
 
 def test_per_rank_weights_gradients_and_optimizer_state_are_what_fsdp_ranks_hold(tmp_path):
@@ -97,7 +146,8 @@ def test_per_rank_weights_gradients_and_optimizer_state_are_what_fsdp_ranks_hold
     mp.spawn(_rank, args=(2, port, str(folder), str(tmp_path)), nprocs=2, join=True)
     held = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
-    shape = load_model_shape(str(folder))
+    shape = checkpoint_shape(folder)
+    assert load_model_shape(str(folder)).vocab == 1024  # a run would add a pad token: 1002 rounded up to 64s
     plan = memory_plan(shape, world_size=2, gpu_memory_gb=1, per_device=1, global_batch_size=4,
                        model_max_length=16, bf16=False, sync_every_micro_batch=False)
     padding = (shard_elements(shape.shapes, 2) * 2 - shape.parameters) * 4  # bytes, all ranks' padding
@@ -111,8 +161,28 @@ def test_per_rank_weights_gradients_and_optimizer_state_are_what_fsdp_ranks_hold
     assert plan.accumulation == 2  # 4 = 1 per device × 2 micro-batches × 2 ranks
     assert [r["accumulated"] for r in held] == [plan.accumulation_gradients_bytes] * 2 == [shape.parameters * 4] * 2
     synced = memory_plan(shape, world_size=2, gpu_memory_gb=1, per_device=1, global_batch_size=4,
-                         model_max_length=16, bf16=False)
-    assert synced.accumulation_gradients_bytes == 0  # the default: reduce-scatter every micro-batch
+                         model_max_length=16, bf16=False, sync_every_micro_batch=True)
+    assert synced.accumulation_gradients_bytes == 0  # reduce-scatter every micro-batch: none kept
+    auto = memory_plan(shape, world_size=2, gpu_memory_gb=80, per_device=1, global_batch_size=4,
+                       model_max_length=16, bf16=False)
+    assert not auto.sync_every_micro_batch and auto.accumulation_gradients_bytes == plan.accumulation_gradients_bytes
+    assert auto.sync_reason.startswith("auto: the unsharded fp32 gradients") and "fit" in auto.sync_reason
+
+    # Backward, bf16: the root unit's unsharded bf16 gradients, and the fp32 buffer (padded to whole rows per
+    # rank) they are copied into for the reduce-scatter, both alive during that copy: the plan's root term.
+    # No tracked moment holds more such gradients and buffers than root + one layer.
+    bf16 = memory_plan(shape, world_size=2, gpu_memory_gb=1, per_device=1, global_batch_size=4,
+                       model_max_length=16, bf16=True)
+    buffer = shard_elements(list(shape.root_shapes), 2) * 2 * 4
+    assert bf16.root_gradient_bytes == shape.root_elements * 2 + buffer
+    assert bf16.layer_gradient_bytes == shape.layer_elements * 6  # 2 rows per rank divide every layer tensor
+    for rank in held:
+        assert rank["root_unsharded_gradients"] == shape.root_elements * 2
+        assert rank["root_reduce_scatter_buffer"] == buffer
+        assert bf16.layer_gradient_bytes < rank["backward_gradients_peak"]  # one layer's alone is not enough
+        assert rank["backward_gradients_peak"] <= bf16.root_gradient_bytes + bf16.layer_gradient_bytes
+    assert bf16.components_gib["unsharded gradients + reduce-scatter buffers"] == round(
+        (bf16.root_gradient_bytes + bf16.layer_gradient_bytes) / 2**30, 3)
 
 
 def test_activation_estimate_is_close_to_what_autograd_saves(tmp_path):
@@ -147,7 +217,8 @@ def test_llama_7b_full_fine_tuning_needs_more_than_one_80gb_gpu(tmp_path, capsys
     folder = str(write_config(tmp_path / "llama-7b", LLAMA_7B))
     assert main(["--model", folder, "--gpus", "1", "--gpu_memory_gb", "80", "--json"]) == 0
     one = json.loads(capsys.readouterr().out)
-    assert one["fits"] is False and one["per_device_gb"] > 100 and one["parameters"] == 6_738_415_616
+    # 6,738,415,616 in the checkpoint; training adds a pad token: embeddings and head grow to 32,064 rows
+    assert one["fits"] is False and one["per_device_gb"] > 100 and one["parameters"] == 6_738_415_616 + 2 * 64 * 4096
     changes = [s["change"] for s in one["suggestions"]]
     assert "--fsdp full_shard --cpu_offload true" in changes and any("--lora true" in c for c in changes)
     assert main(["--model", folder, "--gpus", "8", "--gpu_memory_gb", "80", "--json"]) == 0
@@ -168,7 +239,11 @@ def test_13b_accumulating_without_sync_does_not_fit_8x80gb_and_with_sync_does(tm
     settings = dict(world_size=8, gpu_memory_gb=80, per_device=4, global_batch_size=128, model_max_length=512)
     no_sync = memory_plan(shape, sync_every_micro_batch=False, **settings)
     assert not no_sync.fits and 45 < no_sync.components_gib["accumulated unsharded gradients"] < 50
-    assert memory_plan(shape, **settings).fits
+    auto = memory_plan(shape, **settings)  # auto chooses every micro-batch here, and says why
+    assert auto.fits and auto.sync_every_micro_batch and auto.sync_setting is None
+    assert auto.sync_reason.startswith("auto: keeping the unsharded fp32 gradients") and "would need" in auto.sync_reason
+    seven = memory_plan(load_model_shape(str(write_config(tmp_path / "llama-7b", LLAMA_7B))), **settings)
+    assert seven.fits and not seven.sync_every_micro_batch  # 7B: once per step fits, and moves fewer bytes
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
@@ -192,3 +267,57 @@ def test_gpu_peaks_tell_the_pcie_h100_apart():
     assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
     assert peak_bf16_flops("NVIDIA A100-SXM4-80GB") == 312e12
     assert peak_bf16_flops("Tesla V100-SXM2-32GB") is None  # no bf16
+
+
+def test_time_projection_counts_fsdps_communication_at_the_links_bandwidth(tmp_path):
+    """Per GPU and step: two all-gathers of the bf16 weights per micro-batch and an fp32 reduce-scatter per
+    sync, each (ranks - 1) / ranks of the model, at NVLink's nominal 300 GB/s on one A100 machine and one
+    HDR InfiniBand port (25 GB/s) per GPU across machines."""
+    from alpaca_helpers.train.plan import communication_bytes, link_bandwidth, time_plan
+
+    shape = load_model_shape(str(write_config(tmp_path / "llama-7b", LLAMA_7B)))
+    settings = dict(world_size=8, gpu_memory_gb=80, per_device=4, global_batch_size=128, model_max_length=512)
+    once, every = memory_plan(shape, **settings), memory_plan(shape, sync_every_micro_batch=True, **settings)
+    n = once.parameters
+    assert communication_bytes(once) == pytest.approx(7 / 8 * (2 * 4 * n * 2 + n * 4))
+    assert communication_bytes(every) == pytest.approx(7 / 8 * (2 * 4 * n * 2 + 4 * n * 4))
+    assert link_bandwidth("NVIDIA A100-SXM4-80GB") == (300e9, "NVLink 300 GB/s per direction")
+    assert link_bandwidth("NVIDIA H100 80GB HBM3", num_machines=2)[0] == 50e9
+    assert link_bandwidth("NVIDIA H100 PCIe")[1].startswith("PCIe") and link_bandwidth("Tesla T4") is None
+    t = time_plan(shape, once, 52_002, 3, 0.35, "A100")
+    assert t["communication_hours"] == round(t["steps"] * communication_bytes(once) / 300e9 / 3600, 2)
+    assert t["hours"] == pytest.approx(t["compute_hours"] + t["communication_hours"], abs=0.011)
+    assert t["hours_overlapped"] == max(t["compute_hours"], t["communication_hours"])
+    assert time_plan(shape, every, 52_002, 3, 0.35, "A100")["communication_hours"] > t["communication_hours"]
+    two = memory_plan(shape, **{**settings, "world_size": 16, "num_machines": 2})
+    assert time_plan(shape, two, 52_002, 3, 0.35, "A100")["link"].startswith("InfiniBand 200 Gb/s")
+    alone = memory_plan(shape, world_size=1, gpu_memory_gb=80, per_device=8, global_batch_size=128,
+                        model_max_length=512, lora=True)
+    assert communication_bytes(alone) == 0 and time_plan(shape, alone, 52_002, 3, 0.35, "L4")["communication_hours"] == 0
+
+
+def test_host_memory_counts_rank_0s_full_copy_and_the_offloaded_state(tmp_path):
+    shape = load_model_shape(str(write_config(tmp_path / "llama-7b", LLAMA_7B)))
+    settings = dict(world_size=8, gpu_memory_gb=80, per_device=4, global_batch_size=128, model_max_length=512)
+    plain = memory_plan(shape, **settings)
+    assert plain.cpu_memory_per_machine_gib == round(shape.parameters * 4 / 2**30, 3)  # rank 0's fp32 copy
+    offload = memory_plan(shape, cpu_offload=True, **settings)
+    state = (offload.weights_bytes + offload.gradients_bytes + offload.optimizer_bytes) * 8
+    assert offload.cpu_memory_per_machine_gib == round(max(state, shape.parameters * 4 + offload.weights_bytes * 8) / 2**30, 3)
+    assert 100 < offload.cpu_memory_per_machine_gib < 101  # ~108 GB: one fp32 copy's worth per machine × 4, not 8 copies
+
+
+def test_the_gpu_benchmarks_3b_micro_batch_fits_80gb_by_the_plan(tmp_path):
+    """benchmarks/bench_train_gpu.py picks each model's micro-batch with `largest_fitting_micro_batch`: its
+    3B row (Llama-3.2-3B's shape with a 49K vocabulary) planned 86.6 GiB at the 16 it used before."""
+    from alpaca_helpers.train.plan import largest_fitting_micro_batch
+
+    config = {**LLAMA_7B, "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
+              "num_attention_heads": 24, "num_key_value_heads": 8, "vocab_size": 49152}
+    shape = load_model_shape(str(write_config(tmp_path / "3b", config)))
+    settings = dict(world_size=1, gpu_memory_gb=80, global_batch_size=64, model_max_length=512)
+    assert not memory_plan(shape, per_device=16, **settings).fits
+    chosen = largest_fitting_micro_batch(shape, per_device=16, **settings)
+    assert chosen is not None and chosen.per_device_gb <= 80 and chosen.per_device < 16
+    assert not memory_plan(shape, per_device=chosen.per_device * 2, **settings).fits
+    assert largest_fitting_micro_batch(shape, per_device=16, **{**settings, "gpu_memory_gb": 10}) is None

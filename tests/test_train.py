@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from alpaca_helpers.train import distributed
-from alpaca_helpers.train.batches import rank_micro_batches
+from alpaca_helpers.train.batches import deal_micro_batches, rank_micro_batches
 from alpaca_helpers.train.config import (
     CONFIGS_DIR,
     TrainConfigError,
@@ -137,6 +137,31 @@ def test_ranks_split_each_global_batch_exactly(group):
             return sum(max(lengths[i] for i in m) * len(m) - sum(lengths[i] for i in m) for p in ps for m in p)
         random_parts = [rank_micro_batches(batch, lengths, plan, r, False) for r in range(2)]
         assert waste(parts) < waste(random_parts) / 3
+
+
+def test_micro_batches_are_dealt_so_that_ranks_balance():
+    """Sorted longest first and dealt round-robin, rank 0 would get the longest micro-batch of every round
+    (here 8 rounds over 4 ranks: the most work in every step). Dealt by work, the ranks' totals stay within
+    a few percent, and micro-batch k of every rank still comes from round k (similar lengths)."""
+    from alpaca_helpers.train.tokenize import micro_batches
+
+    lengths = [(i * 37) % 101 + 20 for i in range(128)]
+    for step in range(4):
+        batch = global_batches(128, 128, seed=step, epoch=0)[0]
+        cut = micro_batches(batch, lengths, 4, group_by_length=True)
+
+        def work(ms):
+            return sum(len(m) * max(lengths[i] for i in m) for m in ms)
+
+        round_robin = [work(cut[r::4]) for r in range(4)]
+        assert round_robin[0] == max(round_robin) and max(round_robin) / min(round_robin) > 1.1
+        dealt = deal_micro_batches(cut, lengths, 4)
+        assert max(map(work, dealt)) / min(map(work, dealt)) < 1.03
+        assert all(dealt[r][k] in cut[4 * k:4 * k + 4] for r in range(4) for k in range(8))
+    # the LM head's work per trained token counts too when asked: equal padded work, unequal trained tokens
+    lengths, trained = [10] * 8, [9, 1, 9, 1, 9, 1, 9, 1]
+    by_head = deal_micro_batches([[0], [1], [2], [3]], lengths, 2, trained, head_weight=10.0)
+    assert sorted(sum(trained[i] for m in ms for i in m) for ms in by_head) == [10, 10]
 
 
 # --- layer discovery ---------------------------------------------------------------------------------
@@ -447,9 +472,14 @@ def test_unreachable_data_or_model_names_fail_in_one_line(tmp_path, tiny_model, 
 
 
 def test_notebook_preset_policy():
+    """gpus >= 1 means Alpaca's run: LLaMA-7B (by a Hub name that needs no access request) on the 52K."""
     from alpaca_helpers.train.config import choose_preset, overrides
 
     assert choose_preset("auto", gpus=0).name == "cpu_default.yaml"
+    for gpus, lora in ((1, False), (8, False), (1, True)):
+        preset = load_preset(choose_preset("auto", gpus=gpus, lora=lora))
+        assert (preset["model_name_or_path"], preset["data_path"]) == ("huggyllama/llama-7b", "tatsu-lab/alpaca")
+    assert "huggyllama/llama-7b" in (CONFIGS_DIR / "alpaca_7b.yaml").read_text().split("model_name_or_path:")[0]
     assert choose_preset("auto", gpus=1, lora=True).name == "alpaca_7b_lora.yaml"
     assert choose_preset("alpaca_13b", gpus=8).name == "alpaca_13b.yaml"
     with pytest.raises(TrainConfigError, match="no such preset"):
@@ -524,7 +554,8 @@ def test_dist_timeout_comes_from_the_config(monkeypatch, tmp_path, tiny_model):
 
 def test_reduce_scatter_setting_reaches_the_memory_plan(tiny_model):
     """What `train` prints and plans counts what the loop does: with reduce-scatter after every micro-batch
-    (default) no unsharded fp32 gradient is held during accumulation; with it off, one of the whole model."""
+    no unsharded fp32 gradient is held during accumulation; with it off, one of the whole model. Auto (the
+    default) is off where that fits and on where it does not."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from alpaca_helpers.train.config import check_run
@@ -534,17 +565,63 @@ def test_reduce_scatter_setting_reaches_the_memory_plan(tiny_model):
     with torch.device("meta"):
         shape = model_shape(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model)))
     base = ["--global_batch_size", "8", "--per_device_train_batch_size", "2"]
-    default = parse_config(base)
-    assert default.reduce_scatter_every_micro_batch is True
-    run = check_run(default, 2, on_gpu=False)
+    on = parse_config(base + ["--reduce_scatter_every_micro_batch", "true"])
+    run = check_run(on, 2, on_gpu=False)
     assert run.batch.accumulation == 2
-    plan = memory_plan_for_run(default, shape, run, 2, 1, 80.0)
+    plan = memory_plan_for_run(on, shape, run, 2, 1, 80.0)
     assert plan.sync_every_micro_batch and plan.accumulation_gradients_bytes == 0
     off = parse_config(base + ["--reduce_scatter_every_micro_batch", "false"])
     plan_off = memory_plan_for_run(off, shape, check_run(off, 2, on_gpu=False), 2, 1, 80.0)
     assert not plan_off.sync_every_micro_batch
     assert plan_off.accumulation_gradients_bytes == shape.parameters * 4
     assert plan_off.per_device_gb > plan.per_device_gb
+    auto = parse_config(base)
+    assert auto.reduce_scatter_every_micro_batch is None and parse_config(
+        base + ["--reduce_scatter_every_micro_batch", "auto"]).reduce_scatter_every_micro_batch is None
+    assert not memory_plan_for_run(auto, shape, run, 2, 1, 80.0).sync_every_micro_batch  # fits: once per step
+    between = (plan.per_device_gb + plan_off.per_device_gb) / 2  # where only syncing every micro-batch fits
+    tight = memory_plan_for_run(auto, shape, run, 2, 1, between)
+    assert tight.sync_every_micro_batch and tight.fits and "would need" in tight.sync_reason
+
+
+def test_a_failing_rank_leaves_the_process_group_to_the_launcher(monkeypatch, tmp_path, default_model_dir, tiny_model):
+    """On an error `train` raises without `destroy_process_group`, which under NCCL blocks while the other
+    ranks sit in a collective (the hang needs NCCL and several GPUs; here a real 1-rank gloo group and an
+    injected NaN show the exception path skips the call); a clean run destroys the group."""
+    import torch.distributed as dist
+
+    calls = []
+    real_destroy = dist.destroy_process_group
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real_destroy(*args, **kwargs)
+
+    monkeypatch.setattr(dist, "destroy_process_group", spy)
+    args = dict(output_dir=str(tmp_path / "run"), max_examples=8, global_batch_size=4, per_device_train_batch_size=2,
+                max_steps=1, model_max_length=128, fsdp="full_shard", device="cpu")
+    poisoned = make_tiny_llama(tmp_path / "nan_model", default_model_dir, nan=True)
+    try:
+        with pytest.raises(NonFiniteLossError):
+            train(make_config(model_name_or_path=str(poisoned), **args))
+        assert calls == [] and dist.is_initialized()  # left for the process's exit (and the launcher)
+    finally:
+        if dist.is_initialized():
+            real_destroy()
+    assert train(make_config(model_name_or_path=str(tiny_model), **args))["finished"]
+    assert len(calls) == 1 and not dist.is_initialized()
+
+
+def test_bfloat16_save_says_bfloat16_in_its_config(tmp_path, tiny_model):
+    """`save_dtype: bfloat16` writes bf16 weights and `"dtype": "bfloat16"` (save_pretrained alone would write
+    the live fp32 parameters' dtype), so `dtype="auto"` loads them at their own size."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    folder = distributed.save_hf_folder(model, AutoTokenizer.from_pretrained(tiny_model), tmp_path / "model",
+                                        torch.bfloat16, is_main=True)
+    assert json.loads((folder / "config.json").read_text())["dtype"] == "bfloat16"
+    assert next(AutoModelForCausalLM.from_pretrained(folder, dtype="auto").parameters()).dtype == torch.bfloat16
 
 
 def test_mfu_uses_the_plans_flops_and_peaks(monkeypatch, tiny_model):

@@ -126,13 +126,14 @@ def test_the_arguments_start_a_real_process_group(monkeypatch):
 
 def test_slurm_script_starts_one_launcher_per_node_with_its_rank(tmp_path):
     """SLURM is not available here: `srun`, `scontrol` and the Python of the nodes are stand-ins that
-    record what the script asks of them (2 nodes)."""
+    record what the script asks of them (2 nodes). srun is given the job's --cpus-per-task (since Slurm
+    22.05 it no longer inherits it from sbatch: the node's 8 training processes would share one core)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     scripts = {
         "scontrol": 'printf "node-a\\nnode-b\\n"\n',
         "srun": 'for a in "$@"; do [ "$a" = hostname ] && { echo "10.1.2.3 fe80::1"; exit 0; }; done\n'
-                'while [ "${1#--}" != "$1" ]; do shift; done\n'
+                f'while [ "${{1#--}}" != "$1" ]; do echo "$1" >> {tmp_path}/srun.options; shift; done\n'
                 'SLURM_NNODES=2 SLURM_NODEID=0 "$@" && SLURM_NNODES=2 SLURM_NODEID=1 "$@"\n',
         "fake_python": f'echo "$@" > {tmp_path}/node$SLURM_NODEID.args\n',
     }
@@ -140,7 +141,7 @@ def test_slurm_script_starts_one_launcher_per_node_with_its_rank(tmp_path):
         (bin_dir / name).write_text("#!/bin/bash\n" + body)
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "node-[a-b]",
-           "PYTHON": str(bin_dir / "fake_python"), "GPUS_PER_NODE": "8"}
+           "PYTHON": str(bin_dir / "fake_python"), "GPUS_PER_NODE": "8", "SLURM_CPUS_PER_TASK": "64"}
     proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "slurm_train.sbatch"), "--config",
                            "configs/alpaca_13b.yaml", "--output_dir", "/shared/runs/13b"],
                           env=env, capture_output=True, text=True, timeout=60)
@@ -152,6 +153,7 @@ def test_slurm_script_starts_one_launcher_per_node_with_its_rank(tmp_path):
         assert launch == {"--gpus": "8", "--num_machines": "2", "--machine_rank": str(rank),
                           "--main_process_ip": "10.1.2.3", "--main_process_port": "29500"}
         assert args[12:] == ["--", "--config", "configs/alpaca_13b.yaml", "--output_dir", "/shared/runs/13b"]
+    assert (tmp_path / "srun.options").read_text().split() == ["--kill-on-bad-exit=1", "--cpus-per-task=64"]
 
 
 def test_launch_plan_splits_the_batch_over_all_machines():
@@ -164,6 +166,73 @@ def test_launch_plan_splits_the_batch_over_all_machines():
     text = launch_plan(config, 0, 1, num_machines=2, gpu_memory_gb=8.0)
     assert f"batch: {config.global_batch_size} = 4 per device × 1 accumulation × 2 GPU(s) (2 machine(s))" in text
     assert "of 8 GiB" in text and "FSDP over 2" in text and "accumulated unsharded" not in text
+
+
+LLAMA_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+            "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+            "vocab_size": 32000, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+            "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2}  # huggyllama/llama-7b's config.json
+
+
+def headline_config(output_dir):
+    """The configuration notebook 04 builds for `papermill ... -p gpus 8` (every other parameter left alone),
+    with the lines of its first code cell."""
+    from alpaca_helpers.train.config import choose_preset, load_preset, make_config, overrides
+
+    preset_file = choose_preset("auto", 8, False)
+    settings = overrides(model_name_or_path=None, data_path=None, max_examples=None, val_set_size=None,
+                         num_train_epochs=None, model_max_length=None, learning_rate=None, max_steps=-1,
+                         lora=False, report_to="none")
+    return preset_file, make_config(**{**load_preset(preset_file), **settings, "output_dir": str(output_dir)})
+
+
+def test_the_headline_command_is_alpacas_7b_run_and_plans_it(tmp_path, monkeypatch):
+    """`-p gpus 8` with the auto preset: LLaMA-7B on the 52K, 3 epochs, global batch 128, and the plan printed
+    before launch is the 7B plan. huggyllama/llama-7b's config.json is written locally (a folder of that
+    name in the working directory, which is looked in first): the plan needs nothing else."""
+    from alpaca_helpers.train.launch import launch_plan
+
+    folder = tmp_path / "huggyllama" / "llama-7b"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(LLAMA_7B))
+    monkeypatch.chdir(tmp_path)
+    preset_file, config = headline_config(tmp_path / "out")
+    assert preset_file.name == "alpaca_7b.yaml"
+    assert (config.model_name_or_path, config.data_path, config.num_train_epochs, config.global_batch_size,
+            config.max_examples) == ("huggyllama/llama-7b", "tatsu-lab/alpaca", 3, 128, None)
+    text = launch_plan(config, 8, gpu_memory_gb=80, gpu_name="NVIDIA A100-SXM4-80GB", gpu_bf16=True,
+                       num_examples=52_002)
+    first = text.splitlines()[0]
+    assert first.startswith("huggyllama/llama-7b: 6.74B parameters") and "FSDP over 8 GPU(s); bf16 compute" in first
+    assert "batch: 128 = 4 per device × 4 accumulation × 8 GPU(s)" in text and "fits" in text
+    assert "gradient sync: reduce-scatter once per step" in text  # the 7B unsharded gradients fit 80 GB
+    assert "time: 1218 steps" in text and "NVLink 300 GB/s" in text  # 52,002 // 128 × 3 epochs
+
+
+def test_a_missing_model_or_data_set_is_one_line_naming_the_parameter(tmp_path, monkeypatch, default_model_dir):
+    """Offline (or without the weights) the headline command stops before launching, in one line that says
+    what is missing and which parameter to set."""
+    from alpaca_helpers.train.config import make_config
+    from alpaca_helpers.train.launch import check_inputs
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    _, config = headline_config(tmp_path / "out")
+    with pytest.raises(LaunchError) as nothing:  # neither a local folder nor in the Hub cache
+        check_inputs(config, "alpaca_7b.yaml")
+    folder = tmp_path / "huggyllama" / "llama-7b"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(LLAMA_7B))
+    with pytest.raises(LaunchError) as no_weights:  # the plan's config.json, but no weights
+        check_inputs(config, "alpaca_7b.yaml")
+    for error, what in ((nothing, "huggyllama/llama-7b"), (no_weights, "has no safetensors weights")):
+        message = str(error.value)
+        assert len(message.splitlines()) == 1 and what in message and "-p model_name_or_path" in message, message
+    missing = make_config(model_name_or_path=str(default_model_dir), data_path=str(tmp_path / "alpaca_data.json"))
+    with pytest.raises(LaunchError, match=r"^data \(from the preset\) .*alpaca_data\.json.*-p data_path") as no_data:
+        check_inputs(missing)
+    assert len(str(no_data.value).splitlines()) == 1
+    assert check_inputs(make_config(model_name_or_path=str(default_model_dir), data_path="seed")) == 175
 
 
 def test_read_log_leaves_out_a_torn_last_line(tmp_path):

@@ -74,6 +74,21 @@ def load_model(name_or_path: str | os.PathLike | None = BASE_MODEL, device: str 
         return _models[key]
 
 
+def release_models() -> int:
+    """Forget every model `load_model` cached and give their GPU memory back (notebook 04 does so after its
+    answers, so that a re-run of its training cell finds the GPU free); returns how many were released.
+    A caller that still holds one keeps it alive."""
+    import gc
+
+    with _models_lock:
+        released = len(_models)
+        _models.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return released
+
+
 def _not_found(name_or_path: str | os.PathLike, reason: str) -> FileNotFoundError:
     available = ", ".join(label for label, _ in model_choices()) or "none"
     return FileNotFoundError(f"no model folder at {resolve(name_or_path)} and no Hub model {str(name_or_path)!r} "

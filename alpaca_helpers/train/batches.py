@@ -41,10 +41,38 @@ def split_validation(records: Sequence[dict[str, Any]], val_set_size: float,
 
 
 def rank_micro_batches(batch: Sequence[int], lengths: Sequence[int], plan: BatchPlan, rank: int,
-                       group_by_length: bool) -> list[list[int]]:
-    """This rank's micro-batches of one global batch: cut (grouped by length when asked) and dealt to the
-    ranks round-robin, which also balances their work."""
-    return micro_batches(batch, lengths, plan.per_device, group_by_length)[rank::plan.world_size]
+                       group_by_length: bool, trained: Sequence[int] | None = None,
+                       head_weight: float = 0.0) -> list[list[int]]:
+    """This rank's micro-batches of one global batch: cut (grouped by length when asked), then dealt by
+    `deal_micro_batches`."""
+    cut = micro_batches(batch, lengths, plan.per_device, group_by_length)
+    return deal_micro_batches(cut, lengths, plan.world_size, trained, head_weight)[rank]
+
+
+def deal_micro_batches(cut: Sequence[Sequence[int]], lengths: Sequence[int], world_size: int,
+                       trained: Sequence[int] | None = None, head_weight: float = 0.0) -> list[list[list[int]]]:
+    """Every rank's micro-batches, so that ranks do about the same work.
+
+    The work of a micro-batch: its padded positions, plus `head_weight` per trained token (`trained[i]` of
+    example i) for the LM head computed at trained positions only (its FLOPs per token relative to the rest
+    of the model's). The micro-batches go out in rounds of `world_size` consecutive ones: the k-th
+    micro-batch of every rank comes from round k, and with length grouping those are of similar length
+    (ranks wait for each other at every layer's collectives). Within a round the costliest goes to the rank
+    with the least work so far. Dealt round-robin instead, rank 0 would get the longest of every round.
+    """
+    def cost(ids: Sequence[int]) -> float:
+        head = head_weight * sum(trained[i] for i in ids) if trained is not None else 0.0
+        return len(ids) * max(lengths[i] for i in ids) + head
+
+    work = [0.0] * world_size
+    dealt: list[list[list[int]]] = [[] for _ in range(world_size)]
+    for start in range(0, len(cut), world_size):
+        costliest_first = sorted(cut[start:start + world_size], key=cost, reverse=True)
+        least_loaded = sorted(range(world_size), key=lambda r: (work[r], r))
+        for ids, r in zip(costliest_first, least_loaded):
+            dealt[r].append(list(ids))
+            work[r] += cost(ids)
+    return dealt
 
 
 def eval_micro_batches(num_examples: int, lengths: Sequence[int], size: int, rank: int,

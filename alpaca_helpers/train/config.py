@@ -58,7 +58,7 @@ class TrainConfig:
     fsdp_transformer_layer_cls_to_wrap: str | None = field(default=None, metadata={"help": "layer class to shard as a unit; found from the model when unset"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory)"})
     cpu_offload: bool = field(default=False, metadata={"help": "FSDP: keep parameters and optimizer state in CPU memory"})
-    reduce_scatter_every_micro_batch: bool = field(default=True, metadata={"help": "FSDP: reduce-scatter gradients after every micro-batch (false: only after the last, keeping an unsharded fp32 gradient of the whole model per rank meanwhile)"})
+    reduce_scatter_every_micro_batch: bool | None = field(default=None, metadata={"help": "FSDP: auto | true | false: reduce-scatter gradients after every micro-batch (false: only after the last, keeping an unsharded fp32 gradient of the whole model per rank meanwhile; auto: false where the memory plan says that fits)"})
     dist_timeout_minutes: float = field(default=120.0, metadata={"help": "timeout of collectives (rank 0 loads and saves alone while the others wait)"})
     group_by_length: bool = field(default=True, metadata={"help": "micro-batches of similar length inside each global batch"})
     packing: bool = field(default=False, metadata={"help": "concatenate each micro-batch into one row (no padding)"})
@@ -94,7 +94,7 @@ def _convert(name: str, value: Any) -> Any:
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), kind) if args else kind
     if optional and base is bool and isinstance(value, str) and value.lower() == "auto":
-        return None  # bf16/tf32: None means "decide from the device"
+        return None  # bf16/tf32: None means "decide from the device"; reduce_scatter_every_micro_batch: "from the plan"
     if value is None or (optional and isinstance(value, str) and value.lower() in {"none", "null", ""}):
         if optional:
             return None

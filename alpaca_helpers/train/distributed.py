@@ -97,6 +97,12 @@ def init_distributed(env: DistEnv, cpu_offload: bool = False, minutes: float = D
     dist.init_process_group(**args)
 
 
+def close_process_group() -> None:
+    """Destroy the process group (after a clean run only: see `recipe.train`)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -157,7 +163,8 @@ def shard_model(model: nn.Module, layer_cls: type[nn.Module], device: torch.devi
     mesh = init_device_mesh(device.type, (world_size,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
         else MixedPrecisionPolicy()
-    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    # Pinned host memory speeds the copies to a GPU; without CUDA there is nothing to pin for.
+    offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cpu_offload else OffloadPolicy()
     units = [m for m in model.modules() if isinstance(m, layer_cls)]
     if not units:
         raise ValueError(f"no {layer_cls.__name__} module in the model")
@@ -182,13 +189,22 @@ def load_model_for_sharding(model_path: str, dtype: torch.dtype, is_main: bool) 
 
 
 def broadcast_weights(model: nn.Module, full_state: dict[str, torch.Tensor], device: torch.device,
-                      is_main: bool) -> None:
+                      is_main: bool, cpu_offload: bool = False) -> None:
     """After sharding: give each rank its shard of rank 0's `full_state` (empty on other ranks), and
-    rank 0's buffers (such as rotary frequencies, which no state dict carries). Collective."""
+    rank 0's buffers (such as rotary frequencies, which no state dict carries). Collective.
+
+    With `cpu_offload` the other ranks' shards are made in CPU memory (where the offloaded shards live; the
+    broadcast then runs over the gloo part of the process group) and their buffers on `device`.
+    """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    if not is_main:
-        model.to_empty(device=device)  # real, uninitialised storage for the meta skeleton's shards
+    if not is_main:  # real, uninitialised storage for the meta skeleton's shards
+        model.to_empty(device=torch.device("cpu") if cpu_offload else device)
+        if cpu_offload:
+            for module in model.modules():  # as on rank 0, where fully_shard moved them to the device
+                for name, buffer in list(module._buffers.items()):
+                    if buffer is not None:
+                        module._buffers[name] = buffer.to(device)
     set_model_state_dict(model, full_state if is_main else {},
                          options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     for buffer in model.buffers():
@@ -223,9 +239,12 @@ def save_hf_folder(model: nn.Module, tokenizer: Any, folder: Path, dtype: torch.
         return None
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.config.use_cache = True
-    model.config.dtype = dtype
     with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        # save_pretrained writes the live (fp32) parameters' dtype; config.json must name the saved weights'
+        # dtype, or `dtype="auto"` loads bf16 weights at twice the memory.
+        model.config.dtype = dtype
+        model.config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     barrier()
     return folder

@@ -1,8 +1,8 @@
 """Starting a training run from a notebook, and reading back what it wrote.
 
-`launch_command` builds the `accelerate launch` command line for N GPUs (or CPU processes),
-`run_streaming` runs it with its output shown live and fails with the log tail, `read_log` loads the
-per-step JSONL log.
+`check_inputs` finds the model's weights and the data before anything starts, `launch_command` builds the
+`accelerate launch` command line for N GPUs (or CPU processes), `run_streaming` runs it with its output shown
+live and fails with the log tail, `read_log` loads the per-step JSONL log.
 """
 
 from __future__ import annotations
@@ -40,6 +40,59 @@ def check_gpus(gpus: int, gpus_present: int | None = None) -> int:
         raise LaunchError(f"gpus={gpus} but this machine has {present} GPU(s): use gpus={present} or fewer "
                           "(gpus=0 trains on CPU)")
     return gpus
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")  # safetensors only: no pickles
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
+def has_weights(resolved: str) -> bool:
+    """Whether safetensors weights of a model (a local folder or Hub name, as `models.resolve_model` gives it)
+    are at hand: in the folder, in the Hub cache, or, online, on the Hub."""
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+    from transformers.utils.hub import has_file
+
+    offline = _hub_offline()
+    if has_file(resolved, WEIGHT_FILES[0], local_files_only=offline):
+        return True
+    if not has_file(resolved, WEIGHT_FILES[1], local_files_only=offline):
+        return False
+    if not offline:
+        return True
+    index = Path(resolved) / WEIGHT_FILES[1] if Path(resolved).is_dir() else try_to_load_from_cache(resolved, WEIGHT_FILES[1])
+    shards = set(json.loads(Path(index).read_text())["weight_map"].values())
+    return all(has_file(resolved, shard, local_files_only=True) for shard in shards)
+
+
+def check_inputs(config: Any, source: str = "the preset") -> int:
+    """Before launching: the model's config.json and safetensors weights and the training data are at hand
+    (a local folder or file, the Hugging Face caches, or the Hub when online). Returns the number of records;
+    anything missing is a one-line `LaunchError` saying what and which parameter to set."""
+    from ..data import AlpacaFormatError, DataSourceError
+    from ..models import load_model_config
+    from .batches import load_records
+
+    name = config.model_name_or_path
+    other = (f"set model_name_or_path to a local folder (papermill: -p model_name_or_path /path/to/model), or "
+             "-p model_name_or_path default for the embedded 135M model")
+    try:
+        resolved, _ = load_model_config(name)
+    except FileNotFoundError as e:
+        raise LaunchError(f"model (from {source}) {e}; {other}") from None
+    if not has_weights(resolved):
+        where = "not in the Hugging Face cache and HF_HUB_OFFLINE is set" if _hub_offline() else "none on the Hub"
+        raise LaunchError(f"model {name} (from {source}) has no safetensors weights here ({where}); {other}")
+    try:
+        records = load_records(config.data_path, config.max_examples, config.seed, config.data_columns)
+    except (DataSourceError, AlpacaFormatError, FileNotFoundError) as e:
+        raise LaunchError(f"data (from {source}) {e}; set data_path to a local Alpaca file or "
+                          "folder (papermill: -p data_path alpaca_data.json), or -p data_path seed") from None
+    return len(records)
 
 
 # Our launches read this file instead of the user's `accelerate config` default (whose `gpu_ids`,
@@ -177,27 +230,39 @@ def total_processes(gpus: int, cpu_processes: int = 1, num_machines: int = 1) ->
 
 
 def launch_plan(config: Any, gpus: int, cpu_processes: int = 1, num_machines: int = 1,
-                gpu_memory_gb: float | None = None) -> str:
+                gpu_memory_gb: float | None = None, num_examples: int | None = None, gpu_name: str | None = None,
+                gpu_bf16: bool | None = None, mfu: float = 0.35) -> str:
     """The memory plan (`alpaca_helpers.train.plan`) of a run before it is launched, as `train` counts it: per GPU
-    against this machine's GPU memory (or `gpu_memory_gb`); on CPU, per process against this machine's RAM.
-    The batch is split over all processes of all machines. Reads only the model's config.json."""
+    against this machine's GPU memory; on CPU, per process against this machine's RAM. The batch is split over
+    all processes of all machines. With `num_examples`, on GPUs, also the time projection at `mfu`.
+
+    `gpu_memory_gb`, `gpu_name` and `gpu_bf16` describe GPUs this machine does not have (planning ahead);
+    unset, this machine's. Reads only the model's config.json (and its tokenizer when at hand).
+    """
     import torch
 
     from .config import check_run
-    from .plan import checkpoint_disk, format_plan, load_model_shape, suggestions
-    from .recipe import bf16_supported, memory_plan_for_run, plan_fixed
+    from .plan import PlanError, checkpoint_disk, format_plan, load_model_shape, suggestions, time_plan
+    from .recipe import bf16_supported, memory_budget_gib, memory_plan_for_run, plan_fixed
 
     world = total_processes(gpus, cpu_processes, num_machines)
-    run = check_run(config, world, on_gpu=gpus > 0, bf16_supported=bf16_supported(gpus > 0))
+    bf16 = bf16_supported(gpus > 0) if gpu_bf16 is None else gpu_bf16
+    run = check_run(config, world, on_gpu=gpus > 0, bf16_supported=bf16)
     if gpu_memory_gb is None:
-        gpu_memory_gb = (torch.cuda.get_device_properties(0).total_memory if gpus
-                         else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / world) / 2**30
+        gpu_memory_gb = memory_budget_gib(torch.device("cuda", 0) if gpus else torch.device("cpu"), world // num_machines)
     shape = load_model_shape(config.model_name_or_path)
     memory = memory_plan_for_run(config, shape, run, world, num_machines, gpu_memory_gb)
     advice = suggestions(shape, memory, **plan_fixed(config, run))
     disk = checkpoint_disk(memory, config.save_total_limit, 2 if config.save_dtype == "bfloat16" else 4)
+    timing = None
+    if gpus and num_examples:
+        try:
+            timing = time_plan(shape, memory, num_examples, config.num_train_epochs, mfu,
+                               gpu_name or torch.cuda.get_device_name(0))
+        except PlanError:  # a GPU whose peak or links the plan does not know: no projection
+            timing = None
     where = "" if gpus else "CPU run: the GPU accounting per process, against this machine's RAM per process\n"
-    return where + format_plan(memory, advice, disk, None)
+    return where + format_plan(memory, advice, disk, timing)
 
 
 def epoch_mean_loss(log: Any) -> Any:

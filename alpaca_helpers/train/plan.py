@@ -10,9 +10,14 @@ fp32 AdamW state (two moments and a step per tensor); with FSDP (several process
 rank holds its shard of each: FSDP2 cuts every parameter along its first dimension into equal chunks of
 ceil(rows / ranks) rows, so rank 0 holds exactly the padded chunk counted here and the others at most that.
 bf16 computes with gathered bf16 copies of one or two layers at a time (FSDP) or autocast copies of every
-weight (one process). Gradient accumulation without a reduce-scatter at each micro-batch keeps an unsharded
-fp32 gradient of the whole model on every rank (`sync_every_micro_batch=False`). LoRA keeps the frozen
-base in bf16 on a GPU and the adapters, their gradients and AdamW state in fp32.
+weight (one process). In backward FSDP holds the unsharded (bf16) gradients of the unit it is in and copies
+them into an fp32 buffer for the reduce-scatter: counted for the root unit (embeddings, final norm, LM head,
+whose head gradient lives through the whole backward) and one decoder layer. Gradient accumulation without a
+reduce-scatter at each micro-batch keeps an unsharded fp32 gradient of the whole model on every rank
+(`sync_every_micro_batch=False`); left unset (auto), the plan keeps it only where it fits, since syncing once
+per step moves fewer bytes. LoRA keeps the frozen base in bf16 on a GPU and the adapters, their gradients and
+AdamW state in fp32. A tokenizer without a pad token gets one, and the embeddings grow to a multiple of 64 rows
+(LLaMA: 32,000 → 32,064); without the tokenizer at hand (only config.json) the plan assumes so.
 
 Activations are per micro-batch at the full `model_max_length` (the longest micro-batch sets the peak),
 per token and decoder layer (8 × hidden + 2 × key/value width + 4 × intermediate) values in the compute
@@ -21,6 +26,9 @@ saves, `tests/test_plan.py`; on a GPU, SDPA's flash kernels keep no attention ma
 head's logits at trained positions only. With activation checkpointing only each layer's
 input is kept, plus one layer's activations while it is recomputed. The total is a sum of the parts: an
 upper bound, since gradients grow while activations are freed.
+
+The time projection adds FSDP's communication (per micro-batch two all-gathers of the bf16 weights, and a
+reduce-scatter of the fp32 gradients at each sync) at the nominal bandwidth of the GPUs' links, `GPU_LINKS`.
 """
 
 from __future__ import annotations
@@ -42,6 +50,18 @@ CUDA_OVERHEAD_GIB = 2.0  # CUDA context, kernels and allocator slack per process
 # the SXM one it is a substring of). V100 and older have no bf16.
 GPU_PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12),
                        ("L40S", 362e12), ("L4", 121e12))
+# Per GPU and direction, in bytes/s: (name key, link inside a machine, InfiniBand between machines), matched like
+# the peaks. Nominal figures (NCCL's ring collectives reach less):
+# - A100 SXM: NVLink 3, 600 GB/s both directions per GPU (NVIDIA A100 datasheet,
+#   https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf);
+# - H100 SXM and H200: NVLink 4, 900 GB/s (NVIDIA H100 datasheet,
+#   https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet; H200: https://www.nvidia.com/en-us/data-center/h200/);
+# - H100 PCIe: PCIe Gen5 x16, 128 GB/s (same H100 datasheet); A100 PCIe, L40S, L4: PCIe Gen4 x16, 64 GB/s;
+# - between machines one InfiniBand port per GPU: HDR 200 Gb/s (25 GB/s) on a DGX A100
+#   (https://docs.nvidia.com/dgx/dgxa100-user-guide/introduction-to-dgxa100.html), NDR 400 Gb/s (50 GB/s) on a
+#   DGX H100/H200 (https://docs.nvidia.com/dgx/dgxh100-user-guide/introduction-to-dgxh100.html).
+GPU_LINKS = (("H100 PCIe", 64e9, 50e9), ("H100", 450e9, 50e9), ("H200", 450e9, 50e9), ("A100 80GB PCIe", 32e9, 25e9),
+             ("A100-PCIE", 32e9, 25e9), ("A100", 300e9, 25e9), ("L40S", 32e9, 25e9), ("L4", 32e9, 25e9))
 # Alpaca-like data: tokens per example (prompt template + instruction + response) and the share of them
 # trained (the response). Assumptions, printed as such; measure your data with notebook 03.
 TOKENS_PER_EXAMPLE = 150.0
@@ -56,6 +76,18 @@ class PlanError(ValueError):
 def peak_bf16_flops(device_name: str) -> float | None:
     """Dense bf16 peak FLOP/s of a GPU from its name (`torch.cuda.get_device_name`), or None."""
     return next((flops for key, flops in GPU_PEAK_BF16_FLOPS if key.lower() in device_name.lower()), None)
+
+
+def link_bandwidth(device_name: str, num_machines: int = 1) -> tuple[float, str] | None:
+    """(bytes/s per GPU and direction, the link's name) of FSDP's collectives among GPUs of this name
+    (`GPU_LINKS`): NVLink or PCIe on one machine, InfiniBand across machines (the slower link sets a ring's
+    pace); None for an unknown GPU."""
+    for key, inside, between in GPU_LINKS:
+        if key.lower() in device_name.lower():
+            if num_machines > 1:
+                return between, f"InfiniBand {between * 8 / 1e9:.0f} Gb/s per GPU"
+            return inside, ("PCIe" if inside < 100e9 else "NVLink") + f" {inside / 1e9:.0f} GB/s per direction"
+    return None
 
 
 @dataclass(frozen=True)
@@ -81,6 +113,25 @@ class ModelShape:
     @property
     def non_embedding(self) -> int:
         return self.parameters - self.embedding - self.head
+
+    def with_vocab(self, rows: int) -> "ModelShape":
+        """The same model with `rows` rows of token embeddings (and LM head): what a resize makes of it."""
+        if rows == self.vocab:
+            return self
+        width = self.embedding // self.vocab
+        root = tuple((rows, *s[1:]) if s[:1] == (self.vocab,) and len(s) == 2 and s[1] == width else s
+                     for s in self.root_shapes)
+        embedding, head = rows * width, rows * width if self.head else 0
+        return replace(self, parameters=self.parameters + embedding - self.embedding + head - self.head,
+                       embedding=embedding, head=head, vocab=rows, root_shapes=root)
+
+    @property
+    def layer_elements(self) -> int:
+        return sum(math.prod(s) for s in self.layer_shapes)
+
+    @property
+    def root_elements(self) -> int:
+        return sum(math.prod(s) for s in self.root_shapes)
 
 
 def model_shape(model: nn.Module) -> ModelShape:
@@ -112,22 +163,43 @@ def _kv_dim(config: Any) -> int:
 
 
 def load_model_shape(name_or_folder: str) -> ModelShape:
-    """The `ModelShape` of a local folder or Hub name, from its config.json only."""
+    """The `ModelShape` of a local folder or Hub name, from its config.json, with the embedding rows the run
+    gives it (`trained_vocab`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from ..models import load_model_config
 
     try:
-        _, config = load_model_config(name_or_folder)
+        resolved, config = load_model_config(name_or_folder)
     except FileNotFoundError as e:
         raise PlanError(str(e)) from None
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-        return model_shape(model)
+        shape = model_shape(model)
     except ValueError as e:  # not a causal LM architecture, or no repeated decoder layer
         raise PlanError(f"{name_or_folder}: cannot plan this model ({str(e).splitlines()[0]})") from None
+    return shape.with_vocab(trained_vocab(shape.vocab, _tokenizer_or_none(resolved)))
+
+
+def _tokenizer_or_none(resolved: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolved)
+    except Exception:  # only config.json at hand (or no network): the plan assumes the worst case
+        return None
+
+
+def trained_vocab(rows: int, tokenizer: Any = None) -> int:
+    """Embedding rows during training: grown by a pad token (to a multiple of 64) when the tokenizer has none,
+    as `tokenize.ensure_pad_token` does; with no tokenizer (None), assumed so: an upper bound."""
+    from .tokenize import resized_rows
+
+    if tokenizer is not None and tokenizer.pad_token_id is not None:
+        return rows
+    return resized_rows(rows, (len(tokenizer) if tokenizer is not None else rows) + 1)
 
 
 def shard_elements(shapes: list[tuple[int, ...]], world_size: int) -> int:
@@ -201,21 +273,61 @@ class Plan:
     trainable_parameters: int
     components_gib: dict[str, float] = field(default_factory=dict)
     activations_other_gib: float = 0.0  # the activations with checkpointing flipped, for comparison
-    cpu_memory_per_machine_gib: float = 0.0  # what cpu_offload moves to the machine's RAM
+    cpu_memory_per_machine_gib: float = 0.0  # host RAM per machine: rank 0's fp32 copy while loading, offloaded state
     per_device_gb: float = 0.0  # GiB (2^30 bytes), as GPU memory sizes are
     fits: bool = False
+    fsdp: bool = False
+    sync_setting: bool | None = None  # as asked: True, False, or None (auto: the plan chose)
+    sync_reason: str = ""
     weights_bytes: int = 0  # per rank, exact, for checks against a real run
     gradients_bytes: int = 0
     optimizer_bytes: int = 0
     accumulation_gradients_bytes: int = 0
+    root_gradient_bytes: int = 0  # the root unit's unsharded gradients + their fp32 reduce-scatter buffer
+    layer_gradient_bytes: int = 0  # the same for one decoder layer
 
 
 def memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, per_device: int, global_batch_size: int,
                 model_max_length: int, activation_checkpointing: bool = False, cpu_offload: bool = False,
                 lora: bool = False, lora_r: int = 16, lora_targets: str = "all-linear", lora_dropout: float = 0.05,
-                bf16: bool = True, sync_every_micro_batch: bool = True, fsdp: str = "auto",
+                bf16: bool = True, sync_every_micro_batch: bool | None = None, fsdp: str = "auto",
                 num_machines: int = 1, trained_fraction: float = TRAINED_FRACTION, model: str = "") -> Plan:
-    """What each device holds during a run of `alpaca_helpers.train` configured so (see the module docstring)."""
+    """What each device holds during a run of `alpaca_helpers.train` configured so (see the module docstring).
+
+    `sync_every_micro_batch` None (auto) reduce-scatters once per step where the unsharded fp32 gradients fit
+    beside the rest, else after every micro-batch; `sync_reason` says which and why.
+    """
+    settings = dict(world_size=world_size, gpu_memory_gb=gpu_memory_gb, per_device=per_device,
+                    global_batch_size=global_batch_size, model_max_length=model_max_length,
+                    activation_checkpointing=activation_checkpointing, cpu_offload=cpu_offload, lora=lora,
+                    lora_r=lora_r, lora_targets=lora_targets, lora_dropout=lora_dropout, bf16=bf16, fsdp=fsdp,
+                    num_machines=num_machines, trained_fraction=trained_fraction, model=model)
+    if sync_every_micro_batch is not None:
+        plan = _memory_plan(shape, sync_every_micro_batch=sync_every_micro_batch, **settings)
+        return replace(plan, sync_setting=sync_every_micro_batch,
+                       sync_reason=f"set: reduce_scatter_every_micro_batch={str(sync_every_micro_batch).lower()}")
+    once = _memory_plan(shape, sync_every_micro_batch=False, **settings)
+    if not once.fsdp or once.accumulation == 1:
+        reason = "no FSDP" if not once.fsdp else "one micro-batch per step"
+        return replace(_memory_plan(shape, sync_every_micro_batch=True, **settings), sync_setting=None,
+                       sync_reason=f"auto: {reason}")
+    kept = once.components_gib["accumulated unsharded gradients"]
+    if once.fits:
+        return replace(once, sync_setting=None,
+                       sync_reason=f"auto: the unsharded fp32 gradients ({kept:.1f} GiB) fit "
+                                   f"({once.per_device_gb:.1f} of {gpu_memory_gb:g} GiB), and one reduce-scatter per "
+                                   f"step instead of {once.accumulation} moves less")
+    every = _memory_plan(shape, sync_every_micro_batch=True, **settings)
+    return replace(every, sync_setting=None,
+                   sync_reason=f"auto: keeping the unsharded fp32 gradients ({kept:.1f} GiB) would need "
+                               f"{once.per_device_gb:.1f} of {gpu_memory_gb:g} GiB")
+
+
+def _memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, per_device: int, global_batch_size: int,
+                 model_max_length: int, activation_checkpointing: bool, cpu_offload: bool, lora: bool, lora_r: int,
+                 lora_targets: str, lora_dropout: float, bf16: bool, sync_every_micro_batch: bool, fsdp: str,
+                 num_machines: int, trained_fraction: float, model: str) -> Plan:
+    """`memory_plan` with the gradient sync decided."""
     if world_size < 1:
         raise PlanError(f"the number of GPUs must be >= 1, got {world_size}")
     if gpu_memory_gb <= 0:
@@ -238,6 +350,7 @@ def memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, per
     n = shape.parameters
     tensors = len(shape.shapes)
     comp: dict[str, float] = {}
+    root_grads = layer_grads = 0
     if lora:
         adapted = lora_targets_in_layer(shape, lora_targets)
         trainable = shape.layers * sum(lora_r * (i + o) for _, i, o in adapted)
@@ -253,10 +366,12 @@ def memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, per
         held = shard_elements(shape.shapes, world_size) if use_fsdp else n
         weights, grads = held * 4, held * 4
         optim = 2 * held * 4 + 4 * tensors  # exp_avg, exp_avg_sq, and a float32 step per tensor
-        if use_fsdp:  # gathered compute copies: the root unit, the current and the prefetched layer,
-            layer = sum(math.prod(s) for s in shape.layer_shapes)  # and one layer's unsharded gradient
-            root = sum(math.prod(s) for s in shape.root_shapes)
-            working = (root + 2 * layer) * c + layer * (c + 4)
+        if use_fsdp:  # gathered compute copies: the root unit, the current and the prefetched layer
+            working = (shape.root_elements + 2 * shape.layer_elements) * c
+            # backward: a unit's unsharded gradients (compute dtype) and the fp32 buffer they are copied into for
+            # the reduce-scatter (padded to a multiple of the ranks), for the root unit and one layer at a time
+            root_grads = shape.root_elements * c + shard_elements(list(shape.root_shapes), world_size) * world_size * 4
+            layer_grads = shape.layer_elements * c + shard_elements(list(shape.layer_shapes), world_size) * world_size * 4
         else:  # autocast's bf16 copies of the weights used in matmuls (the embedding lookup is not one)
             working = (n - (shape.embedding if shape.head else 0)) * c if bf16 else 0
     accumulation_grads = n * 4 if (use_fsdp and not sync_every_micro_batch and batch.accumulation > 1) else 0
@@ -274,10 +389,16 @@ def memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, per
     comp["optimizer state"] = optim / GIB if on_gpu else 0.0
     comp["accumulated unsharded gradients"] = accumulation_grads / GIB
     comp["gathered / autocast weight copies"] = working / GIB
+    comp["unsharded gradients + reduce-scatter buffers"] = (root_grads + layer_grads) / GIB
     comp["activations"] = activations(activation_checkpointing) / GIB
     comp["CUDA context and allocator slack"] = CUDA_OVERHEAD_GIB
     total = sum(comp.values())
     per_machine = world_size // num_machines if world_size % num_machines == 0 else world_size
+    # Host RAM per machine: rank 0 (one process per machine holds it) loads the full weights on CPU; with
+    # cpu_offload the machine's ranks also keep their shards, gradients and AdamW state there.
+    loading = n * (c if lora else 4)
+    offloaded = (weights + grads + optim) * per_machine if cpu_offload else 0
+    host = max(loading + weights * per_machine if cpu_offload else loading, offloaded)
     mode = "LoRA (frozen base, one process)" if lora else (
         f"full, FSDP over {world_size} GPU(s)" if use_fsdp else "full, one process without FSDP")
     return Plan(model=model, world_size=world_size, num_machines=num_machines, gpu_memory_gb=gpu_memory_gb,
@@ -287,17 +408,19 @@ def memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, per
                 sync_every_micro_batch=sync_every_micro_batch, parameters=n, trainable_parameters=trainable,
                 components_gib={k: round(v, 3) for k, v in comp.items()},
                 activations_other_gib=round(activations(not activation_checkpointing) / GIB, 3),
-                cpu_memory_per_machine_gib=round((weights + grads + optim) * per_machine / GIB, 3) if cpu_offload else 0.0,
-                per_device_gb=round(total, 3), fits=total <= gpu_memory_gb,
+                cpu_memory_per_machine_gib=round(host / GIB, 3),
+                per_device_gb=round(total, 3), fits=total <= gpu_memory_gb, fsdp=use_fsdp,
+                sync_setting=sync_every_micro_batch,
                 weights_bytes=int(weights), gradients_bytes=int(grads), optimizer_bytes=int(optim),
-                accumulation_gradients_bytes=int(accumulation_grads))
+                accumulation_gradients_bytes=int(accumulation_grads), root_gradient_bytes=int(root_grads),
+                layer_gradient_bytes=int(layer_grads))
 
 
 def _settings(plan: Plan) -> dict[str, Any]:
     return dict(world_size=plan.world_size, gpu_memory_gb=plan.gpu_memory_gb, per_device=plan.per_device,
                 global_batch_size=plan.global_batch_size, model_max_length=plan.model_max_length,
                 activation_checkpointing=plan.activation_checkpointing, cpu_offload=plan.cpu_offload,
-                bf16=plan.bf16, sync_every_micro_batch=plan.sync_every_micro_batch, num_machines=plan.num_machines)
+                bf16=plan.bf16, sync_every_micro_batch=plan.sync_setting, num_machines=plan.num_machines)
 
 
 def suggestions(shape: ModelShape, plan: Plan, **fixed: Any) -> list[dict[str, Any]]:
@@ -342,6 +465,30 @@ def suggestions(shape: ModelShape, plan: Plan, **fixed: Any) -> list[dict[str, A
     return found
 
 
+def largest_fitting_micro_batch(shape: ModelShape, *, per_device: int, **settings: Any) -> Plan | None:
+    """The plan of the largest micro-batch of `MICRO_BATCH_OPTIONS` (and `per_device`, the largest tried) that
+    fits and divides the global batch, or None when none does. `settings`: the other `memory_plan` arguments."""
+    world, global_batch = settings["world_size"], settings["global_batch_size"]
+    for micro in sorted({per_device, *(m for m in MICRO_BATCH_OPTIONS if m < per_device)}, reverse=True):
+        if global_batch % (micro * world) == 0:
+            plan = memory_plan(shape, per_device=micro, **settings)
+            if plan.fits:
+                return plan
+    return None
+
+
+def communication_bytes(plan: Plan) -> float:
+    """Bytes each GPU sends per optimizer step in FSDP's ring collectives (and receives as many): per micro-batch
+    an all-gather of the compute-dtype weights in forward and another in backward, and a reduce-scatter of the
+    fp32 gradients at each sync; each moves (ranks - 1) / ranks of the whole tensor. 0 without FSDP or alone."""
+    if not plan.fsdp or plan.world_size == 1:
+        return 0.0
+    share = (plan.world_size - 1) / plan.world_size
+    gathers = 2 * plan.accumulation * plan.parameters * (2 if plan.bf16 else 4)
+    syncs = plan.accumulation if plan.sync_every_micro_batch else 1
+    return share * (gathers + syncs * plan.parameters * 4)
+
+
 def flops_per_token(shape: ModelShape, seq_len: float, trained_fraction: float = TRAINED_FRACTION,
                     frozen: bool = False) -> float:
     """Training FLOPs per token: 6 per non-embedding parameter (4 with a frozen base: no weight gradients),
@@ -353,8 +500,11 @@ def flops_per_token(shape: ModelShape, seq_len: float, trained_fraction: float =
 
 def time_plan(shape: ModelShape, plan: Plan, num_examples: int, num_train_epochs: float, mfu: float,
               gpu_name: str, tokens_per_example: float = TOKENS_PER_EXAMPLE,
-              trained_fraction: float = TRAINED_FRACTION) -> dict[str, Any]:
-    """Optimizer steps and hours of the run at `mfu` of the GPU's bf16 peak (an assumption, not a measurement)."""
+              trained_fraction: float = TRAINED_FRACTION, link_bytes_per_s: float | None = None) -> dict[str, Any]:
+    """Optimizer steps and hours of the run: compute at `mfu` of the GPU's bf16 peak (an assumption, not a
+    measurement) and FSDP's communication (`communication_bytes`) at the link's nominal bandwidth
+    (`link_bandwidth`, or `link_bytes_per_s`). `hours` adds the two (no overlap), `hours_overlapped` takes the
+    larger per step (FSDP overlaps its collectives with compute where it can)."""
     if num_examples < 1 or num_train_epochs <= 0:
         raise PlanError("num_examples must be >= 1 and num_train_epochs > 0")
     if not 0 < mfu <= 1:
@@ -367,9 +517,21 @@ def time_plan(shape: ModelShape, plan: Plan, num_examples: int, num_train_epochs
     tokens = steps * plan.global_batch_size * tokens_per_example
     per_token = flops_per_token(shape, tokens_per_example, trained_fraction, frozen=plan.mode.startswith("LoRA"))
     tokens_per_s = mfu * peak * plan.world_size / per_token
+    compute = tokens / tokens_per_s
+    link = (link_bytes_per_s, f"{link_bytes_per_s / 1e9:g} GB/s per direction") if link_bytes_per_s else \
+        link_bandwidth(gpu_name, plan.num_machines)
+    per_step = communication_bytes(plan)
+    if link is None:
+        if per_step:
+            raise PlanError(f"gpu {gpu_name!r}: link bandwidth unknown; pass --link_gb_s")
+        link = (1.0, "none")
+    communication = steps * per_step / link[0]
     return {"steps": steps, "tokens": tokens, "gpu": gpu_name, "peak_flops": peak, "mfu": mfu,
             "tokens_per_example": tokens_per_example, "tokens_per_s": round(tokens_per_s),
-            "hours": round(tokens / tokens_per_s / 3600, 2)}
+            "compute_hours": round(compute / 3600, 2), "communication_gb_per_step": round(per_step / 1e9, 1),
+            "link": link[1], "link_bytes_per_s": link[0], "communication_hours": round(communication / 3600, 2),
+            "hours": round((compute + communication) / 3600, 2),
+            "hours_overlapped": round(max(compute, communication) / 3600, 2)}
 
 
 def checkpoint_disk(plan: Plan, save_total_limit: int, save_dtype_bytes: int = 4) -> dict[str, float]:
@@ -389,8 +551,11 @@ def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float]
              + (", CPU offload" if plan.cpu_offload else ""),
              f"batch: {plan.global_batch_size} = {plan.per_device} per device × {plan.accumulation} accumulation × "
              f"{plan.world_size} GPU(s) ({plan.num_machines} machine(s)); micro-batch {plan.per_device} × "
-             f"{plan.model_max_length} tokens",
-             "per device (GiB):"]
+             f"{plan.model_max_length} tokens"]
+    if plan.fsdp and plan.accumulation > 1:
+        when = "every micro-batch" if plan.sync_every_micro_batch else f"once per step (after the last of {plan.accumulation} micro-batches)"
+        lines.append(f"gradient sync: reduce-scatter {when} ({plan.sync_reason})")
+    lines.append("per device (GiB):")
     for name, gib in plan.components_gib.items():
         if gib or name in {"weights", "gradients", "optimizer state", "activations"}:
             note = ""
@@ -400,11 +565,11 @@ def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float]
                         f"  (without activation checkpointing; {plan.activations_other_gib:.1f} with)")
             if name == "accumulated unsharded gradients":
                 note = "  (no reduce-scatter until the last micro-batch)"
-            lines.append(f"  {name:<36} {gib:8.2f}{note}")
+            lines.append(f"  {name:<44} {gib:8.2f}{note}")
     verdict = "fits" if plan.fits else "does NOT fit"
-    lines.append(f"  {'total':<36} {plan.per_device_gb:8.2f} of {plan.gpu_memory_gb:g} GiB: {verdict}")
-    if plan.cpu_offload:
-        lines.append(f"CPU memory per machine for the offloaded state: {plan.cpu_memory_per_machine_gib:.1f} GiB")
+    lines.append(f"  {'total':<44} {plan.per_device_gb:8.2f} of {plan.gpu_memory_gb:g} GiB: {verdict}")
+    lines.append(f"host memory per machine: {plan.cpu_memory_per_machine_gib:.1f} GiB (rank 0 loads the weights on CPU"
+                 + ("; the offloaded shards, gradients and AdamW state)" if plan.cpu_offload else ")"))
     for a in advice:
         lines.append(f"  to fit: {a['change']} → {a['per_device_gb']:.1f} GiB per device "
                      f"({a['per_device']} per device × {a['accumulation']} accumulation)")
@@ -414,9 +579,13 @@ def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float]
                  f"(fp32 weights + AdamW state), {disk['final_model_gib']:.1f} GiB final model, "
                  f"{disk['peak_gib']:.1f} GiB at peak")
     if timing:
-        lines.append(f"time: {timing['steps']} steps, {timing['tokens'] / 1e6:.1f}M tokens at {timing['mfu']:.0%} MFU "
-                     f"of {timing['gpu']} ({timing['peak_flops'] / 1e12:.0f} TFLOP/s bf16) ≈ {timing['hours']:.1f} h "
-                     f"(assumed {timing['tokens_per_example']:g} tokens per example)")
+        lines.append(f"time: {timing['steps']} steps, {timing['tokens'] / 1e6:.1f}M tokens (assumed "
+                     f"{timing['tokens_per_example']:g} per example) ≈ {timing['hours']:.1f} h: compute "
+                     f"{timing['compute_hours']:.1f} h at {timing['mfu']:.0%} MFU of {timing['gpu']} "
+                     f"({timing['peak_flops'] / 1e12:.0f} TFLOP/s bf16)"
+                     + (f" + communication {timing['communication_hours']:.1f} h ({timing['communication_gb_per_step']:g} GB "
+                        f"per GPU per step at {timing['link']}, nominal); {timing['hours_overlapped']:.1f} h if FSDP "
+                        "overlaps them fully" if timing["communication_gb_per_step"] else ""))
     return "\n".join(lines)
 
 
@@ -435,8 +604,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("activation_checkpointing", "cpu_offload", "lora"):
         p.add_argument(f"--{name}", choices=["true", "false"])
     p.add_argument("--bf16", choices=["true", "false"], default="true", help="bf16 compute (a GPU run)")
-    p.add_argument("--sync_every_micro_batch", choices=["true", "false"], default="true",
-                   help="reduce-scatter gradients at every micro-batch (false: an unsharded fp32 gradient per rank)")
+    p.add_argument("--sync_every_micro_batch", choices=["true", "false", "auto"], default="auto",
+                   help="reduce-scatter gradients at every micro-batch (false: an unsharded fp32 gradient per rank; "
+                        "auto: false where that fits)")
+    p.add_argument("--link_gb_s", type=float, help="GPU link bandwidth per direction, GB/s (default: the GPU's, GPU_LINKS)")
     p.add_argument("--num_examples", type=int, default=52_002)
     p.add_argument("--num_train_epochs", type=float, help="default: the preset's")
     p.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation")
@@ -449,7 +620,7 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
     """The whole plan (memory, suggestions, disk, time) for parsed command-line arguments."""
     if args.gpus < 1 or args.num_machines < 1:
         raise PlanError(f"--gpus and --num_machines must be >= 1, got {args.gpus} and {args.num_machines}")
-    flag = {"true": True, "false": False, None: None}
+    flag = {"true": True, "false": False, "auto": None, None: None}
     lora = flag[args.lora]
     try:
         cfg = make_config(**load_preset(args.config or ("alpaca_7b_lora" if lora else "alpaca_7b")))
@@ -475,7 +646,8 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
     advice = suggestions(shape, plan, **fixed)
     disk = checkpoint_disk(plan, cfg.save_total_limit)
     epochs = args.num_train_epochs if args.num_train_epochs is not None else cfg.num_train_epochs
-    timing = time_plan(shape, plan, args.num_examples, epochs, args.mfu, args.gpu, args.tokens_per_example)
+    timing = time_plan(shape, plan, args.num_examples, epochs, args.mfu, args.gpu, args.tokens_per_example,
+                       link_bytes_per_s=args.link_gb_s * 1e9 if args.link_gb_s else None)
     return {"plan": plan, "suggestions": advice, "disk": disk, "time": timing}
 
 

@@ -115,23 +115,25 @@ class TrainedPositionsHead:
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run one training job as configured (every process calls this); returns the run summary."""
-    from .distributed import dist_env, init_distributed
+    """Run one training job as configured (every process calls this); returns the run summary.
+
+    The process group is destroyed only after a clean run. On an error in one rank (a CUDA OOM, a full disk
+    in rank 0's save) `destroy_process_group` would wait for the peers still inside a collective (under NCCL,
+    pytorch/pytorch#141510) and keep every GPU idle for `dist_timeout_minutes`; instead the exception ends this
+    process and the launcher (torchrun) stops the others, as torchtitan does (pytorch/torchtitan#1342).
+    """
+    from .distributed import close_process_group, dist_env, init_distributed
 
     env = dist_env(force_cpu=cfg.device == "cpu")
     on_gpu = env.device.type == "cuda"
     plan = check_run(cfg, env.world_size, on_gpu=on_gpu, bf16_supported=bf16_supported(on_gpu))  # before any model loads
     if plan.fsdp:
         init_distributed(env, cpu_offload=cfg.cpu_offload, minutes=cfg.dist_timeout_minutes)
-    try:
-        recipe = Recipe(cfg, env, plan)
-        recipe.setup()
-        return recipe.run()
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    recipe = Recipe(cfg, env, plan)
+    recipe.setup()
+    summary = recipe.run()
+    close_process_group()
+    return summary
 
 
 def bf16_supported(on_gpu: bool) -> bool:
@@ -147,10 +149,19 @@ def plan_fixed(cfg: TrainConfig, plan: RunPlan) -> dict[str, Any]:
             "fsdp": "full_shard" if plan.fsdp else "off", "model": cfg.model_name_or_path}
 
 
+def memory_budget_gib(device: Any, processes_per_machine: int) -> float:
+    """What one process may hold, GiB: its GPU's memory, or on CPU its share of this machine's RAM."""
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / 2**30
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 / max(1, processes_per_machine)
+
+
 def memory_plan_for_run(cfg: TrainConfig, shape: Any, plan: RunPlan, world_size: int, num_machines: int,
                         gpu_memory_gb: float) -> Any:
     """`plan.memory_plan` for this run's settings: what each device holds, as the code does it (including
-    `reduce_scatter_every_micro_batch`)."""
+    `reduce_scatter_every_micro_batch`, which the plan decides when auto)."""
     from .plan import memory_plan
 
     return memory_plan(shape, world_size=world_size, gpu_memory_gb=gpu_memory_gb,
@@ -214,47 +225,61 @@ class Recipe:
         self.autocast = torch.autocast(self.env.device.type, dtype=torch.bfloat16) if use_autocast else nullcontext()
 
     def setup_model_source(self) -> None:
-        """The model's folder, config and tokenizer; a wrong layer class fails here, before any weights load."""
+        """The model's folder, config and tokenizer, and the memory plan (which also decides the gradient sync);
+        a wrong layer class fails here, before any weights load."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ..models import load_model_config
         from .distributed import find_layer_class
-        from .plan import model_shape
+        from .plan import model_shape, trained_vocab
 
         self.model_path, model_config = load_model_config(self.cfg.model_name_or_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         with torch.device("meta"):  # a weightless skeleton
             skeleton = AutoModelForCausalLM.from_config(model_config)
         self.layer_cls = find_layer_class(skeleton, self.cfg.fsdp_transformer_layer_cls_to_wrap)
-        self.shape = model_shape(skeleton)
-        self.memory = self.print_plan()
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        shape = model_shape(skeleton)
+        self.shape = shape.with_vocab(trained_vocab(shape.vocab, self.tokenizer))  # a pad token added later
+        self.memory = self.make_plan()
+        # Off: FSDP2 keeps an unsharded fp32 gradient of the whole model until the last micro-batch.
+        setting = self.cfg.reduce_scatter_every_micro_batch
+        self.sync_every = self.memory.sync_every_micro_batch if self.memory is not None else setting is not False
+        self.print_plan()
 
-    def print_plan(self) -> Any:
-        """Rank 0 prints the memory plan (`alpaca_helpers.train.plan`) of this run; on CPU, one short line."""
-        import torch
-
-        from .plan import PlanError, checkpoint_disk, format_plan
+    def make_plan(self) -> Any:
+        """The memory plan (`alpaca_helpers.train.plan`) of this run, against this process's memory; None (and a
+        note) where the plan does not model a setting."""
+        from .plan import PlanError
 
         env = self.env
-        on_gpu = env.device.type == "cuda"
-        gpu_gb = torch.cuda.get_device_properties(env.device).total_memory / 2**30 if on_gpu else 1e9
         machines = max(1, int(os.environ.get("WORLD_SIZE", "1")) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        budget = memory_budget_gib(env.device, env.world_size // machines)
         try:
-            memory = memory_plan_for_run(self.cfg, self.shape, self.plan, env.world_size, machines, gpu_gb)
+            return memory_plan_for_run(self.cfg, self.shape, self.plan, env.world_size, machines, budget)
         except PlanError as e:  # a setting the plan does not model: the run itself decides
             if env.is_main:
                 print(f"plan: not available ({e})", flush=True)
             return None
-        if env.is_main:
-            if on_gpu:
-                disk = checkpoint_disk(memory, self.cfg.save_total_limit, 2 if self.cfg.save_dtype == "bfloat16" else 4)
-                print("plan: " + format_plan(memory, [], disk, None), flush=True)
-            else:
-                print(f"plan: {memory.parameters / 1e6:.1f}M parameters, {memory.mode}; about "
-                      f"{memory.per_device_gb - memory.components_gib['CUDA context and allocator slack']:.2f} GiB "
-                      "per process by the GPU plan's accounting", flush=True)
-        return memory
+
+    def print_plan(self) -> None:
+        """Rank 0 prints the memory plan; on CPU, one short line."""
+        from .plan import checkpoint_disk, format_plan
+
+        memory = self.memory
+        if memory is None or not self.env.is_main:
+            return
+        if self.env.device.type == "cuda":
+            disk = checkpoint_disk(memory, self.cfg.save_total_limit, 2 if self.cfg.save_dtype == "bfloat16" else 4)
+            print("plan: " + format_plan(memory, [], disk, None), flush=True)
+            return
+        sync = ""
+        if memory.fsdp and memory.accumulation > 1:
+            sync = (f"; gradient sync {'every micro-batch' if memory.sync_every_micro_batch else 'once per step'} "
+                    f"({memory.sync_reason})")
+        print(f"plan: {memory.parameters / 1e6:.1f}M parameters, {memory.mode}; about "
+              f"{memory.per_device_gb - memory.components_gib['CUDA context and allocator slack']:.2f} GiB "
+              f"per process by the GPU plan's accounting{sync}", flush=True)
 
     def setup_data(self) -> None:
         """Records (any source), the held-out split, tokenization, and the step counts."""
@@ -289,9 +314,9 @@ class Recipe:
         from .tokenize import resize_embeddings_mean
 
         cfg, env = self.cfg, self.env
-        # Other ranks get their shards from rank 0's copy. Not with cpu_offload, whose offloaded shards must
-        # be materialised in CPU memory: there every rank loads, as the original recipe did.
-        self.from_rank0 = self.plan.fsdp and env.world_size > 1 and not cfg.cpu_offload
+        # Other ranks get their shards from rank 0's copy (with cpu_offload too: their shards are made in CPU
+        # memory), so a machine holds one full copy of the weights, not one per rank.
+        self.from_rank0 = self.plan.fsdp and env.world_size > 1
         if self.from_rank0:
             model = load_model_for_sharding(self.model_path, self.base_dtype, env.is_main)
         else:
@@ -309,11 +334,14 @@ class Recipe:
             full_state = model.state_dict() if self.from_rank0 and env.is_main else {}
             shard_model(model, self.layer_cls, env.device, env.world_size, self.plan.precision.bf16, cfg.cpu_offload)
             if self.from_rank0:
-                broadcast_weights(model, full_state, env.device, env.is_main)
+                broadcast_weights(model, full_state, env.device, env.is_main, cfg.cpu_offload)
                 del full_state
         else:
             model.to(env.device)
         self.head = TrainedPositionsHead(model) if cfg.logits_on_trained_only else None
+        # The LM head's FLOPs per trained token against the rest's per position (it runs at trained positions
+        # only): how `batches.deal_micro_batches` weighs a micro-batch's trained tokens.
+        self.head_weight = self.shape.hidden * self.shape.vocab / max(1, self.shape.non_embedding) if self.head else 0.0
         held = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
         self.parameters_per_rank = [int(x) for x in per_rank(held, env.rank, env.world_size, env.device)]
         self.model = model
@@ -406,18 +434,19 @@ class Recipe:
         from .batches import rank_micro_batches
         from .distributed import all_reduce_sum
 
+        import torch
+
         env, data, batch = self.env, self.data, self.global_batch(step)
         trained_total = sum(data.trained[i] for i in batch)
-        micro = rank_micro_batches(batch, data.lengths, self.plan.batch, env.rank, self.cfg.group_by_length)
+        micro = rank_micro_batches(batch, data.lengths, self.plan.batch, env.rank, self.cfg.group_by_length,
+                                   data.trained, self.head_weight)
         t0, cpu0 = time.perf_counter(), time.process_time()
         tokens = padded = 0.0
         loss_sum: Any = 0.0  # a device tensor after the first micro-batch: read once per step
-        every = self.cfg.reduce_scatter_every_micro_batch
         for k, ids in enumerate(micro):
             inputs = {key: v.to(env.device) for key, v in data.collate(ids).items()}
-            if self.plan.fsdp:
-                # Off: FSDP2 keeps an unsharded fp32 gradient of the whole model until the last micro-batch.
-                self.model.set_requires_gradient_sync(every or k == len(micro) - 1)
+            if self.plan.fsdp:  # chosen by the plan (`setup_model_source`)
+                self.model.set_requires_gradient_sync(self.sync_every or k == len(micro) - 1)
             # Sum over this micro-batch's tokens / (global trained tokens / world): FSDP averages gradients
             # over ranks, so the step's gradient is that of the global token mean.
             loss = self.loss(inputs, trained_total / env.world_size)
@@ -426,7 +455,12 @@ class Recipe:
             tokens += sum(data.lengths[i] for i in ids)
             padded += inputs["input_ids"].numel()
         grad_norm = _clip(self.model, self.cfg.max_grad_norm)
-        loss_sum, tokens, padded = all_reduce_sum([float(loss_sum), tokens, padded], env.device)
+        # One all-reduce: the step's sums, and each rank's tokens and trained tokens (how balanced the ranks are)
+        world, mine = env.world_size, sum(data.trained[i] for ids in micro for i in ids)
+        per_rank = [0.0] * (2 * world)
+        per_rank[env.rank], per_rank[world + env.rank] = tokens, mine
+        sums = all_reduce_sum([float(loss_sum), tokens, padded, *per_rank], env.device)
+        (loss_sum, tokens, padded), rank_tokens, rank_trained = sums[:3], sums[3:3 + world], sums[3 + world:]
         step_loss = loss_sum / env.world_size
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
             ids = sorted(data.example_ids[i] for i in batch)
@@ -436,12 +470,15 @@ class Recipe:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if env.device.type == "cuda":  # the optimizer's kernels belong to this step's time, not the next one's
+            torch.cuda.synchronize(env.device)
         seconds = time.perf_counter() - t0
         self.totals.tokens += tokens
         self.totals.trained_tokens += trained_total
         self.totals.seconds += seconds
         return {"step": step, "epoch": round(step / self.per_epoch, 4), "loss": step_loss, "lr": lr,
                 "grad_norm": grad_norm, "tokens": int(tokens), "trained_tokens": int(trained_total),
+                "rank_tokens": [int(x) for x in rank_tokens], "rank_trained_tokens": [int(x) for x in rank_trained],
                 "padding": round(1 - tokens / padded, 4), "seconds": round(seconds, 4),
                 "cpu_seconds": round(time.process_time() - cpu0, 4),  # this process, all its threads
                 "tokens_per_s": tokens / seconds, "trained_tokens_per_s": trained_total / seconds,
@@ -554,6 +591,7 @@ class Recipe:
                    "examples": len(self.data), "validation_examples": len(self.val) if self.val is not None else 0,
                    "sources": self.sources, "world_size": env.world_size,
                    "fsdp": self.plan.fsdp, "bf16": self.plan.precision.bf16, "layer_class": self.layer_cls.__name__,
+                   "reduce_scatter_every_micro_batch": self.sync_every,
                    "parameters": self.n_params, "trainable_parameters": self.n_trainable, "lora": cfg.lora,
                    "adapter_dir": None, "ranks_that_loaded_full_weights": 1 if self.from_rank0 else env.world_size,
                    "peak_memory_gb_per_rank": [round(x, 3) for x in memory],

@@ -97,6 +97,12 @@ def ensure_pad_token(tokenizer, model=None, pad_token: str = "<pad>") -> int:
 EMBEDDING_MULTIPLE = 64  # LLaMA's 32,000 + <pad> = 32,001 rows would leave the LM-head matmuls misaligned
 
 
+def resized_rows(old_rows: int, new_size: int, pad_to_multiple_of: int = EMBEDDING_MULTIPLE) -> int:
+    """Embedding rows after `resize_embeddings_mean(model, new_size)` on a model with `old_rows` (the memory
+    plan counts the same rows)."""
+    return new_size if new_size <= old_rows else -(-new_size // pad_to_multiple_of) * pad_to_multiple_of
+
+
 def resize_embeddings_mean(model, new_size: int, pad_to_multiple_of: int = EMBEDDING_MULTIPLE) -> None:
     """Resize a model's token embeddings to `new_size` rounded up to `pad_to_multiple_of` (1 = exactly),
     new rows = mean of the old rows (Alpaca's recipe). Rows past the tokenizer's are never produced as inputs."""
@@ -106,7 +112,7 @@ def resize_embeddings_mean(model, new_size: int, pad_to_multiple_of: int = EMBED
     if new_size <= old_size:
         model.resize_token_embeddings(new_size, mean_resizing=False)
         return
-    new_size = -(-new_size // pad_to_multiple_of) * pad_to_multiple_of
+    new_size = resized_rows(old_size, new_size, pad_to_multiple_of)
     model.resize_token_embeddings(new_size, mean_resizing=False)
     with torch.no_grad():
         for emb in (model.get_input_embeddings(), model.get_output_embeddings()):
@@ -475,5 +481,5 @@ __all__ = [
     "IGNORE_INDEX", "DEFAULT_MAX_LENGTH", "AlpacaCollator", "alpaca_original_tokenize", "original_recipe_fault", "AlpacaFormatError", "BuiltDataset", "TokenizeStats",
     "build_dataset", "check_tokenizer", "dataset_features", "label_html", "ensure_pad_token", "global_batches", "micro_batches",
     "pack_features", "pack_lengths", "padding_waste",
-    "resize_embeddings_mean", "special_prefix", "tokenize_batch", "tokenize_example", "validate_records",
+    "resize_embeddings_mean", "resized_rows", "special_prefix", "tokenize_batch", "tokenize_example", "validate_records",
 ]

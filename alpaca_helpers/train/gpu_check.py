@@ -1,0 +1,393 @@
+"""The GPU proof in one call: what the training path does on a real GPU, measured against its plan.
+
+    scripts/gpu_check.sh                 # on a bare single-GPU machine (a few minutes on one H100/H200)
+    scripts/gpu_check.sh --cpu           # the same checks on tiny shapes, CPU and gloo (CI, about a minute)
+    python -m alpaca_helpers.train.gpu_check --out runs/gpu_check
+
+Nothing is downloaded: the models are LLaMA-shaped with random weights, built from a config (throughput and
+memory do not depend on the weights), with a byte-level BPE tokenizer trained here on the seed tasks, and
+the data are Alpaca-format records made from the seed tasks' words, each about `EXAMPLE_TOKENS` tokens, half
+of them trained (the plan's assumption). Four checks, each recorded even when another fails:
+
+- `full_fsdp_bf16`: a 1B-class model (TinyLlama's shape, LLaMA's 32K vocabulary) fine-tuned in full through
+  the FSDP path (`fsdp=full_shard`, bf16 compute, fp32 master weights): tokens/s, MFU, and peak
+  `max_memory_allocated` against the plan's per-device figure (without its CUDA-context allowance);
+- `lora_7b`: LoRA on a LLaMA-7B-shaped model with its frozen base in bf16: peak memory against the plan;
+- `notebook_04`: notebook 04 under papermill with `gpus=1` (CPU: 0) on a small random model folder;
+- `two_processes`: 2 processes (FSDP over 2 GPUs; with one GPU it is skipped, with a note).
+
+It writes `gpu_check.json` (every figure) and `gpu_check.md` (a table for docs/benchmarks.md) into `--out`,
+prints the table, and exits 1 if a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+EXAMPLE_TOKENS = 480  # per record, prompt template included: fills most of a 512-token micro-batch row
+TOKENIZER_VOCAB = 4000
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A LLaMA-architecture shape to build with random weights."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int | None = None  # None: the tokenizer's size
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Everything that differs between the GPU run and the CPU (CI) run."""
+
+    full: Shape
+    lora: Shape
+    notebook: Shape
+    model_max_length: int
+    full_steps: int
+    full_batch: int
+    full_micro: int  # the largest micro-batch tried; the plan picks the largest that fits
+    lora_steps: int
+    lora_batch: int
+    lora_micro: int
+    records: int
+
+
+GPU = Sizes(full=Shape(2048, 5632, 22, 32, 4, 32000),  # TinyLlama-1.1B
+            lora=Shape(4096, 11008, 32, 32, 32, 32000),  # LLaMA-7B
+            notebook=Shape(256, 688, 4, 4, 4), model_max_length=512, full_steps=10, full_batch=64, full_micro=16,
+            lora_steps=4, lora_batch=16, lora_micro=8, records=256)
+CPU = Sizes(full=Shape(64, 128, 2, 4, 2), lora=Shape(64, 128, 2, 4, 4), notebook=Shape(64, 128, 2, 4, 2),
+            model_max_length=128, full_steps=3, full_batch=4, full_micro=2, lora_steps=2, lora_batch=4, lora_micro=2,
+            records=24)
+
+
+def build_tokenizer(folder: Path) -> Any:
+    """A byte-level BPE tokenizer trained on the seed tasks and the Alpaca templates (exact round trips, as
+    `tokenize.check_tokenizer` asks), with bos, eos and pad tokens; saved into `folder`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from ..data import load_seed_tasks
+    from ..prompts import format_training_text
+
+    texts = [format_training_text(r, "") for r in load_seed_tasks()]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                        model_max_length=1_000_000)  # the data maker tokenizes all seed text at once
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def build_model(shape: Shape, tokenizer: Any, folder: Path, device: str) -> Path:
+    """A random-weight LLaMA of `shape` with `tokenizer`, saved in bf16 safetensors as a plain HF folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=shape.vocab or len(tokenizer), hidden_size=shape.hidden,
+                         intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
+                         num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+                         max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    del model
+    free_memory()
+    return folder
+
+
+def build_data(tokenizer: Any, path: Path, count: int, tokens: int) -> Path:
+    """`count` Alpaca records of about `tokens` tokens each (template included), half of them in the output:
+    seed instructions with inputs and outputs cut from the seed tasks' text."""
+    from ..data import load_seed_tasks, save_alpaca
+    from ..prompts import format_prompt
+
+    seeds = load_seed_tasks()
+    stream = tokenizer(" ".join(f"{r['instruction']} {r['input']} {r['output']}" for r in seeds),
+                       add_special_tokens=False)["input_ids"]
+    records = []
+    for i in range(count):
+        seed = seeds[i % len(seeds)]
+        prompt = len(tokenizer(format_prompt({"instruction": seed["instruction"], "input": "x"}))["input_ids"])
+        half = max(4, (tokens - prompt) // 2)
+        start = (i * 97) % max(1, len(stream) - 2 * half)
+        records.append({"instruction": seed["instruction"],
+                        "input": tokenizer.decode(stream[start:start + half]).strip() or "x",
+                        "output": tokenizer.decode(stream[start + half:start + 2 * half]).strip() or "x"})
+    return save_alpaca(records, path)
+
+
+def free_memory() -> None:
+    """Return freed GPU memory to the device between checks."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def planned(model_dir: Path, cfg: Any, world_size: int) -> Any:
+    """The memory plan `train` makes for `cfg` on this machine (this device's memory)."""
+    import torch
+
+    from .config import check_run
+    from .plan import load_model_shape
+    from .recipe import bf16_supported, memory_budget_gib, memory_plan_for_run
+
+    on_gpu = cfg.device != "cpu" and torch.cuda.is_available()
+    run = check_run(cfg, world_size, on_gpu=on_gpu, bf16_supported=bf16_supported(on_gpu))
+    device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
+    return memory_plan_for_run(cfg, load_model_shape(str(model_dir)), run, world_size, 1,
+                               memory_budget_gib(device, world_size))
+
+
+def micro_batch_that_fits(model_dir: Path, values: dict[str, Any], largest: int) -> int:
+    """The largest micro-batch (`largest`, or a smaller `plan.MICRO_BATCH_OPTIONS` one dividing the global
+    batch) whose plan fits this device; 1 when none does."""
+    from .config import make_config
+    from .plan import MICRO_BATCH_OPTIONS
+
+    for micro in sorted({largest, *(m for m in MICRO_BATCH_OPTIONS if m < largest)}, reverse=True):
+        cfg = make_config(**values, per_device_train_batch_size=micro)
+        if cfg.global_batch_size % micro == 0 and planned(model_dir, cfg, 1).fits:
+            return micro
+    return 1
+
+
+def steady(out: Path) -> dict[str, Any]:
+    """Throughput, MFU and peak memory of a finished run's log, its first step (warm-up) left out."""
+    from .recipe import read_train_log
+
+    log = read_train_log(out / "train_log.jsonl")
+    rows = log[1:] if len(log) > 1 else log
+    seconds = sum(r["seconds"] for r in rows)
+    mfu = [r["mfu"] for r in rows if r.get("mfu") is not None]
+    return {"steps": len(log), "tokens_per_s": sum(r["tokens"] for r in rows) / seconds,
+            "trained_tokens_per_s": sum(r["trained_tokens"] for r in rows) / seconds,
+            "step_seconds": seconds / len(rows), "mfu": sum(mfu) / len(mfu) if mfu else None,
+            "peak_memory_gib": max(r["peak_memory_gb"] for r in log), "final_loss": log[-1]["loss"],
+            "finite": all(r["loss"] == r["loss"] for r in log)}
+
+
+def measured_run(model_dir: Path, out: Path, values: dict[str, Any], steps: int) -> dict[str, Any]:
+    """Train in this process (`recipe.train`) for `steps` steps (no final save) and compare with the plan."""
+    import torch
+
+    from .config import make_config
+    from .plan import CUDA_OVERHEAD_GIB
+    from .recipe import train
+
+    # max_steps one more than run: the schedule is a real run's, and no final model folder is written
+    cfg = make_config(**values, model_name_or_path=str(model_dir), output_dir=str(out), max_steps=steps + 1,
+                      stop_after_steps=steps, save_steps=0, val_set_size=0, learning_rate=1e-5)
+    plan = planned(model_dir, cfg, 1)
+    if torch.cuda.is_available() and cfg.device != "cpu":
+        torch.cuda.reset_peak_memory_stats()
+    summary = train(cfg)
+    free_memory()
+    result = {"parameters": summary["parameters"], "trainable_parameters": summary["trainable_parameters"],
+              "micro_batch": plan.per_device, "accumulation": plan.accumulation, "bf16": summary["bf16"],
+              "fsdp": summary["fsdp"], "lora": summary["lora"], **steady(out),
+              "planned_gib": plan.per_device_gb - CUDA_OVERHEAD_GIB, "plan_mode": plan.mode}
+    # On CPU the peak is the whole process's resident memory (Python, libraries): no match for the plan
+    on_gpu = torch.cuda.is_available() and cfg.device != "cpu"
+    result["peak_over_plan"] = result["peak_memory_gib"] / result["planned_gib"] if on_gpu else None
+    result["ok"] = result["finite"] and result["steps"] == steps
+    return result
+
+
+def check_full(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
+    model = build_model(sizes.full, tokenizer, work / "full_model", device)
+    values = dict(data_path=str(data), model_max_length=sizes.model_max_length, global_batch_size=sizes.full_batch,
+                  fsdp="full_shard", bf16="true", device="auto" if device == "cuda" else "cpu")
+    micro = micro_batch_that_fits(model, values, sizes.full_micro)
+    return measured_run(model, work / "full_run", {**values, "per_device_train_batch_size": micro}, sizes.full_steps)
+
+
+def check_lora(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
+    model = build_model(sizes.lora, tokenizer, work / "lora_model", device)
+    values = dict(data_path=str(data), model_max_length=sizes.model_max_length, global_batch_size=sizes.lora_batch,
+                  lora=True, per_device_train_batch_size=sizes.lora_micro, bf16="true",
+                  device="auto" if device == "cuda" else "cpu")
+    try:
+        return measured_run(model, work / "lora_run", values, sizes.lora_steps)
+    finally:
+        import shutil
+
+        shutil.rmtree(model, ignore_errors=True)  # 13.5 GB at 7B
+
+
+def check_notebook(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
+    from ..course import NOTEBOOKS_DIR, run_notebook
+
+    model = build_model(sizes.notebook, tokenizer, work / "notebook_model", device)
+    out = work / "notebook"
+    started = time.perf_counter()
+    run_notebook(NOTEBOOKS_DIR / "04_train.ipynb", out, {
+        "gpus": 1 if device == "cuda" else 0, "model_name_or_path": str(model), "data_path": str(data),
+        "max_steps": 2, "model_max_length": sizes.model_max_length, "max_new_tokens": 8, "output_dir": str(out / "04"),
+        "extra_args": "--global_batch_size 4 --per_device_train_batch_size 2 --val_set_size 0"}, progress=False)
+    summary = json.loads((out / "04" / "summary.json").read_text())
+    return {"seconds": round(time.perf_counter() - started, 1), "steps": summary["steps"], "gpus": 1 if device == "cuda" else 0,
+            "command": summary["command"], "final_loss": summary["final_loss"],
+            "models_released": summary["models_released"], "ok": summary["steps"] == 2}
+
+
+def check_two_processes(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
+    import torch
+
+    from .launch import launch_command, run_streaming
+
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    if device == "cuda" and gpus < 2:
+        return {"skipped": f"{gpus} GPU on this machine: 2 processes need 2 GPUs", "ok": True}
+    model = work / "full_model" if (work / "full_model").is_dir() else build_model(sizes.full, tokenizer, work / "full_model", device)
+    out = work / "two_processes"
+    args = ["--model_name_or_path", str(model), "--data_path", str(data), "--output_dir", str(out),
+            "--model_max_length", str(sizes.model_max_length), "--global_batch_size", str(sizes.full_batch),
+            "--per_device_train_batch_size", str(max(1, sizes.full_micro // 2)), "--max_steps", str(sizes.full_steps + 1),
+            "--stop_after_steps", str(sizes.full_steps), "--save_steps", "0", "--learning_rate", "1e-5"]
+    run_streaming(launch_command(args, gpus=2 if gpus else 0, cpu_processes=2), echo=lambda line: None,
+                  env={"OMP_NUM_THREADS": "1"} if not gpus else None)
+    summary = json.loads((out / "train_summary.json").read_text())
+    result = {"world_size": summary["world_size"], "ranks_that_loaded_full_weights": summary["ranks_that_loaded_full_weights"],
+              "peak_memory_gib_per_rank": summary["peak_memory_gb_per_rank"], **steady(out)}
+    result["ok"] = result["finite"] and summary["world_size"] == 2
+    return result
+
+
+CHECKS = {"full_fsdp_bf16": check_full, "lora_7b": check_lora, "notebook_04": check_notebook,
+          "two_processes": check_two_processes}
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions and the device, for the record."""
+    from importlib import metadata
+
+    import torch
+
+    from .plan import peak_bf16_flops
+
+    name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "CPU"
+    versions = {}
+    for package in ("torch", "transformers", "accelerate", "peft", "datasets", "papermill"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"device": name, "gpus": torch.cuda.device_count() if device == "cuda" else 0,
+            "peak_bf16_flops": peak_bf16_flops(name) if device == "cuda" else None,
+            "python": platform.python_version(), "versions": versions}
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as a table for docs/benchmarks.md."""
+    env = report["environment"]
+    lines = [f"`scripts/gpu_check.sh{' --cpu' if report['mode'] == 'cpu' else ''}` on {env['device']} "
+             f"({env['gpus']} GPU), torch {env['versions']['torch']}, transformers {env['versions']['transformers']}, "
+             f"{report['seconds']:.0f} s in all", "",
+             "| check | model | micro-batch × accumulation | tokens/s | MFU | peak GiB | plan GiB | peak / plan | seconds | result |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, r in report["checks"].items():
+        if "error" in r or "skipped" in r:
+            lines.append(f"| {name} | | | | | | | | {r['check_seconds']:.0f} | {r.get('error') or r.get('skipped')} |")
+            continue
+        count = r.get("parameters")
+        model = "" if count is None else f"{count / 1e9:.2f}B" if count >= 1e8 else f"{count / 1e6:.1f}M"
+        batch = f"{r['micro_batch']} × {r['accumulation']}" if "micro_batch" in r else ""
+        lines.append(f"| {name} | {model} | {batch} | {_cell(r.get('tokens_per_s'), ',.0f')} | "
+                     f"{_cell(r.get('mfu'), '.1%')} | {_cell(r.get('peak_memory_gib'), '.2f')} | "
+                     f"{_cell(r.get('planned_gib'), '.2f')} | {_cell(r.get('peak_over_plan'), '.2f')} | "
+                     f"{r['check_seconds']:.0f} | {'ok' if r['ok'] else 'FAILED'} |")
+    return "\n".join(lines) + "\n"
+
+
+def describe(error: Exception) -> str:
+    """One line for a failed check: the error's first and (if different) last line."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()] or [""]
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+    return f"{type(error).__name__}: {text}"[:300]
+
+
+def run_checks(out: Path, cpu: bool, only: list[str] | None = None) -> dict[str, Any]:
+    """Every check (or `only` these), each recorded even when another fails; returns the report."""
+    import torch
+
+    from ..files import atomic_write_text
+    from .distributed import close_process_group
+
+    device = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
+    sizes = CPU if device == "cpu" else GPU
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    tokenizer = build_tokenizer(work / "tokenizer")
+    data = build_data(tokenizer, work / "data.json", sizes.records, min(EXAMPLE_TOKENS, sizes.model_max_length - 32))
+    report: dict[str, Any] = {"mode": device, "environment": environment(device), "checks": {}}
+    for name, check in CHECKS.items():
+        if only and name not in only:
+            continue
+        began = time.perf_counter()
+        try:
+            result = check(sizes, work, tokenizer, data, device)
+        except Exception as e:  # recorded; the other checks still run
+            result = {"error": describe(e), "ok": False}
+            close_process_group()  # this process's own 1-rank group, if the failed run left it
+        free_memory()
+        result["check_seconds"] = round(time.perf_counter() - began, 1)
+        report["checks"][name] = result
+        print(f"{name}: {'ok' if result['ok'] else 'FAILED'} ({result['check_seconds']} s)", flush=True)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["ok"] = all(r["ok"] for r in report["checks"].values())
+    atomic_write_text(out / "gpu_check.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(out / "gpu_check.md", markdown(report))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m alpaca_helpers.train.gpu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpu", action="store_true", help="tiny shapes on CPU (gloo): what CI runs")
+    parser.add_argument("--out", default="runs/gpu_check", help="folder for gpu_check.json, gpu_check.md and the runs")
+    parser.add_argument("--only", help=f"a comma list of checks ({', '.join(CHECKS)})")
+    args = parser.parse_args(argv)
+    only = [c.strip() for c in args.only.split(",")] if args.only else None
+    if only and not set(only) <= set(CHECKS):
+        print(f"error: unknown check(s) {sorted(set(only) - set(CHECKS))}; checks: {', '.join(CHECKS)}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded; no waiting on an unreachable Hub
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from ..paths import resolve
+
+    out = resolve(args.out)
+    report = run_checks(out, args.cpu, only)
+    print("\n" + markdown(report), flush=True)
+    print(f"written: {out / 'gpu_check.json'}, {out / 'gpu_check.md'}", flush=True)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
