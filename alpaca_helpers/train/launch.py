@@ -185,10 +185,11 @@ def launch_plan(config: Any, gpus: int, cpu_processes: int = 1, num_machines: in
 
     from .config import check_run
     from .plan import checkpoint_disk, format_plan, load_model_shape, suggestions
-    from .recipe import bf16_supported, memory_plan_for_run, plan_fixed
+    from ..precision import native_bf16
+    from .recipe import memory_plan_for_run, plan_fixed
 
     world = total_processes(gpus, cpu_processes, num_machines)
-    run = check_run(config, world, on_gpu=gpus > 0, bf16_supported=bf16_supported(gpus > 0))
+    run = check_run(config, world, on_gpu=gpus > 0, native=native_bf16("cuda" if gpus > 0 else "cpu"))
     if gpu_memory_gb is None:
         gpu_memory_gb = (torch.cuda.get_device_properties(0).total_memory if gpus
                          else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / world) / 2**30
