@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                       # default model, 175 seed tasks: 4 steps of 32
     python benchmarks/bench_train.py --examples 120 --json /tmp/bench_train.json
     python benchmarks/bench_train.py --only trainer_random,trl_grouped,ours_grouped   # a subset of the runs
+    python benchmarks/bench_train.py --only trainer_random,trl_padding_free,trl_padding_free_bf16,ours_grouped,ours_grouped_bf16
 
 Baseline = the original recipe's shape: Hugging Face `Trainer`, random order, each micro-batch padded to
 its longest example. Peer = Hugging Face TRL's `SFTTrainer` (`pip install '.[bench]'`; `--no-trl` leaves it
@@ -10,9 +11,13 @@ out) with completion-only loss, in the two settings that keep the global batch i
 (each micro-batch one row) and length-grouped micro-batches (`run_trl` says why not `packing`). Ours = `alpaca_helpers.train`: micro-batches grouped by length inside each global
 batch, first with the LM head on every position (`ours_grouped_full_head`: grouping alone), then with
 logits only where a label is trained (the default), then also with packing. Same model, data, global batch, micro-batch, schedule and number of
-steps. Reported: trained (response) tokens per second of the training loop (wall and process CPU time,
-the first step left out of both as warm-up), padding share, last-step train loss, and the mean loss of each trained model over all training examples (the same function for
-all runs, so "equal loss" compares like with like).
+steps. Each TRL and ours run comes in fp32 and, with the suffix `_bf16`, in bf16 mixed precision (fp32 master
+weights and optimizer state, bf16 autocast: TRL's `bf16=True`, ours `bf16: true`), so that each loop is raced at
+its fastest CPU setting as well as in fp32; the `Trainer` baseline is the original recipe's fp32. Reported:
+trained (response) tokens per second of the training loop (wall and process CPU time, the first step left out of
+both as warm-up), padding share, last-step train loss, and the mean loss of each trained model over all training
+examples (the same fp32 function for all runs, so "equal loss" compares like with like); at the end, ours
+against TRL at their fastest settings and in fp32.
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ def timed_run(trainer, tokenizer, out: Path) -> dict:
 
 
 def hf_schedule(args, dataset) -> dict:
-    """The settings every Hugging Face run shares with ours: batch split, schedule, one epoch, CPU, fp32."""
+    """The settings every Hugging Face run shares with ours: batch split, schedule, one epoch, CPU."""
     return dict(output_dir=None, per_device_train_batch_size=args.micro_batch,
                 gradient_accumulation_steps=args.global_batch // args.micro_batch, num_train_epochs=1,
                 learning_rate=args.lr, weight_decay=0.0, lr_scheduler_type="cosine",
@@ -119,12 +124,12 @@ TRL_SETTINGS = {
 }
 
 
-def run_trl(model_dir: str, dataset, tokenizer, args, out: Path, setting: str) -> dict:
+def run_trl(model_dir: str, dataset, tokenizer, args, out: Path, setting: str, bf16: bool = False) -> dict:
     """Hugging Face TRL's `SFTTrainer`, as users pick it today, on the same tokens and loss mask as ours.
 
     The dataset goes in pre-tokenized with a `completion_mask` (TRL's completion-only loss: response tokens
-    only). TRL's own defaults that would change the comparison are set as ours: fp32 (not bf16 autocast), no
-    gradient checkpointing; packing (`packing=True`) is not run: it rebuilds the examples into fixed-length
+    only). TRL's own defaults that would change the comparison are set as ours: the same precision (fp32, or
+    bf16 autocast with fp32 weights when `bf16`), no gradient checkpointing; packing (`packing=True`) is not run: it rebuilds the examples into fixed-length
     rows, so a global batch would no longer be the same examples.
     """
     from transformers import AutoModelForCausalLM
@@ -133,18 +138,19 @@ def run_trl(model_dir: str, dataset, tokenizer, args, out: Path, setting: str) -
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     rows = dataset.map(lambda ex: {"completion_mask": [int(t != IGNORE_INDEX) for t in ex["labels"]]},
                        remove_columns=[c for c in dataset.column_names if c != "input_ids"])
-    config = SFTConfig(**{**hf_schedule(args, dataset), "output_dir": str(out)}, bf16=False,
+    config = SFTConfig(**{**hf_schedule(args, dataset), "output_dir": str(out)}, bf16=bf16,
                        gradient_checkpointing=False, completion_only_loss=True, dataset_num_proc=None,
                        **{"max_length": args.max_length, **TRL_SETTINGS[setting]})
     trainer = SFTTrainer(model=model, args=config, train_dataset=rows, processing_class=tokenizer)
     return timed_run(trainer, tokenizer, out)
 
 
-def run_ours(model_dir: str, data_file: Path, args, out: Path, packing: bool, trained_head: bool = True) -> dict:
+def run_ours(model_dir: str, data_file: Path, args, out: Path, packing: bool, trained_head: bool = True,
+             bf16: bool = False) -> dict:
     cfg = make_config(model_name_or_path=model_dir, data_path=str(data_file), model_max_length=args.max_length,
                       global_batch_size=args.global_batch, per_device_train_batch_size=args.micro_batch,
                       num_train_epochs=1, learning_rate=args.lr, packing=packing, output_dir=str(out),
-                      logits_on_trained_only=trained_head)
+                      logits_on_trained_only=trained_head, bf16=bf16)
     summary = train(cfg)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     computed = sum(r["tokens"] / (1 - r["padding"]) for r in log)
@@ -167,7 +173,15 @@ def benchmark_data(tokenizer, args, folder: Path) -> tuple[Path, object]:
     return path, build_dataset([records[i] for i in kept], tokenizer, max_length=args.max_length).dataset
 
 
-RUNS = ("trainer_random", *(f"trl_{s}" for s in TRL_SETTINGS), "ours_grouped_full_head", "ours_grouped", "ours_packed")
+TRL_RUNS = tuple(f"trl_{s}{p}" for p in ("", "_bf16") for s in TRL_SETTINGS)
+OURS_RUNS = ("ours_grouped_full_head", "ours_grouped", "ours_packed", "ours_grouped_bf16", "ours_packed_bf16")
+RUNS = ("trainer_random", *TRL_RUNS, *OURS_RUNS)
+
+
+def fastest(results: dict, prefix: str, fp32_only: bool = False) -> tuple[str, dict] | None:
+    """The (name, result) of the fastest run (trained tokens/s, wall) whose name starts with `prefix`."""
+    found = [(k, r) for k, r in results.items() if k.startswith(prefix) and not (fp32_only and k.endswith("_bf16"))]
+    return max(found, key=lambda kr: kr[1]["trained_tokens_per_s"], default=None)
 
 
 def main() -> None:
@@ -196,13 +210,17 @@ def main() -> None:
               f"(micro-batch {args.micro_batch}), max length {args.max_length}, torch threads {torch.get_num_threads()}, "
               f"load average {os.getloadavg()[0]:.2f}")
         runs = {"trainer_random": lambda: run_trainer(model_dir, dataset, tokenizer, args, tmp / "trainer"),
-                **{f"trl_{setting}": (lambda setting=setting: run_trl(model_dir, dataset, tokenizer, args,
-                                                                      tmp / f"trl_{setting}", setting))
-                   for setting in TRL_SETTINGS},
+                **{f"trl_{setting}{suffix}": (lambda setting=setting, suffix=suffix: run_trl(
+                    model_dir, dataset, tokenizer, args, tmp / f"trl_{setting}{suffix}", setting, bf16=bool(suffix)))
+                   for setting in TRL_SETTINGS for suffix in ("", "_bf16")},
                 "ours_grouped_full_head": lambda: run_ours(model_dir, data_file, args, tmp / "grouped_full",
                                                            packing=False, trained_head=False),
                 "ours_grouped": lambda: run_ours(model_dir, data_file, args, tmp / "grouped", packing=False),
-                "ours_packed": lambda: run_ours(model_dir, data_file, args, tmp / "packed", packing=True)}
+                "ours_packed": lambda: run_ours(model_dir, data_file, args, tmp / "packed", packing=True),
+                "ours_grouped_bf16": lambda: run_ours(model_dir, data_file, args, tmp / "grouped_bf16", packing=False,
+                                                      bf16=True),
+                "ours_packed_bf16": lambda: run_ours(model_dir, data_file, args, tmp / "packed_bf16", packing=True,
+                                                     bf16=True)}
         chosen = args.only.split(",") if args.only else [n for n in RUNS if not (args.no_trl and n.startswith("trl_"))]
         if "trainer_random" not in chosen or set(chosen) - set(RUNS):
             parser.error(f"--only: names from {', '.join(RUNS)}, including trainer_random (the baseline)")
@@ -214,8 +232,8 @@ def main() -> None:
             r["final_mean_loss"] = mean_loss(r["model_dir"], dataset, tokenizer.pad_token_id)
             del r["model_dir"]
     base = results["trainer_random"]
-    trl_best = max((r for k, r in results.items() if k.startswith("trl_")), key=lambda r: r["trained_tokens_per_s"],
-                   default=None)
+    trl_fastest = fastest(results, "trl_")
+    trl_best = trl_fastest[1] if trl_fastest else None
     print("\n| run | steps | loop s | CPU s | trained tok/s | trained tok/CPU s | padding | last-step loss "
           "| mean loss after | speed-up (wall) | speed-up (CPU) | vs fastest TRL (wall) |\n"
           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -227,6 +245,12 @@ def main() -> None:
               f"| {r['trained_tokens_per_cpu_s']:.1f} | {r['padding']:.1%} | {r['last_step_loss']:.4f} "
               f"| {r['final_mean_loss']:.4f} | {r['speedup']:.2f}x | {r['speedup_cpu']:.2f}x | "
               + (f"{r['vs_trl_best']:.2f}x |" if trl_best else "|"))
+    for label, fp32_only in (("at their fastest", False), ("both in fp32", True)):
+        ours, trl = fastest(results, "ours_", fp32_only), fastest(results, "trl_", fp32_only)
+        if ours and trl:
+            print(f"ours vs TRL {label}: {ours[0]} {ours[1]['trained_tokens_per_s']:.1f} vs {trl[0]} "
+                  f"{trl[1]['trained_tokens_per_s']:.1f} trained tok/s = "
+                  f"{ours[1]['trained_tokens_per_s'] / trl[1]['trained_tokens_per_s']:.2f}x")
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.2f} (1 min), {load[2]:.2f} (15 min)")
     if args.json:

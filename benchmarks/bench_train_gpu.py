@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from alpaca_helpers.models import resolve_model
+from alpaca_helpers.precision import native_bf16
 from alpaca_helpers.train.config import make_config
 from alpaca_helpers.train.plan import (
     CUDA_OVERHEAD_GIB,
@@ -119,7 +120,7 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     device = torch.device("cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = device.type == "cuda" and native_bf16(device).available  # compute capability >= 8.0
     peak = peak_bf16_flops(name) if bf16 else None
     print(f"device: {name}; torch {torch.__version__}; "
           + ("bf16" if bf16 else "fp32 (no bf16 on this device: no MFU)")

@@ -28,6 +28,9 @@ def test_losses_match_the_training_loss_and_do_not_depend_on_batching(lm):
 
     model, tokenizer = lm
     records = sorted(load_davinci_predictions()[:20], key=lambda r: len(r["output"]))[:3]  # short: a quick test
+    # bf16 (the default load on a CPU with native bf16): padding and batching change the rounding; observed
+    # 5e-4 relative on these records. fp32: 1e-4.
+    tolerance = 2e-3 if model.dtype == torch.bfloat16 else 1e-4
     rows = response_losses(model, tokenizer, records, progress=False)
     one_by_one = response_losses(model, tokenizer, records, tokens_per_batch=1, progress=False)
     for row, single, record in zip(rows, one_by_one, records):
@@ -37,8 +40,8 @@ def test_losses_match_the_training_loss_and_do_not_depend_on_batching(lm):
                          labels=torch.tensor([example["labels"]])).loss
         trained = sum(label != -100 for label in example["labels"])
         assert row["tokens"] == single["tokens"] == trained
-        assert row["nll"] / row["tokens"] == pytest.approx(float(loss), rel=1e-4)
-        assert single["nll"] == pytest.approx(row["nll"], rel=1e-4)
+        assert row["nll"] / row["tokens"] == pytest.approx(float(loss), rel=tolerance)
+        assert single["nll"] == pytest.approx(row["nll"], rel=tolerance)
     summary = agreement(rows)
     assert summary["n"] == 3 and summary["tokens"] == sum(r["tokens"] for r in rows)
     assert summary["loss"] == pytest.approx(sum(r["nll"] for r in rows) / summary["tokens"])

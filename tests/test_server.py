@@ -73,6 +73,7 @@ def test_no_orphan_when_the_parent_is_killed(default_model_dir, tmp_path):
               "    print(s.process.pid, flush=True)\n    time.sleep(600)\n")
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
+        assert parent.stdout.readline().startswith("transformers serve ")  # serve's precision line
         server_pid = int(parent.stdout.readline())
         os.kill(parent.pid, signal.SIGKILL)  # no finally, no atexit: only the kernel can clean up
         parent.wait(timeout=30)

@@ -494,9 +494,9 @@ def test_bf16_and_tf32_are_typed_choices_checked_before_loading():
     from alpaca_helpers.train.config import check_run
 
     assert parse_config(["--bf16", "auto"]).bf16 is None and parse_config(["--tf32", "true"]).tf32 is True
-    assert check_run(parse_config([]), 1, on_gpu=True).precision.bf16 is True
-    assert check_run(parse_config([]), 1, on_gpu=False).precision.bf16 is False
-    assert check_run(parse_config(["--bf16", "true"]), 1, on_gpu=False).precision.bf16 is True  # CPU bf16 allowed
+    assert check_run(parse_config([]), 1, on_gpu=True).precision.bf16 is True  # native bf16 assumed when not read
+    assert check_run(parse_config([]), 1, on_gpu=False).precision.bf16 is True
+    assert check_run(parse_config(["--bf16", "false"]), 1, on_gpu=False).precision.bf16 is False
     with pytest.raises(TrainConfigError, match="tf32 is a GPU setting"):
         check_run(parse_config(["--tf32", "true"]), 1, on_gpu=False)
     with pytest.raises(TrainConfigError, match="bf16: cannot read 'maybe'"):
@@ -517,15 +517,20 @@ def test_bf16_on_cpu_trains_and_keeps_fp32_weights(tmp_path, tiny_model):
     assert next(AutoModelForCausalLM.from_pretrained(out / "model").parameters()).dtype == torch.float32
 
 
-def test_bf16_auto_needs_a_gpu_with_bf16_and_explicit_bf16_there_is_refused():
-    """V100 and older: `torch.cuda.is_bf16_supported()` is False (passed in, so this runs on CPU)."""
+def test_bf16_auto_needs_native_bf16_and_explicit_bf16_on_a_gpu_without_it_is_refused():
+    """V100 and older, or a CPU without avx512_bf16/AMX (`precision.native_bf16` says so; passed in here, so this
+    runs on any machine): auto is fp32, bf16=true is refused on the GPU and runs (emulated) on the CPU."""
+    from alpaca_helpers.precision import NativeBf16
     from alpaca_helpers.train.config import check_run
 
-    assert check_run(parse_config([]), 1, on_gpu=True, bf16_supported=False).precision.bf16 is False
-    assert check_run(parse_config(["--bf16", "false"]), 1, on_gpu=True, bf16_supported=False).precision.bf16 is False
+    none = NativeBf16(False, "no native bf16 here")
+    auto = check_run(parse_config([]), 1, on_gpu=True, native=none).precision
+    assert auto.bf16 is False and auto.reason == "auto: no native bf16 here"
+    assert check_run(parse_config(["--bf16", "false"]), 1, on_gpu=True, native=none).precision.bf16 is False
     with pytest.raises(TrainConfigError, match="no bf16 support"):
-        check_run(parse_config(["--bf16", "true"]), 1, on_gpu=True, bf16_supported=False)
-    assert check_run(parse_config(["--bf16", "true"]), 1, on_gpu=False, bf16_supported=False).precision.bf16
+        check_run(parse_config(["--bf16", "true"]), 1, on_gpu=True, native=none)
+    assert check_run(parse_config(["--bf16", "true"]), 1, on_gpu=False, native=none).precision.bf16
+    assert check_run(parse_config([]), 1, on_gpu=False, native=none).precision.bf16 is False
 
 
 def test_dist_timeout_comes_from_the_config(monkeypatch, tmp_path, tiny_model):

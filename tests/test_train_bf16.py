@@ -31,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 BF16_LOSS_TOL = 5e-3
 BF16_WEIGHT_TOL = 5e-3
-BF16 = ["--bf16", "true", "--val_set_size", "0"]
+BF16 = ["--bf16", "true", "--val_set_size", "0"]  # after RUN: overrides its --bf16 false
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,7 @@
-"""LoRA (peft): only the adapters train, they merge into a plain folder, resume is exact, misuse is an error."""
+"""LoRA (peft): only the adapters train, they merge into a plain folder, resume is exact, misuse is an error.
+
+The exact checks run in fp32 (`bf16=False`: with bf16 the frozen base is held in bf16, which rounds this tiny
+model's fp32 weights); `test_lora_trains_on_a_bf16_base_on_cpu` runs the bf16 path."""
 
 from __future__ import annotations
 
@@ -20,9 +23,8 @@ def tiny_model(tmp_path_factory, default_model_dir):
 
 def lora_config(tiny_model, out, **extra):
     return make_config(model_name_or_path=str(tiny_model), output_dir=str(out), max_examples=27,
-                       global_batch_size=8, per_device_train_batch_size=4, num_train_epochs=3,
-                       learning_rate=5e-3, lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.1,
-                       **extra)
+                       global_batch_size=8, per_device_train_batch_size=4, learning_rate=5e-3, lora=True,
+                       lora_r=4, lora_alpha=8, lora_dropout=0.1, **{"bf16": False, "num_train_epochs": 3, **extra})
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,19 @@ def test_lora_resume_ends_with_the_same_adapters(tmp_path, tiny_model, lora_run)
     assert whole.keys() == resumed.keys()
     for name in whole:
         torch.testing.assert_close(resumed[name], whole[name], atol=1e-6, rtol=0)
+
+
+def test_lora_trains_on_a_bf16_base_on_cpu(tmp_path, tiny_model, capsys):
+    """bf16 (what `auto` picks on a CPU with native bf16): the frozen base in bf16, the adapters in fp32
+    (their optimizer state too), the loss falls, and the merged folder is saved in fp32."""
+    out = tmp_path / "bf16"
+    summary = train(lora_config(tiny_model, out, bf16=True))
+    assert "precision: bf16 compute (autocast), frozen base in bf16, fp32 adapters" in capsys.readouterr().out
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert summary["finished"] and summary["bf16"] and log[-1]["loss"] < log[0]["loss"]
+    adapter = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert {t.dtype for t in adapter.values()} == {torch.float32}
+    assert {t.dtype for t in load_file(str(out / "model" / "model.safetensors")).values()} == {torch.float32}
 
 
 def test_lora_misuse_is_a_clear_error_before_the_model_loads(tmp_path, tiny_model, monkeypatch, capsys):

@@ -21,6 +21,7 @@ from transformers import StoppingCriteria
 
 from ..models import DEFAULT_MODEL_NAME, default_model, resolve_model
 from ..paths import cache_dir, resolve, runs_dir
+from ..precision import inference_choice
 from ..prompts import format_prompt
 from .watermark import Watermark, WatermarkLogitsProcessor
 
@@ -43,7 +44,9 @@ def load_model(name_or_path: str | os.PathLike | None = BASE_MODEL, device: str 
     device and dtype.
 
     Relative paths are tried from the working directory, then from the repository root. The default device
-    is CUDA when available, and float32 on CPU (faster there than bf16) or the checkpoint's own dtype on GPU.
+    is CUDA when available; the default dtype is `precision.inference_choice`'s: bf16 where the device has
+    native bf16 (a CPU with avx512_bf16 or AMX, a GPU of compute capability 8.0+), else float32. The load
+    prints that choice and its reason.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -54,11 +57,13 @@ def load_model(name_or_path: str | os.PathLike | None = BASE_MODEL, device: str 
             raise  # a folder that is not a model folder: that message says so
         raise _not_found(name_or_path, str(e)) from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or (torch.float32 if device == "cpu" else "auto")
+    choice = inference_choice(device) if dtype is None else None
+    dtype = choice.dtype if choice is not None else dtype
     key = (source, device, str(dtype))
     with _models_lock:
         if key not in _models:
-            print(f"Loading {source} on {device} (once; cached afterwards)...", flush=True)
+            how = choice.line("precision") if choice is not None else f"dtype {dtype} (as asked)"
+            print(f"Loading {source} on {device}, {how} (once; cached afterwards)...", flush=True)
             start = time.perf_counter()
             try:
                 tokenizer = AutoTokenizer.from_pretrained(source)

@@ -27,6 +27,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..precision import inference_choice
+
 HOST = "127.0.0.1"
 
 
@@ -126,7 +128,7 @@ def server_command(model: str, port: int, device: str = "cpu", dtype: str | None
     if exe is None:
         raise ServerError("the `transformers` command is missing: pip install 'transformers[serving]'")
     if dtype is None:
-        dtype = "float32" if device == "cpu" else "auto"  # bf16 matmuls are very slow on most CPUs
+        dtype = inference_choice(device).dtype_name  # bf16 where the device has native bf16, else float32
     cmd = [exe, "serve", model, "--device", device, "--dtype", dtype, "--host", HOST, "--port", str(port),
            "--log-level", "info"]
     if continuous_batching:
@@ -186,6 +188,10 @@ def serve(model_dir: str | os.PathLike | None = None, *, port: int | None = None
         env["HF_HUB_OFFLINE"] = "1"  # a local folder needs nothing from the Hub
     if threads is not None:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    if dtype is None:
+        choice = inference_choice(device)
+        print(f"transformers serve {Path(model).name} on {device}, {choice.line('precision')}", flush=True)
+        dtype = choice.dtype_name
     cmd = server_command(model, port, device, dtype, continuous_batching, extra_args)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import REPO_ROOT, resolve
+from ..precision import NativeBf16, PrecisionError, choose_bf16
 from ..prompts import PROMPT_FORMATS
 
 CONFIGS_DIR = REPO_ROOT / "configs"
@@ -52,7 +53,7 @@ class TrainConfig:
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     device: str = field(default="auto", metadata={"help": "auto (GPUs when present) | cpu"})
-    bf16: bool | None = field(default=None, metadata={"help": "auto (on with GPUs) | true | false: bf16 compute, fp32 master weights"})
+    bf16: bool | None = field(default=None, metadata={"help": "auto (on where the device has native bf16: GPUs of compute capability 8.0+, CPUs with avx512_bf16 or AMX; ALPACA_BF16=false turns auto off) | true | false: bf16 compute, fp32 master weights"})
     tf32: bool | None = field(default=None, metadata={"help": "auto (on with GPUs) | true | false: TF32 matmuls on GPUs"})
     fsdp: str = field(default="auto", metadata={"help": "auto (full_shard with > 1 process) | full_shard | off"})
     fsdp_transformer_layer_cls_to_wrap: str | None = field(default=None, metadata={"help": "layer class to shard as a unit; found from the model when unset"})
@@ -237,10 +238,12 @@ def report_targets(report_to: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Precision:
-    """How the run computes: `bf16` (bf16 matmuls, fp32 master weights) and `tf32` (GPU matmuls in TF32)."""
+    """How the run computes: `bf16` (bf16 matmuls, fp32 master weights) and `tf32` (GPU matmuls in TF32);
+    `reason` says why bf16 is on or off (`precision.choose_bf16`)."""
 
     bf16: bool
     tf32: bool
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -265,12 +268,15 @@ def check_lora(cfg: TrainConfig, world_size: int) -> None:
         raise TrainConfigError(f"lora_r must be >= 1, got {cfg.lora_r}")
 
 
-def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool, bf16_supported: bool = True) -> RunPlan:
+ASSUMED_NATIVE = NativeBf16(True, "native bf16 assumed (no device read)")
+
+
+def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool, native: NativeBf16 = ASSUMED_NATIVE) -> RunPlan:
     """Every check that needs the process count or the device, run before any model loads.
 
-    `bf16`/`tf32` left unset (auto) are on with GPUs (bf16 only where `bf16_supported`, i.e.
-    `torch.cuda.is_bf16_supported()`: not on V100 and older). bf16 is also allowed on CPU (FSDP's mixed-precision
-    policy over gloo, or autocast in one process): slow on most CPUs, but the same sharded code as GPUs.
+    `bf16` left unset (auto) is on where the device computes bf16 natively (`native`, read by
+    `precision.native_bf16`: GPUs of compute capability 8.0+, CPUs with avx512_bf16 or AMX); `tf32` auto is on
+    with GPUs. bf16=true is also allowed on a CPU without native bf16 (emulated, slow), refused on such a GPU.
     """
     batch = plan_batch(cfg.global_batch_size, cfg.per_device_train_batch_size, world_size,
                        cfg.gradient_accumulation_steps)
@@ -282,10 +288,11 @@ def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool, bf16_supported: b
         raise TrainConfigError("cpu_offload is an FSDP option: it needs fsdp on")
     if not cfg.dist_timeout_minutes > 0:
         raise TrainConfigError(f"dist_timeout_minutes must be > 0, got {cfg.dist_timeout_minutes}")
-    if cfg.bf16 and on_gpu and not bf16_supported:
-        raise TrainConfigError("bf16=true: this GPU has no bf16 support; use bf16=false (fp32) or auto")
-    precision = Precision(bf16=on_gpu and bf16_supported if cfg.bf16 is None else cfg.bf16,
-                          tf32=on_gpu if cfg.tf32 is None else cfg.tf32)
+    try:
+        bf16 = choose_bf16(cfg.bf16, native, on_gpu)
+    except PrecisionError as e:
+        raise TrainConfigError(str(e)) from None
+    precision = Precision(bf16=bf16.bf16, tf32=on_gpu if cfg.tf32 is None else cfg.tf32, reason=bf16.reason)
     if precision.tf32 and not on_gpu:
         raise TrainConfigError("tf32 is a GPU setting: use tf32=auto or false on CPU")
     return RunPlan(batch, fsdp, precision)

@@ -152,11 +152,11 @@ def planned(model_dir: Path, cfg: Any, world_size: int) -> Any:
 
     from .config import check_run
     from .plan import load_model_shape
-    from .recipe import bf16_supported, memory_budget_gib, memory_plan_for_run
+    from .recipe import device_native_bf16, memory_budget_gib, memory_plan_for_run
 
     on_gpu = cfg.device != "cpu" and torch.cuda.is_available()
-    run = check_run(cfg, world_size, on_gpu=on_gpu, bf16_supported=bf16_supported(on_gpu))
     device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
+    run = check_run(cfg, world_size, on_gpu=on_gpu, native=device_native_bf16(device))
     return memory_plan_for_run(cfg, load_model_shape(str(model_dir)), run, world_size, 1,
                                memory_budget_gib(device, world_size))
 

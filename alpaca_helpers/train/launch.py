@@ -78,7 +78,7 @@ def check_inputs(config: Any, source: str = "the preset") -> int:
     from .batches import load_records
 
     name = config.model_name_or_path
-    other = (f"set model_name_or_path to a local folder (papermill: -p model_name_or_path /path/to/model), or "
+    other = ("set model_name_or_path to a local folder (papermill: -p model_name_or_path /path/to/model), or "
              "-p model_name_or_path default for the embedded 135M model")
     try:
         resolved, _ = load_model_config(name)
@@ -241,13 +241,17 @@ def launch_plan(config: Any, gpus: int, cpu_processes: int = 1, num_machines: in
     """
     import torch
 
+    from ..precision import NativeBf16, native_bf16
     from .config import check_run
     from .plan import PlanError, checkpoint_disk, format_plan, load_model_shape, suggestions, time_plan
-    from .recipe import bf16_supported, memory_budget_gib, memory_plan_for_run, plan_fixed
+    from .recipe import memory_budget_gib, memory_plan_for_run, plan_fixed
 
     world = total_processes(gpus, cpu_processes, num_machines)
-    bf16 = bf16_supported(gpus > 0) if gpu_bf16 is None else gpu_bf16
-    run = check_run(config, world, on_gpu=gpus > 0, bf16_supported=bf16)
+    if gpu_bf16 is None:
+        native = native_bf16("cuda" if gpus > 0 else "cpu")
+    else:
+        native = NativeBf16(gpu_bf16, "as given for the planned GPUs")
+    run = check_run(config, world, on_gpu=gpus > 0, native=native)
     if gpu_memory_gb is None:
         gpu_memory_gb = memory_budget_gib(torch.device("cuda", 0) if gpus else torch.device("cpu"), world // num_machines)
     shape = load_model_shape(config.model_name_or_path)

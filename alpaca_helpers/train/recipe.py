@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..precision import NativeBf16, native_bf16
 from .config import (
     RunPlan,
     TrainConfig,
@@ -126,7 +127,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     env = dist_env(force_cpu=cfg.device == "cpu")
     on_gpu = env.device.type == "cuda"
-    plan = check_run(cfg, env.world_size, on_gpu=on_gpu, bf16_supported=bf16_supported(on_gpu))  # before any model loads
+    plan = check_run(cfg, env.world_size, on_gpu=on_gpu, native=device_native_bf16(env.device))  # before any model loads
     if plan.fsdp:
         init_distributed(env, cpu_offload=cfg.cpu_offload, minutes=cfg.dist_timeout_minutes)
     recipe = Recipe(cfg, env, plan)
@@ -136,11 +137,24 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     return summary
 
 
-def bf16_supported(on_gpu: bool) -> bool:
-    """Whether this machine's GPUs compute in bf16 (`torch.cuda.is_bf16_supported`); True on CPU."""
+def device_native_bf16(device: Any) -> NativeBf16:
+    """Native bf16 on this process's device (`precision.native_bf16`). On a GPU, read after
+    `torch.cuda.set_device(device)`, so that each rank asks its own GPU and none opens a context on GPU 0."""
     import torch
 
-    return torch.cuda.is_bf16_supported() if on_gpu else True
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return native_bf16(device)
+
+
+def precision_summary(bf16: bool, fsdp: bool, lora: bool) -> str:
+    """How a run computes, in words: what is bf16, what stays fp32, and which mechanism does it."""
+    if not bf16:
+        return "fp32"
+    how = "FSDP mixed precision, gradients reduced in fp32" if fsdp else "autocast"
+    kept = "frozen base in bf16, fp32 adapters and optimizer state" if lora else \
+        "fp32 master weights and optimizer state"
+    return f"bf16 compute ({how}), {kept}"
 
 
 def plan_fixed(cfg: TrainConfig, plan: RunPlan) -> dict[str, Any]:
@@ -223,6 +237,9 @@ class Recipe:
         self.base_dtype = torch.bfloat16 if self.cfg.lora and precision.bf16 else torch.float32
         use_autocast = precision.bf16 and not self.plan.fsdp
         self.autocast = torch.autocast(self.env.device.type, dtype=torch.bfloat16) if use_autocast else nullcontext()
+        if self.env.is_main:
+            print(f"precision: {precision_summary(precision.bf16, self.plan.fsdp, self.cfg.lora)} "
+                  f"({precision.reason})", flush=True)
 
     def setup_model_source(self) -> None:
         """The model's folder, config and tokenizer, and the memory plan (which also decides the gradient sync);
@@ -431,10 +448,10 @@ class Recipe:
 
     def train_step(self, step: int) -> dict[str, Any]:
         """One optimizer step on global batch `step`; returns its log row (the same on every rank)."""
+        import torch
+
         from .batches import rank_micro_batches
         from .distributed import all_reduce_sum
-
-        import torch
 
         env, data, batch = self.env, self.data, self.global_batch(step)
         trained_total = sum(data.trained[i] for i in batch)
