@@ -134,7 +134,8 @@ def test_accuracies_levels_and_clustered_errors():
     r = 3 / 5  # clustered by prompt: passed and checked per prompt (2, 2), (1, 2), (0, 1)
     clustered = math.sqrt(3 / 2 * ((2 - 2 * r) ** 2 + (1 - 2 * r) ** 2 + (0 - r) ** 2)) / 5
     assert s["instruction_strict_se"] == pytest.approx(clustered)
-    assert list(s["by_type"]) == ["a:x", "b:y", "b:z"] and s["by_type"]["a:x"]["instruction_strict"] == pytest.approx(2 / 3)
+    assert list(s["by_type"]) == ["a:x", "b:y", "b:z"]
+    assert s["by_type"]["a:x"]["instruction_strict"] == pytest.approx(2 / 3)
     assert s["by_group"]["b"]["n_instructions"] == 2 and s["by_group"]["b"]["prompt_loose"] == 1.0
     assert set(summary_row(s)) == {*LEVELS, *(f"{level}_se" for level in LEVELS), "n_prompts", "n_instructions"}
     change = prompt_change(rows, [{**row, "strict": [True] * len(row["strict"])} for row in rows])

@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .pairwise import judge_each
+from .pairwise import JudgeRun, judge_each
 from .stats import mean_se
 
 SCORE_MIN, SCORE_MAX = 0, 100
@@ -60,8 +60,7 @@ def score_item(ask: Callable[[str], str], item: Mapping[str, Any]) -> dict[str, 
     return {"reply": reply, "score": parse_score(reply)}
 
 
-def run_absolute_judge(judge: Any, items: Sequence[Mapping[str, Any]],
-                       progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_absolute_judge(judge: Any, items: Sequence[Mapping[str, Any]], progress: bool = True) -> JudgeRun:
     """Score every item ({id, instruction, input, answer, reference_answer}); per-item results and the usage."""
     return judge_each(judge, items, score_item, "judge (scores against the reference)", progress=progress)
 
@@ -75,10 +74,10 @@ def score_summary(scores: Iterable[float | None]) -> dict[str, Any]:
 
 
 def score_by_model(judge: Any, items_by_model: Mapping[str, Sequence[Mapping[str, Any]]],
-                   progress: bool = True) -> dict[str, tuple[list[dict[str, Any]], dict[str, Any]]]:
+                   progress: bool = True) -> dict[str, JudgeRun]:
     """`run_absolute_judge` on each model's items ({"base": [...], "fine_tuned": [...]}); a list identical to an
     earlier model's (the same model twice) is scored once."""
-    out: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
+    out: dict[str, JudgeRun] = {}
     for name, items in items_by_model.items():
         same = next((k for k in out if items_by_model[k] == items), None)
         out[name] = out[same] if same is not None else run_absolute_judge(judge, items, progress=progress)

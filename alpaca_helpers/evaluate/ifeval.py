@@ -200,7 +200,8 @@ def summary_row(scores: Mapping[str, Any]) -> dict[str, Any]:
 # Responses
 
 
-def write_responses(path: str | os.PathLike, prompts: Sequence[Mapping[str, Any]], responses: Mapping[str, str]) -> Path:
+def write_responses(path: str | os.PathLike, prompts: Sequence[Mapping[str, Any]],
+                    responses: Mapping[str, str]) -> Path:
     """Google's response-file format: one {"prompt", "response"} line per prompt (its scorer and ours read it)."""
     path = Path(path)
     atomic_write_text(path, "".join(json.dumps({"prompt": p["prompt"], "response": responses.get(p["prompt"], "")},

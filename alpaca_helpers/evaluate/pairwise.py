@@ -336,8 +336,12 @@ def _count_usage(usage: dict[str, Any], reply: Any) -> None:
     usage["completion_tokens"] += reply.completion_tokens
 
 
-def judge_each(judge: Any, items: Sequence[Mapping[str, Any]], judge_one: Callable[[Callable[[str], Any], Mapping[str, Any]], dict[str, Any]],
-               desc: str, top_logprobs: int | None = None, progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+JudgeRun = tuple[list[dict[str, Any]], dict[str, Any]]  # per-item results and the usage of one judge run
+
+
+def judge_each(judge: Any, items: Sequence[Mapping[str, Any]],
+               judge_one: Callable[[Callable[[str], Any], Mapping[str, Any]], dict[str, Any]], desc: str,
+               top_logprobs: int | None = None, progress: bool = True) -> JudgeRun:
     """The one judge loop: `judge_one(ask, item)` for every item, with a `Teacher` or a `LocalJudge`.
 
     `ask(prompt)` returns the judge's reply text, or with `top_logprobs` its first reply token's alternatives.
@@ -364,11 +368,12 @@ def judge_each(judge: Any, items: Sequence[Mapping[str, Any]], judge_one: Callab
     return results, usage
 
 
-def run_judge(judge: Any, items: Sequence[Mapping[str, Any]], progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_judge(judge: Any, items: Sequence[Mapping[str, Any]], progress: bool = True) -> JudgeRun:
     """Judge every item ({id, instruction, input, model_answer, reference_answer}) in both orders from the judge's
     text. Returns per-item results (id, outcome, verdicts, raw replies) and the usage (`judge_each`)."""
     def one(ask: Callable[[str], str], item: Mapping[str, Any]) -> dict[str, Any]:
-        return judge_item(ask, item["instruction"], item.get("input", ""), item["model_answer"], item["reference_answer"])
+        return judge_item(ask, item["instruction"], item.get("input", ""), item["model_answer"],
+                          item["reference_answer"])
 
     return judge_each(judge, items, one, "judge (both orders)", progress=progress)
 
@@ -478,8 +483,8 @@ class LocalJudge:
             return Completion(text="", finish_reason="length", prompt_tokens=prompt_tokens,
                               top_logprobs=self.top_logprobs(prompt))
         text = self.tokenizer.decode(self._ids(prompt))
-        tokens = generate_tokens(self.model, self.tokenizer, [text], temperature=0.0, max_new_tokens=self.max_new_tokens,
-                                 stop_at_markers=False)[0]
+        tokens = generate_tokens(self.model, self.tokenizer, [text], temperature=0.0,
+                                 max_new_tokens=self.max_new_tokens, stop_at_markers=False)[0]
         return Completion(text=self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), finish_reason=None,
                           prompt_tokens=prompt_tokens, completion_tokens=len(tokens))
 
@@ -508,8 +513,7 @@ class LocalJudge:
         return out
 
 
-def run_weighted_judge(judge: Any, items: Sequence[Mapping[str, Any]],
-                       progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_weighted_judge(judge: Any, items: Sequence[Mapping[str, Any]], progress: bool = True) -> JudgeRun:
     """Judge every item in both orders from log-probabilities, with a `LocalJudge` or a `Teacher` whose endpoint
     returns them. Returns per-item results (id, outcome, verdicts, preferences, preference) and the usage."""
     def one(ask: Callable[[str], Mapping[str, float]], item: Mapping[str, Any]) -> dict[str, Any]:
