@@ -24,6 +24,7 @@ FIELDS = ("instruction", "input", "output")
 SEED_FILE = "seed_tasks.jsonl"
 EVAL_FILE = "user_oriented_instructions.jsonl"
 DAVINCI_FILE = "text-davinci-003_predictions.jsonl"
+ALPACA_EVAL_FILE = "alpaca_eval_gpt4_baseline.json"
 
 
 class AlpacaFormatError(ValueError):
@@ -248,6 +249,13 @@ def load_davinci_predictions(path: str | os.PathLike | None = None) -> list[dict
                   "output": row["response"].strip()}
         records.append(validate_record(record, where))
     return records
+
+
+def load_alpaca_eval(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """AlpacaEval's 805 instructions as Alpaca records (empty input), `output` the reference answer of
+    `gpt4_1106_preview` (AlpacaEval 2's baseline), plus `dataset` (selfinstruct, oasst, koala, helpful_base,
+    vicuna) and `generator`. The 252 `selfinstruct` items are the user-oriented evaluation set."""
+    return load_alpaca(path or data_dir() / ALPACA_EVAL_FILE)
 
 
 def _task_key(record: Mapping[str, Any]) -> tuple[str, str]:

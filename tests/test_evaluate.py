@@ -323,3 +323,53 @@ def test_alpaca_eval_set_loads_as_evaluation_items(tmp_path):
     back = alpaca_eval_rows(items, ["a", "b"], "mine", dataset)
     assert [r["dataset"] for r in back] == ["helpful_base", "oasst"]
     assert [r["instruction"] for r in back] == [r["instruction"] for r in rows]
+
+
+def test_the_shipped_alpaca_eval_set_holds_the_user_oriented_instructions():
+    from alpaca_helpers.evaluate.pairwise import ALPACA_EVAL, evaluation_items
+
+    items, reference, generator, dataset = evaluation_items(ALPACA_EVAL)
+    assert len(items) == len(reference) == 805 and generator == "gpt4_1106_preview" and dataset == "alpaca_eval"
+    assert {i["motivation_app"] for i in items} == {"selfinstruct", "oasst", "koala", "helpful_base", "vicuna"}
+    selfinstruct = {" ".join(i["instruction"].split()) for i in items if i["motivation_app"] == "selfinstruct"}
+    user_oriented = {" ".join((r["instruction"] + " " + r["input"]).split()) for r in load_eval_set()}
+    assert selfinstruct == user_oriented  # AlpacaEval writes the input after the instruction
+    rows = alpaca_eval_rows(items[:2], ["a", "b"], "mine", dataset)
+    assert [r["instruction"] for r in rows] == [i["instruction"] for i in items[:2]]
+    assert [r["dataset"] for r in rows] == [i["dataset"] for i in items[:2]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The absolute judge, and the one judge loop behind every judge
+
+
+@pytest.mark.parametrize("reply,score", [
+    ("85", 85.0), ("Score: 85/100", 85.0), ("**70**\nbecause...", 70.0), ("  42. ", 42.0), ("0", 0.0),
+    ("101", None), ("1. The answer is incomplete", None), ("I would give it 80", None), ("", None),
+])
+def test_score_parser_is_strict(reply, score):
+    from alpaca_helpers.evaluate.absolute import parse_score
+
+    assert parse_score(reply) == score
+
+
+def test_the_local_judge_writes_text_for_the_text_judge_and_the_score():
+    """The same `judge_each` loop drives the pairwise text judge and the absolute judge with the real model;
+    identical answer lists of two names are scored once."""
+    from alpaca_helpers.demo.generate import load_model
+    from alpaca_helpers.evaluate.absolute import run_absolute_judge, score_by_model, score_prompt
+    from alpaca_helpers.evaluate.pairwise import run_judge
+
+    judge = LocalJudge(*load_model("default"), max_new_tokens=3)
+    item = {"id": "x", "instruction": "Name a primary colour.", "input": "", "model_answer": "Red.",
+            "reference_answer": "Blue."}
+    results, usage = run_judge(judge, [item], progress=False)
+    assert len(results[0]["replies"]) == 2 and all(isinstance(r, str) for r in results[0]["replies"])
+    assert results[0]["outcome"] in (WIN, LOSS, TIE, UNPARSED)
+    assert usage["requests"] == 2 and 0 < usage["completion_tokens"] <= 6 and usage["cost_usd"] == 0.0
+    graded = {"id": "x", "instruction": item["instruction"], "input": "", "answer": "Red.", "reference_answer": "Blue."}
+    scored, usage = run_absolute_judge(judge, [graded], progress=False)
+    assert set(scored[0]) == {"id", "reply", "score"} and usage["requests"] == 1
+    assert "Blue." in score_prompt(graded["instruction"], "", "Red.", "Blue.")
+    both = score_by_model(judge, {"base": [graded], "fine_tuned": [graded]}, progress=False)
+    assert both["base"] is both["fine_tuned"]

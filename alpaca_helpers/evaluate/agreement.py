@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..train.tokenize import DEFAULT_MAX_LENGTH, IGNORE_INDEX, AlpacaCollator, build_dataset, ensure_pad_token
+from .stats import mean_se, paired_change
 
 TOKENS_PER_BATCH = 4096  # padded tokens per forward pass: enough to keep 2 cores busy, little memory
 
@@ -101,7 +102,7 @@ def answer_shape(outputs: Sequence[str], tokenizer: Any, finished: Sequence[bool
     n = len(outputs)
     return {"n": n, "empty_share": sum(not o.strip() for o in outputs) / n if n else None,
             "ended_share": sum(map(bool, finished)) / len(finished) if finished else None,
-            "mean_tokens": statistics.fmean(tokens) if tokens else None,
+            "mean_tokens": statistics.fmean(tokens) if tokens else None, "mean_tokens_se": mean_se(tokens)["se"],
             "median_tokens": statistics.median(tokens) if tokens else None,
             "mean_words": statistics.fmean(words) if words else None, "token_lengths": tokens}
 
@@ -109,11 +110,10 @@ def answer_shape(outputs: Sequence[str], tokenizer: Any, finished: Sequence[bool
 def paired_difference(before: Sequence[Mapping[str, Any]], after: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean change of the per-item loss (after - before) on the same items, with its standard error: the two
     models are scored on the same answers, so the change is far more precise than either loss."""
-    diffs = [b2["nll"] / b2["tokens"] - b1["nll"] / b1["tokens"] for b1, b2 in zip(before, after, strict=True)
-             if b1["tokens"] and b2["tokens"] and b1["nll"] is not None and b2["nll"] is not None]
-    n = len(diffs)
-    return {"mean": statistics.fmean(diffs) if n else None, "n": n,
-            "se": statistics.stdev(diffs) / math.sqrt(n) if n > 1 else None}
+    def per_token(rows: Sequence[Mapping[str, Any]]) -> list[float | None]:
+        return [r["nll"] / r["tokens"] if r["tokens"] and r["nll"] is not None else None for r in rows]
+
+    return paired_change(per_token(before), per_token(after))
 
 
 def score_models(model_paths: Mapping[str, str], records: Sequence[Mapping[str, Any]],

@@ -38,22 +38,25 @@ def eval_subset(records: Sequence[Mapping[str, Any]], size: int | None, seed: in
 
 
 USER_ORIENTED = "user_oriented"  # the 252 self-instruct evaluation instructions, with text-davinci-003's answers
+ALPACA_EVAL = "alpaca_eval"  # AlpacaEval's 805 instructions (shipped), with gpt4_1106_preview's answers
 
 
-def evaluation_items(eval_data: str = USER_ORIENTED) -> tuple[list[dict[str, Any]], list[str], str, str]:
+def evaluation_items(eval_data: str = ALPACA_EVAL) -> tuple[list[dict[str, Any]], list[str], str, str]:
     """(items, reference answers, reference generator, dataset name) for notebook 06.
 
-    `user_oriented`: the 252 instructions (with `id`, `motivation_app`) and text-davinci-003's answers. Any
-    other name goes through `data.load_source` (a file, a folder or a Hub name such as `tatsu-lab/alpaca_eval`,
-    805 instructions whose `output` is the reference and whose `dataset` names the group).
+    `alpaca_eval`: AlpacaEval's 805 instructions from the shipped file, the reference being `gpt4_1106_preview`
+    (AlpacaEval 2's baseline); `motivation_app` holds the source set (its 252 `selfinstruct` items are the
+    user-oriented instructions). `user_oriented`: those 252 (with `id`, `motivation_app`) and
+    text-davinci-003's answers, Alpaca's own comparison. Any other name goes through `data.load_source` (a
+    file, a folder or a Hub name); each row's `output` is the reference and its `dataset` names the group.
     """
-    from ..data import load_davinci_predictions, load_eval_set, load_source
+    from ..data import load_alpaca_eval, load_davinci_predictions, load_eval_set, load_source
 
     if eval_data == USER_ORIENTED:
         records = load_eval_set()
         return records, [d["output"] for d in load_davinci_predictions()], "text-davinci-003", \
             "user_oriented_instructions"
-    rows = load_source(eval_data)
+    rows = load_alpaca_eval() if eval_data == ALPACA_EVAL else load_source(eval_data)
     items = [{**r, "id": str(r.get("id", i)), "motivation_app": r.get("dataset") or eval_data}
              for i, r in enumerate(rows)]
     generators = {r.get("generator") for r in rows} - {None}
@@ -99,6 +102,29 @@ def generate_answers(model: Any, tokenizer: Any, records: Sequence[Mapping[str, 
                 done[record["id"]] = row
             bar.update(len(chunk))
     return done
+
+
+def answers_by_model(model_paths: Mapping[str, str], records: Sequence[Mapping[str, Any]], folder: str | os.PathLike,
+                     stem: str = "answers", batch_size: int = 8, progress: bool = True,
+                     **decoding: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """`generate_answers` of each named model ({"base": "default", "fine_tuned": path}) into
+    `<folder>/<stem>_<name>.jsonl`. Names that resolve to the same model are answered once: the later name's
+    file starts as a copy of the earlier one's, so it is complete and resumable like any other."""
+    import shutil
+
+    from ..demo.generate import load_model
+    from ..models import resolve_model
+
+    folder, first_path, out = Path(folder), {}, {}
+    for name, model_path in model_paths.items():
+        path, source = folder / f"{stem}_{name}.jsonl", resolve_model(model_path)
+        if source in first_path and first_path[source] != path:
+            shutil.copyfile(first_path[source], path)
+        first_path.setdefault(source, path)
+        model, tokenizer = load_model(model_path)
+        out[name] = generate_answers(model, tokenizer, records, path, batch_size=batch_size, progress=progress,
+                                     **decoding)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -191,12 +217,16 @@ def read_votes(paths: Iterable[str | os.PathLike]) -> list[dict[str, str]]:
     return rows
 
 
+def last_votes(rows: Iterable[Mapping[str, str]]) -> dict[tuple[str, str], str]:
+    """Each rater's last choice per item: {(rater, id): choice} (a later vote replaces an earlier one)."""
+    return {(row["rater"], row["id"]): row["choice"] for row in rows}
+
+
 def vote_outcomes(rows: Iterable[Mapping[str, str]], key: Mapping[str, str]) -> list[dict[str, str]]:
-    """Each rater's last vote per item, as the model's outcome: [{rater, id, outcome}]."""
-    last: dict[tuple[str, str], str] = {}
-    for row in rows:
-        last[(row["rater"], row["id"])] = row["choice"]
-    return [{"rater": r, "id": i, "outcome": outcome_of_choice(c, key[i])} for (r, i), c in last.items()]
+    """Each rater's last vote per item, as the model's outcome: [{rater, id, outcome}]. Votes on items the
+    key does not hold (pairs of another subset) are left out."""
+    return [{"rater": r, "id": i, "outcome": outcome_of_choice(c, key[i])}
+            for (r, i), c in last_votes(rows).items() if i in key]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -305,11 +335,18 @@ def _count_usage(usage: dict[str, Any], reply: Any) -> None:
     usage["prompt_tokens"] += reply.prompt_tokens
     usage["completion_tokens"] += reply.completion_tokens
 
-def run_judge(teacher: Any, items: Sequence[Mapping[str, Any]], progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Judge every item ({id, instruction, input, model_answer, reference_answer}) with a `Teacher`, both orders.
 
-    Returns the per-item results (id, outcome, verdicts, raw replies) and the usage: requests, tokens and the
-    estimated dollar cost from the teacher's price table (None for local or unknown models).
+JudgeRun = tuple[list[dict[str, Any]], dict[str, Any]]  # per-item results and the usage of one judge run
+
+
+def judge_each(judge: Any, items: Sequence[Mapping[str, Any]],
+               judge_one: Callable[[Callable[[str], Any], Mapping[str, Any]], dict[str, Any]], desc: str,
+               top_logprobs: int | None = None, progress: bool = True) -> JudgeRun:
+    """The one judge loop: `judge_one(ask, item)` for every item, with a `Teacher` or a `LocalJudge`.
+
+    `ask(prompt)` returns the judge's reply text, or with `top_logprobs` its first reply token's alternatives.
+    Returns the per-item results (each with the item's id) and the usage: requests, tokens and the estimated
+    dollar cost from the teacher's price table (0 in this process, None for unknown models).
     """
     from tqdm.auto import tqdm
 
@@ -317,19 +354,28 @@ def run_judge(teacher: Any, items: Sequence[Mapping[str, Any]], progress: bool =
 
     usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
-    def ask(prompt: str) -> str:
-        reply = teacher.complete(prompt)
+    def ask(prompt: str) -> Any:
+        reply = judge.complete(prompt, top_logprobs=top_logprobs)
         _count_usage(usage, reply)
-        return reply.text
+        return reply.top_logprobs if top_logprobs else reply.text
 
-    results = []
-    for item in tqdm(items, desc="judge (both orders)", disable=not progress):
-        result = judge_item(ask, item["instruction"], item.get("input", ""), item["model_answer"],
-                            item["reference_answer"])
-        results.append({"id": item["id"], **result})
-    cfg = teacher.config
-    usage["cost_usd"] = estimate_cost(cfg.model, usage["prompt_tokens"], usage["completion_tokens"], cfg.base_url)
+    results = [{"id": item["id"], **judge_one(ask, item)} for item in tqdm(items, desc=desc, disable=not progress)]
+    if isinstance(judge, LocalJudge):
+        usage["cost_usd"] = 0.0
+    else:
+        cfg = judge.config
+        usage["cost_usd"] = estimate_cost(cfg.model, usage["prompt_tokens"], usage["completion_tokens"], cfg.base_url)
     return results, usage
+
+
+def run_judge(judge: Any, items: Sequence[Mapping[str, Any]], progress: bool = True) -> JudgeRun:
+    """Judge every item ({id, instruction, input, model_answer, reference_answer}) in both orders from the judge's
+    text. Returns per-item results (id, outcome, verdicts, raw replies) and the usage (`judge_each`)."""
+    def one(ask: Callable[[str], str], item: Mapping[str, Any]) -> dict[str, Any]:
+        return judge_item(ask, item["instruction"], item.get("input", ""), item["model_answer"],
+                          item["reference_answer"])
+
+    return judge_each(judge, items, one, "judge (both orders)", progress=progress)
 
 
 def format_tally(result: Mapping[str, Any]) -> str:
@@ -395,6 +441,14 @@ def judge_item_weighted(top_logprobs: Callable[[str], Mapping[str, float]], inst
             "verdicts": verdicts, "outcome": combine_orders(*verdicts)}
 
 
+def preference_of(result: Mapping[str, Any]) -> float | None:
+    """The model's preference in [0, 1] from one judged item: the probability judge's, else its outcome as
+    1 (win), 0.5 (tie) or 0 (loss); None when unparsed."""
+    if result.get("preference") is not None:
+        return result["preference"]
+    return {WIN: 1.0, TIE: 0.5, LOSS: 0.0}.get(result["outcome"])
+
+
 def weighted_win_rate(preferences: Iterable[float | None]) -> dict[str, Any]:
     """The mean of the model's preferences (alpaca_eval's weighted win rate) with its standard error, over the
     items that have one."""
@@ -411,12 +465,28 @@ class LocalJudge:
     `transformers serve` (5.x) ignores the `logprobs` request field, so a judge served locally can only be
     read through its text. Here the same model scores the prompt directly: its chat template (if any) with
     the generation prompt, one forward pass, and the top alternatives for the first reply token, the same
-    shape an OpenAI endpoint returns.
+    shape an OpenAI endpoint returns. `complete` answers like a `Teacher`, so every judge loop takes either.
     """
 
-    def __init__(self, model: Any, tokenizer: Any, top: int = TOP_LOGPROBS) -> None:
-        self.model, self.tokenizer, self.top = model, tokenizer, top
+    def __init__(self, model: Any, tokenizer: Any, top: int = TOP_LOGPROBS, max_new_tokens: int = 16) -> None:
+        self.model, self.tokenizer, self.top, self.max_new_tokens = model, tokenizer, top, max_new_tokens
         self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+    def complete(self, prompt: str, top_logprobs: int | None = None) -> Any:
+        """A `Teacher`-shaped reply (`Completion`): the first reply token's top alternatives with `top_logprobs`,
+        else the greedy reply text of at most `max_new_tokens` tokens."""
+        from ..demo.generate import generate_tokens
+        from ..self_instruct.teacher import Completion
+
+        prompt_tokens = len(self._ids(prompt))
+        if top_logprobs:
+            return Completion(text="", finish_reason="length", prompt_tokens=prompt_tokens,
+                              top_logprobs=self.top_logprobs(prompt))
+        text = self.tokenizer.decode(self._ids(prompt))
+        tokens = generate_tokens(self.model, self.tokenizer, [text], temperature=0.0,
+                                 max_new_tokens=self.max_new_tokens, stop_at_markers=False)[0]
+        return Completion(text=self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), finish_reason=None,
+                          prompt_tokens=prompt_tokens, completion_tokens=len(tokens))
 
     def _ids(self, prompt: str) -> list[int]:
         if getattr(self.tokenizer, "chat_template", None):
@@ -443,34 +513,15 @@ class LocalJudge:
         return out
 
 
-def run_weighted_judge(judge: Any, items: Sequence[Mapping[str, Any]],
-                       progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_weighted_judge(judge: Any, items: Sequence[Mapping[str, Any]], progress: bool = True) -> JudgeRun:
     """Judge every item in both orders from log-probabilities, with a `LocalJudge` or a `Teacher` whose endpoint
     returns them. Returns per-item results (id, outcome, verdicts, preferences, preference) and the usage."""
-    from tqdm.auto import tqdm
+    def one(ask: Callable[[str], Mapping[str, float]], item: Mapping[str, Any]) -> dict[str, Any]:
+        return judge_item_weighted(ask, item["instruction"], item.get("input", ""), item["model_answer"],
+                                   item["reference_answer"])
 
-    from ..self_instruct.teacher import estimate_cost
-
-    usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
-
-    def ask(prompt: str) -> Mapping[str, float]:
-        if isinstance(judge, LocalJudge):
-            return judge.top_logprobs(prompt)
-        reply = judge.complete(prompt, top_logprobs=TOP_LOGPROBS)
-        _count_usage(usage, reply)
-        return reply.top_logprobs
-
-    results = []
-    for item in tqdm(items, desc="judge (log-probabilities, both orders)", disable=not progress):
-        result = judge_item_weighted(ask, item["instruction"], item.get("input", ""), item["model_answer"],
-                                     item["reference_answer"])
-        results.append({"id": item["id"], **result})
-    if isinstance(judge, LocalJudge):
-        usage, usage["cost_usd"] = dict(judge.usage), 0.0
-    else:
-        cfg = judge.config
-        usage["cost_usd"] = estimate_cost(cfg.model, usage["prompt_tokens"], usage["completion_tokens"], cfg.base_url)
-    return results, usage
+    return judge_each(judge, items, one, "judge (log-probabilities, both orders)", top_logprobs=TOP_LOGPROBS,
+                      progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------------------
