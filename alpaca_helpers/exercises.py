@@ -44,7 +44,9 @@ EXERCISES: dict[str, Exercise] = {
     "02.1": Exercise("A stricter filter: how many seed tasks survive ROUGE-L <= 0.5?", requires={"threshold": 0.5}),
     "03.1": Exercise("Find the label-boundary bug of the original masking"),
     "03.2": Exercise("The other prompt format: trained tokens under the chat template"),
+    "04.1": Exercise("A smaller micro-batch: how many micro-batches per step?", requires={"per_device": 2}),
     "05.1": Exercise("Temperature 0: does the seed still matter?", requires={"temperature": 0.0}),
+    "06.1": Exercise("Cohen's kappa by hand"),
 }
 
 
