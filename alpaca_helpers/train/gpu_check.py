@@ -99,7 +99,7 @@ def build_tokenizer(folder: Path) -> Any:
 def build_model(shape: Shape, tokenizer: Any, folder: Path, device: str) -> Path:
     """A random-weight LLaMA of `shape` with `tokenizer`, saved in bf16 safetensors as a plain HF folder."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig
 
     config = LlamaConfig(vocab_size=shape.vocab or len(tokenizer), hidden_size=shape.hidden,
                          intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
@@ -107,8 +107,8 @@ def build_model(shape: Shape, tokenizer: Any, folder: Path, device: str) -> Path
                          max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    with torch.device(device):  # initialised on the GPU, in bf16 from the start (13.5 GB at 7B, not 27)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     del model

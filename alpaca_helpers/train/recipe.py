@@ -262,6 +262,10 @@ class Recipe:
         # Off: FSDP2 keeps an unsharded fp32 gradient of the whole model until the last micro-batch.
         setting = self.cfg.reduce_scatter_every_micro_batch
         self.sync_every = self.memory.sync_every_micro_batch if self.memory is not None else setting is not False
+        if self.plan.fsdp:  # every rank must skip the same reduce-scatters: where one rank's memory is short, all sync
+            from .distributed import all_reduce_sum
+
+            self.sync_every = all_reduce_sum([float(self.sync_every)], self.env.device)[0] > 0
         self.print_plan()
 
     def make_plan(self) -> Any:
