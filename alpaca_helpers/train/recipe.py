@@ -269,7 +269,7 @@ class Recipe:
         self.pad_added = self.tokenizer.pad_token_id is None  # then the model's embeddings grow in setup_model
         pad_id = ensure_pad_token(self.tokenizer)
         self.built = build_dataset(train_records, self.tokenizer, max_length=cfg.model_max_length,
-                                   num_proc=cfg.num_proc)
+                                   num_proc=cfg.num_proc, train_on_prompt=cfg.train_on_prompt)
         self.data = TrainData(self.built.dataset, train_records, pad_id, cfg.packing)
         self.val = None
         if val_records:
