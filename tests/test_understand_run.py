@@ -182,7 +182,7 @@ def test_with_several_processes_each_arm_is_its_own_accelerate_launch_with_its_p
 
     tiny = make_tiny_llama(tmp_path / "tiny", default_model_dir)
     spec = copy.deepcopy(SPEC)
-    spec["base"].update(model_name_or_path=str(tiny), report_to="tensorboard")
+    spec["base"].update(model_name_or_path=str(tiny), report_to="tensorboard", per_device_train_batch_size=1)
     spec.update(seeds=[0], cpu_processes=2, budget={"steps": 1},
                 arms={"all": {"kind": "base"}, "lr_high": {"kind": "setting", "learning_rate": 1e-3}})
     lines = []

@@ -91,6 +91,12 @@ def test_the_cli_refuses_a_selection_larger_than_the_pool_before_any_training(tm
     assert not (tmp_path / "out" / "runs").exists()  # nothing trained
     assert main(["--spec", str(tmp_path / "missing.yaml")]) == 2
     assert "no such ablation" in capsys.readouterr().err
+    spec.write_text(yaml.safe_dump({**TINY, "cpu_processes": 3}))  # a global batch of 2 does not split over 3
+    assert main(["--spec", str(spec), "--output_dir", str(tmp_path / "out")]) == 2
+    assert "error: arm 'all': global batch 2 is not divisible by" in capsys.readouterr().err
+    assert main(["--spec", str(spec), "--gpus", "64", "--output_dir", str(tmp_path / "out")]) == 2
+    assert "error: gpus=64 but this machine has" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "runs").exists()
 
 
 def pool() -> Pool:

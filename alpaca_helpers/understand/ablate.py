@@ -138,6 +138,8 @@ def arm_jobs(spec: AblationSpec, pool: Pool, sets: EvalSets, grades: list[float 
     """Every arm's records (one file per arm, or per arm and seed when the seed draws them) and every arm × seed
     job, each checked: it must make at least one global batch of examples training keeps."""
     from ..data import DataSourceError
+    from ..train.config import TrainConfigError, check_run
+    from ..train.launch import total_processes
 
     base = spec.base_config()
     data: dict[str, list[dict[str, Any]]] = {}
@@ -156,6 +158,10 @@ def arm_jobs(spec: AblationSpec, pool: Pool, sets: EvalSets, grades: list[float 
                 if not data[file]:
                     raise AblationError(f"arm {arm.name!r}: draws no records from the pool of {len(pool.train)}")
             cfg = arm_config(spec, arm, seed, out / "data" / file, out / "runs" / f"{arm.name}-seed{seed}")
+            try:  # the batch split over this many processes, and the rest the recipe checks before a model loads
+                check_run(cfg, total_processes(spec.gpus, spec.cpu_processes), on_gpu=spec.gpus > 0)
+            except TrainConfigError as e:
+                raise AblationError(f"arm {arm.name!r}: {e}") from None
             if (file, cfg.model_max_length) not in fitting:
                 fitting[file, cfg.model_max_length] = kept_examples(data[file], tokenizer, cfg.model_max_length)
             kept = fitting[file, cfg.model_max_length]
@@ -176,6 +182,13 @@ def prepare(spec: AblationSpec, output_dir: str | os.PathLike, progress: bool = 
     from ..train.config import TrainConfigError
 
     datasets.disable_progress_bars()  # the run's progress is shown by its own lines and bars
+    if spec.gpus:
+        from ..train.launch import LaunchError, check_gpus
+
+        try:
+            check_gpus(spec.gpus)
+        except LaunchError as e:
+            raise AblationError(str(e)) from None
     out = resolve(output_dir)
     base = spec.base_config()
     ev = spec.evaluation
