@@ -39,17 +39,15 @@ _models_lock = threading.Lock()
 
 
 def load_model(name_or_path: str | os.PathLike | None = BASE_MODEL, device: str | None = None,
-               dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+               dtype: torch.dtype | None = None, cached: bool = True) -> tuple[Any, Any]:
     """Load (model, tokenizer): "default", a local Hugging Face folder, or a Hub name; cached per source,
-    device and dtype.
+    device and dtype (`cached=False`: loaded afresh and not kept, for one-off models such as an ablation's).
 
     Relative paths are tried from the working directory, then from the repository root. The default device
     is CUDA when available; the default dtype is `precision.inference_choice`'s: bf16 where the device has
     native bf16 (a CPU with avx512_bf16 or AMX, a GPU of compute capability 8.0+), else float32. The load
     prints that choice and its reason.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     try:
         source = resolve_model(name_or_path)  # the default's folder, an absolute local folder, or a Hub name
     except FileNotFoundError as e:
@@ -60,21 +58,15 @@ def load_model(name_or_path: str | os.PathLike | None = BASE_MODEL, device: str 
     choice = inference_choice(device) if dtype is None else None
     dtype = choice.dtype if choice is not None else dtype
     key = (source, device, str(dtype))
+    how = choice.line("precision") if choice is not None else f"dtype {dtype} (as asked)"
+    if not cached:
+        print(f"Loading {source} on {device}, {how} (not cached)...", flush=True)
+        return _load(source, name_or_path, device, dtype)
     with _models_lock:
         if key not in _models:
-            how = choice.line("precision") if choice is not None else f"dtype {dtype} (as asked)"
             print(f"Loading {source} on {device}, {how} (once; cached afterwards)...", flush=True)
             start = time.perf_counter()
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(source)
-                model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
-            except (OSError, ValueError) as e:
-                if Path(source).exists():
-                    raise
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise _not_found(name_or_path, reason) from None
-            model.to(device).eval()
-            _models[key] = (model, tokenizer)
+            _models[key] = _load(source, name_or_path, device, dtype)
             print(f"Loaded in {time.perf_counter() - start:.1f} s", flush=True)
         return _models[key]
 
@@ -92,6 +84,21 @@ def release_models() -> int:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return released
+
+
+def _load(source: str, name_or_path: str | os.PathLike | None, device: str, dtype: Any) -> tuple[Any, Any]:
+    """(model in eval mode on `device`, tokenizer) from a resolved source; safetensors only."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
+    except (OSError, ValueError) as e:
+        if Path(source).exists():
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _not_found(name_or_path, reason) from None
+    return model.to(device).eval(), tokenizer
 
 
 def _not_found(name_or_path: str | os.PathLike, reason: str) -> FileNotFoundError:

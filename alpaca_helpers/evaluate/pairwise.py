@@ -497,20 +497,29 @@ class LocalJudge:
 
     def top_logprobs(self, prompt: str) -> dict[str, float]:
         """{token text: log-probability} of the `top` likeliest first reply tokens."""
+        return self.top_logprobs_batch([prompt])[0]
+
+    def top_logprobs_batch(self, prompts: Sequence[str]) -> list[dict[str, float]]:
+        """`top_logprobs` of several prompts in one forward pass (left-padded; one prompt: no padding)."""
         import torch
 
-        ids = self._ids(prompt)
+        ids = [self._ids(p) for p in prompts]
+        batch = self.tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt")
         device = next(self.model.parameters()).device
         with torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1]
+            logits = self.model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                                logits_to_keep=1).logits[:, -1]
         values, indices = torch.log_softmax(logits.float(), dim=-1).topk(self.top)
-        self.usage["requests"] += 1
-        self.usage["prompt_tokens"] += len(ids)
-        out: dict[str, float] = {}
-        for value, index in zip(values.tolist(), indices.tolist()):
-            token = self.tokenizer.decode([index])
-            out[token] = max(out.get(token, -math.inf), value)
-        return out
+        self.usage["requests"] += len(ids)
+        self.usage["prompt_tokens"] += sum(map(len, ids))
+        rows = []
+        for row_values, row_indices in zip(values.tolist(), indices.tolist()):
+            out: dict[str, float] = {}
+            for value, index in zip(row_values, row_indices):
+                token = self.tokenizer.decode([index])
+                out[token] = max(out.get(token, -math.inf), value)
+            rows.append(out)
+        return rows
 
 
 def run_weighted_judge(judge: Any, items: Sequence[Mapping[str, Any]], progress: bool = True) -> JudgeRun:

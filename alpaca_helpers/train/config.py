@@ -39,6 +39,7 @@ class TrainConfig:
     val_set_size: float = field(default=0.0, metadata={"help": "held-out validation examples: a fraction below 1 or a count (0 = none)"})
     eval_steps: int = field(default=0, metadata={"help": "validation loss every N steps (also at each epoch's end and the run's); 0 = only those"})
     model_max_length: int = field(default=512, metadata={"help": "longer examples are dropped (as in Alpaca)"})
+    train_on_prompt: bool = field(default=False, metadata={"help": "also train on the prompt's tokens (false: the loss on the response only, as Alpaca); the validation loss stays on responses"})
     num_train_epochs: int = field(default=3, metadata={"help": "passes over the data"})
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps; overrides epochs when > 0"})
     global_batch_size: int = field(default=128, metadata={"help": "examples per optimizer step, whatever the number of processes"})

@@ -315,7 +315,7 @@ class Recipe:
         self.pad_added = self.tokenizer.pad_token_id is None  # then the model's embeddings grow in setup_model
         pad_id = ensure_pad_token(self.tokenizer)
         self.built = build_dataset(train_records, self.tokenizer, max_length=cfg.model_max_length,
-                                   prompt_format=cfg.prompt_format,
+                                   prompt_format=cfg.prompt_format, train_on_prompt=cfg.train_on_prompt,
                                    num_proc=cfg.num_proc)
         self.data = TrainData(self.built.dataset, train_records, pad_id, cfg.packing)
         self.val = None

@@ -126,8 +126,9 @@ def resize_embeddings_mean(model, new_size: int, pad_to_multiple_of: int = EMBED
 
 
 def _assemble(prefix: list[int], prompt_ids: list[int], response_ids: list[int], eos_id: int,
-              max_length: int, overflow: str) -> tuple[list[int], list[int], bool] | None:
-    """Concatenate and label; None when dropped. Returns (input_ids, labels, truncated)."""
+              max_length: int, overflow: str, train_on_prompt: bool = False) -> tuple[list[int], list[int], bool] | None:
+    """Concatenate and label; None when dropped. Returns (input_ids, labels, truncated). With
+    `train_on_prompt` the prompt's tokens are labelled too (the special prefix, never predicted, stays ignored)."""
     prompt = prefix + prompt_ids
     room = max_length - len(prompt) - 1  # response tokens that fit beside the prompt and the eos
     needed = min(1, len(response_ids))  # at least one response token, unless the output is empty
@@ -139,7 +140,8 @@ def _assemble(prefix: list[int], prompt_ids: list[int], response_ids: list[int],
             return None
         response_ids = response_ids[:room]
     trained = list(response_ids) + [eos_id]
-    return prompt + trained, [IGNORE_INDEX] * len(prompt) + trained, truncated
+    prompt_labels = [IGNORE_INDEX] * len(prefix) + prompt_ids if train_on_prompt else [IGNORE_INDEX] * len(prompt)
+    return prompt + trained, prompt_labels + trained, truncated
 
 
 def _check_args(max_length: int, overflow: str) -> None:
@@ -159,11 +161,11 @@ def prompt_prefix(tokenizer, prompt_format: str = "alpaca", first_prompt: str = 
 
 def tokenize_example(example: Mapping[str, Any], tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
                      overflow: Overflow = "truncate", index: int | None = None,
-                     prompt_format: str = "alpaca") -> dict[str, list[int]] | None:
+                     prompt_format: str = "alpaca", train_on_prompt: bool = False) -> dict[str, list[int]] | None:
     """Tokenize one Alpaca record into `input_ids`, `labels`, `attention_mask`; None when it must be dropped.
 
-    Labels are IGNORE_INDEX on the prompt (in `prompt_format`: "alpaca" or "chat"); the response (cut if
-    needed) plus one eos are trained. `index` only names the record in errors.
+    Labels are IGNORE_INDEX on the prompt (in `prompt_format`: "alpaca" or "chat"), unless `train_on_prompt`;
+    the response (cut if needed) plus one eos are trained. `index` only names the record in errors.
     """
     _check_args(max_length, overflow)
     record = validate_record(example, f"record {index}" if index is not None else "record")
@@ -171,7 +173,7 @@ def tokenize_example(example: Mapping[str, Any], tokenizer, max_length: int = DE
     out = _assemble(prompt_prefix(tokenizer, prompt_format, prompt),
                     tokenizer(prompt, add_special_tokens=False)["input_ids"],
                     tokenizer(record["output"], add_special_tokens=False)["input_ids"],
-                    tokenizer.eos_token_id, max_length, overflow)
+                    tokenizer.eos_token_id, max_length, overflow, train_on_prompt)
     if out is None:
         return None
     ids, labels, _ = out
@@ -200,7 +202,7 @@ def dataset_features():
 
 def tokenize_batch(batch: Mapping[str, Sequence], indices: Sequence[int] | None = None, *, tokenizer,
                    max_length: int = DEFAULT_MAX_LENGTH, overflow: Overflow = "truncate",
-                   prompt_format: str = "alpaca") -> dict[str, list]:
+                   prompt_format: str = "alpaca", train_on_prompt: bool = False) -> dict[str, list]:
     """Batched form for `Dataset.map(batched=True, with_indices=True, remove_columns=...)`.
 
     Tokenizes all prompts and all outputs of the batch in two fast-tokenizer calls. Returns only the kept
@@ -224,7 +226,7 @@ def tokenize_batch(batch: Mapping[str, Sequence], indices: Sequence[int] | None 
     prefix, eos_id = prompt_prefix(tokenizer, prompt_format, prompts[0] if prompts else ""), tokenizer.eos_token_id
     result: dict[str, list] = {"input_ids": [], "labels": [], "example_id": [], "truncated": []}
     for example_id, p, r in zip(ids_in, prompt_ids, response_ids):
-        out = _assemble(prefix, p, r, eos_id, max_length, overflow)
+        out = _assemble(prefix, p, r, eos_id, max_length, overflow, train_on_prompt)
         if out is None:
             continue
         ids, labels, truncated = out
@@ -263,10 +265,12 @@ def validate_records(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
 
 def build_dataset(records: Sequence[Mapping[str, Any]], tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
                   num_proc: int | None = 1, overflow: Overflow = "truncate",
-                  batch_size: int = 1000, prompt_format: str = "alpaca") -> BuiltDataset:
+                  batch_size: int = 1000, prompt_format: str = "alpaca",
+                  train_on_prompt: bool = False) -> BuiltDataset:
     """Tokenize Alpaca records into a `datasets.Dataset` (input_ids, labels, example_id, truncated) and
     return it with its `TokenizeStats`. `example_id` is the record's index in `records`; prompts are in
-    `prompt_format` ("alpaca" or the tokenizer's "chat" template)."""
+    `prompt_format` ("alpaca" or the tokenizer's "chat" template). `train_on_prompt` labels the prompt's tokens
+    too (the loss on prompt + response; default: on the response only, as Alpaca)."""
     from datasets import Dataset
 
     _check_args(max_length, overflow)
@@ -282,7 +286,7 @@ def build_dataset(records: Sequence[Mapping[str, Any]], tokenizer, max_length: i
     ds = raw.map(tokenize_batch, batched=True, batch_size=batch_size, num_proc=num_proc,
                  remove_columns=raw.column_names, features=dataset_features(),
                  fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "overflow": overflow,
-                            "prompt_format": prompt_format},
+                            "prompt_format": prompt_format, "train_on_prompt": train_on_prompt},
                  desc="tokenize" if num_proc else None)
     kept_ids = set(ds.data.column("example_id").to_pylist())
     dropped_ids = [i for i in range(len(checked)) if i not in kept_ids]

@@ -44,7 +44,10 @@ class Tracker:
 
     def log(self, row: dict[str, Any], step: int) -> None:
         """Report one row's scalars at `step`."""
-        values = scalars(row)
+        self.log_scalars(scalars(row), step)
+
+    def log_scalars(self, values: dict[str, float], step: int) -> None:
+        """Report scalars already under their tracker names (e.g. an ablation's `ablation/val_loss`) at `step`."""
         for writer in self.writers:
             for name, value in values.items():
                 writer.add_scalar(name, value, step)

@@ -1,0 +1,1 @@
+"""Stage 7 · understanding what in the instruction data matters: controlled ablations (notebook 07)."""

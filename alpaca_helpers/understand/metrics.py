@@ -1,0 +1,113 @@
+"""What each arm of an ablation is measured on: a small registry of named metrics over fixed evaluation sets.
+
+Every arm's model meets the same `EvalSets`: held-out records of the training pool (the validation loss), the
+text-davinci-003 answers to a seeded subset of the 252 user-oriented instructions (teacher agreement, notebook
+06's metric) and a seeded subset of those instructions answered greedily (the answer shape). A metric is a
+function of a `Measured` (the model, its tokenizer, the sets, a folder for what it writes) returning named
+numbers; `METRICS` maps a metric's name to it. Another score plugs in with a few lines, for example:
+
+    def ifeval(m: Measured) -> dict[str, float | None]:
+        answers = m.answers(ifeval_records, "ifeval_answers.jsonl")     # greedy, resumable, cached per arm
+        return {"ifeval_prompt_strict": score(answers)}
+    METRICS["ifeval"] = ifeval                                           # then name it in evaluation.metrics
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_METRICS = ("val_loss", "teacher_agreement", "answer_shape")
+
+
+@dataclass(frozen=True)
+class EvalSets:
+    """The evaluation sets every arm is measured on (the same for all)."""
+
+    heldout: list[dict[str, Any]]  # held-out records of the pool: validation loss (masked as training)
+    teacher: list[dict[str, Any]]  # evaluation instructions with text-davinci-003's answer as `output`
+    prompts: list[dict[str, Any]]  # evaluation instructions (with `id`) each model answers
+    max_length: int  # tokens of prompt + answer when scoring
+    max_new_tokens: int  # the answer limit
+
+    def identity(self) -> dict[str, Any]:
+        """What fixes these sets (for the results' fingerprint and `eval_sets.json`)."""
+        return {"heldout": [[r["instruction"], r.get("input", ""), r["output"]] for r in self.heldout],
+                "teacher": [r["id"] for r in self.teacher], "prompts": [r["id"] for r in self.prompts],
+                "max_length": self.max_length, "max_new_tokens": self.max_new_tokens}
+
+
+def evaluation_sets(heldout: Sequence[Mapping[str, Any]], teacher_items: int, shape_items: int, seed: int,
+                    max_length: int, max_new_tokens: int) -> EvalSets:
+    """The held-out records plus seeded subsets of the user-oriented instructions (`pairwise.eval_subset`)."""
+    from ..data import load_davinci_predictions, load_eval_set
+    from ..evaluate.pairwise import eval_subset
+
+    records, davinci = load_eval_set(), load_davinci_predictions()
+    teacher = [{**records[i], "output": davinci[i]["output"]} for i in eval_subset(records, teacher_items, seed)]
+    prompts = [records[i] for i in eval_subset(records, shape_items, seed + 1)]
+    return EvalSets([dict(r) for r in heldout], teacher, prompts, max_length, max_new_tokens)
+
+
+@dataclass
+class Measured:
+    """What a metric gets: one arm's trained model and tokenizer, the shared sets, and the arm's run folder."""
+
+    model: Any
+    tokenizer: Any
+    sets: EvalSets
+    folder: Path
+
+    def answers(self, records: Sequence[Mapping[str, Any]], file: str = "answers.jsonl") -> list[dict[str, Any]]:
+        """Greedy answers to `records` (each with an `id`) within the answer limit, appended to `folder/file` as
+        they come (`evaluate.pairwise.generate_answers`): rows with output, new_tokens and ended."""
+        from ..evaluate.pairwise import generate_answers
+
+        done = generate_answers(self.model, self.tokenizer, records, self.folder / file, batch_size=8,
+                                progress=False, temperature=0.0, max_new_tokens=self.sets.max_new_tokens)
+        return [done[r["id"]] for r in records]
+
+    def response_loss(self, records: Sequence[Mapping[str, Any]]) -> float | None:
+        """Mean loss per response token of the records' outputs (`evaluate.agreement`), masked as training."""
+        from ..evaluate.agreement import agreement, response_losses
+
+        rows = response_losses(self.model, self.tokenizer, records, max_length=self.sets.max_length, progress=False)
+        return agreement(rows)["loss"]
+
+
+Metric = Callable[[Measured], dict[str, float | None]]
+
+
+def val_loss(m: Measured) -> dict[str, float | None]:
+    """The validation loss: mean loss per response token of the held-out records."""
+    return {"val_loss": m.response_loss(m.sets.heldout)}
+
+
+def teacher_agreement(m: Measured) -> dict[str, float | None]:
+    """Teacher agreement (notebook 06): mean loss per token of text-davinci-003's answers; lower is closer."""
+    return {"teacher_loss": m.response_loss(m.sets.teacher)}
+
+
+def answer_shape(m: Measured) -> dict[str, float | None]:
+    """The share of greedy answers that end before the limit, their mean length in tokens, the share empty."""
+    from ..evaluate.agreement import answer_shape as shape_of
+
+    rows = m.answers(m.sets.prompts)
+    shape = shape_of([r["output"] for r in rows], m.tokenizer, [r["ended"] for r in rows])
+    return {"ended_share": shape["ended_share"], "mean_tokens": shape["mean_tokens"], "empty_share": shape["empty_share"]}
+
+
+METRICS: dict[str, Metric] = {"val_loss": val_loss, "teacher_agreement": teacher_agreement, "answer_shape": answer_shape}
+
+
+def measure(model: Any, tokenizer: Any, sets: EvalSets, folder: str | os.PathLike,
+            names: Sequence[str] = DEFAULT_METRICS) -> dict[str, float | None]:
+    """Every named metric of one trained model, merged into one mapping."""
+    m = Measured(model, tokenizer, sets, Path(folder))
+    values: dict[str, float | None] = {}
+    for name in names:
+        values.update(METRICS[name](m))
+    return values
