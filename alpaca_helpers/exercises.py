@@ -47,6 +47,7 @@ EXERCISES: dict[str, Exercise] = {
     "04.1": Exercise("A smaller micro-batch: how many micro-batches per step?", requires={"per_device": 2}),
     "05.1": Exercise("Temperature 0: does the seed still matter?", requires={"temperature": 0.0}),
     "06.1": Exercise("Cohen's kappa by hand"),
+    "07.1": Exercise("Long Is More by hand: the mean length of the 4 longest responses", requires={"n": 4}),
 }
 
 

@@ -16,7 +16,7 @@ def test_notebook_07_runs_an_ablation_and_reads_it_honestly(execute_notebook, tm
     summary, _ = execute_notebook(
         "07_understand", data_path=str(train_set), select_n=3, budget_steps=1, arms={"random_n": None, "prompt_loss": None},
         base={"max_examples": 20, "model_max_length": 96, "global_batch_size": 2, "per_device_train_batch_size": 2},
-        evaluation={"heldout": 4, "teacher_items": 2, "shape_items": 2, "max_new_tokens": 8})
+        evaluation={"heldout": 4, "teacher_items": 2, "shape_items": 2, "max_new_tokens": 8, "ifeval_items": 2})
     assert summary["arms"] == ["all", "longest_n", "graded_n"] and summary["baseline"] == "all"
     assert summary["runs"] == 6 and summary["seeds"] == [0, 1]
     assert summary["steps"] == [1] and summary["examples_seen"] == [2]  # the same compute for every arm
@@ -25,8 +25,8 @@ def test_notebook_07_runs_an_ablation_and_reads_it_honestly(execute_notebook, tm
     assert set(summary["pool_sources"]) == {"seed", "self-instruct"} and summary["heldout"] == 4
     assert summary["scratch_agrees"] is True and summary["grader"] == "local:default"
     metrics = {t["metric"] for t in summary["table"]}
-    assert {"val_loss", "teacher_loss", "ended_share", "mean_tokens"} <= metrics
-    assert len(summary["conclusions"]) == 2 * 4 and 0 <= summary["separated"] <= 8
+    assert {"val_loss", "teacher_loss", "ended_share", "mean_tokens", "ifeval_prompt_strict"} <= metrics
+    assert len(summary["conclusions"]) == 2 * 5 and 0 <= summary["separated"] <= 10
     out = tmp_path / "course" / "07_understand"
     assert len((out / "results.jsonl").read_text().splitlines()) == 6
     assert all((out / f).is_file() for f in ("metrics.png", "differences.png", "grades.png", "results.csv"))

@@ -31,7 +31,8 @@ SPEC = {
     "base": {"model_name_or_path": "default", "data_path": "seed", "max_examples": 24, "model_max_length": 96,
              "global_batch_size": 2, "per_device_train_batch_size": 2, "learning_rate": 1e-4, "warmup_ratio": 0.0},
     "budget": {"steps": 2}, "seeds": [0, 1], "baseline": "all",
-    "evaluation": {"heldout": 4, "teacher_items": 3, "shape_items": 2, "max_new_tokens": 8},
+    "evaluation": {"heldout": 4, "teacher_items": 3, "shape_items": 2, "max_new_tokens": 8, "ifeval_items": 2,
+                   "metrics": ["val_loss", "teacher_agreement", "answer_shape", "ifeval"]},
     "arms": {"all": {"kind": "base"}, "graded_n": {"kind": "selection", "method": "graded", "n": 4},
              "prompt_loss": {"kind": "mask", "train_on_prompt": True}},
 }
@@ -105,7 +106,8 @@ def test_every_arm_trains_the_same_steps_and_the_mask_arm_more_tokens(reference)
                (reference.output_dir / "runs" / f"{row['arm']}-seed{row['seed']}" / "train_log.jsonl").read_text().splitlines()]
         assert [r["step"] for r in log] == [1, 2] and sum(r["trained_tokens"] for r in log) == row["trained_tokens"]
         assert not (reference.output_dir / "runs" / f"{row['arm']}-seed{row['seed']}" / "model").exists()  # measured, removed
-        assert set(row["metrics"]) == {"val_loss", "teacher_loss", "ended_share", "mean_tokens", "empty_share"}
+        assert set(row["metrics"]) == {"val_loss", "teacher_loss", "ended_share", "mean_tokens", "empty_share",
+                                       "ifeval_prompt_strict", "ifeval_instruction_strict"}
         assert 0 < row["metrics"]["val_loss"] < 10 and 0 < row["metrics"]["teacher_loss"] < 10
     by = {(r["arm"], r["seed"]): r for r in rows}
     for seed in (0, 1):  # same records, same order: the prompt's tokens are what the mask arm adds
@@ -131,7 +133,7 @@ def test_standard_errors_and_paired_differences_equal_a_direct_computation(refer
 def test_the_result_files(reference):
     out = reference.output_dir
     tidy = list(csv.DictReader((out / "results.csv").open()))
-    assert len(tidy) == len(reference.rows) * 5
+    assert len(tidy) == len(reference.rows) * 7
     assert {(r["arm"], int(r["seed"]), r["metric"]): float(r["value"]) for r in tidy} == {
         (r["arm"], r["seed"], m): v for r in reference.rows for m, v in r["metrics"].items()}
     by_arm = list(csv.DictReader((out / "results_by_arm.csv").open()))
@@ -139,6 +141,21 @@ def test_the_result_files(reference):
     assert json.loads((out / "ablation.json").read_text())["arms"]["graded_n"] == {"kind": "selection", "method": "graded", "n": 4}
     assert len(json.loads((out / "eval_sets.json").read_text())["heldout"]) == 4
     assert len((out / "grades.jsonl").read_text().splitlines()) == reference.rows[0]["records"]  # the pool, graded once
+
+
+def test_ifeval_is_notebook_06s_score_of_each_runs_own_answers(reference):
+    from alpaca_helpers.evaluate.ifeval import load_ifeval, score_ifeval
+
+    keys = json.loads((reference.output_dir / "eval_sets.json").read_text())["ifeval"]
+    prompts = {p["key"]: p for p in load_ifeval()}
+    assert len(keys) == 2
+    for row in reference.rows:
+        answers = [json.loads(line) for line in (reference.output_dir / "runs" / f"{row['arm']}-seed{row['seed']}"
+                                                 / "ifeval_answers.jsonl").read_text().splitlines()]
+        by_id = {a["id"]: a["output"] for a in answers}
+        scores = score_ifeval({prompts[k]["prompt"]: by_id[str(k)] for k in keys}, [prompts[k] for k in keys])
+        assert row["metrics"]["ifeval_prompt_strict"] == scores["prompt_strict"]
+        assert row["metrics"]["ifeval_instruction_strict"] == scores["instruction_strict"]
 
 
 def test_a_finished_ablation_is_not_trained_again_and_never_mixed_with_other_settings(reference):

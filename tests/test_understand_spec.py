@@ -62,6 +62,7 @@ def test_the_shipped_presets_parse():
     ({"budget": {"steps": 2, "examples": 4}}, "budget: give steps (equal optimizer steps) or examples"),
     ({"base": {"max_steps": 5}}, "base: max_steps is set by the ablation (budget), not in base"),
     ({"evaluation": {"metrics": ["val_loss", "bleu"]}}, "evaluation: unknown metric(s) ['bleu']"),
+    ({"evaluation": {"metrics": ["val_loss", "ifeval"]}}, "evaluation: the ifeval metric needs ifeval_items >= 1"),
 ])
 def test_each_mistake_is_one_clear_line(change, message):
     with pytest.raises(AblationError) as err:

@@ -215,6 +215,12 @@ def read_responses(path: str | os.PathLike) -> dict[str, str]:
     return {row["prompt"]: row["response"] for _, row in json_lines(path.read_text(encoding="utf-8"), path)}
 
 
+def as_records(prompts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """IFEval prompts as evaluation items to answer: the prompt is the Alpaca instruction, with no input; `id` is
+    the IFEval key."""
+    return [{"id": str(p["key"]), "instruction": p["prompt"], "input": ""} for p in prompts]
+
+
 def generate_responses(model_paths: Mapping[str, str], prompts: Sequence[Mapping[str, Any]], folder: str | os.PathLike,
                        batch_size: int = 8, progress: bool = True, **decoding: Any) -> dict[str, dict[str, str]]:
     """Each named model's responses to IFEval prompts, {name: {prompt: response}}, with the Alpaca prompt (the
@@ -225,7 +231,7 @@ def generate_responses(model_paths: Mapping[str, str], prompts: Sequence[Mapping
     """
     from .pairwise import answers_by_model
 
-    records = [{"id": str(p["key"]), "instruction": p["prompt"], "input": ""} for p in prompts]
+    records = as_records(prompts)
     answers = answers_by_model(model_paths, records, folder, "ifeval_answers", batch_size=batch_size,
                                progress=progress, **decoding)
     out = {}

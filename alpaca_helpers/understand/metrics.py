@@ -4,19 +4,16 @@ Every arm's model meets the same `EvalSets`: held-out records of the training po
 text-davinci-003 answers to a seeded subset of the 252 user-oriented instructions (teacher agreement, notebook
 06's metric) and a seeded subset of those instructions answered greedily (the answer shape). A metric is a
 function of a `Measured` (the model, its tokenizer, the sets, a folder for what it writes) returning named
-numbers; `METRICS` maps a metric's name to it. Another score plugs in with a few lines, for example:
-
-    def ifeval(m: Measured) -> dict[str, float | None]:
-        answers = m.answers(ifeval_records, "ifeval_answers.jsonl")     # greedy, resumable, cached per arm
-        return {"ifeval_prompt_strict": score(answers)}
-    METRICS["ifeval"] = ifeval                                           # then name it in evaluation.metrics
+numbers; `METRICS` maps a metric's name to it. `ifeval` (notebook 06's IFEval, scored offline by code on a seeded
+subset of its 541 prompts) is one that is off by default: name it in `evaluation.metrics` with
+`evaluation.ifeval_items` prompts. Another score plugs in the same way: a function of `Measured` added to `METRICS`.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +29,34 @@ class EvalSets:
     prompts: list[dict[str, Any]]  # evaluation instructions (with `id`) each model answers
     max_length: int  # tokens of prompt + answer when scoring
     max_new_tokens: int  # the answer limit
+    ifeval: list[dict[str, Any]] = field(default_factory=list)  # IFEval prompts each model answers (the ifeval metric)
 
     def identity(self) -> dict[str, Any]:
         """What fixes these sets (for the results' fingerprint and `eval_sets.json`)."""
-        return {"heldout": [[r["instruction"], r.get("input", ""), r["output"]] for r in self.heldout],
-                "teacher": [r["id"] for r in self.teacher], "prompts": [r["id"] for r in self.prompts],
-                "max_length": self.max_length, "max_new_tokens": self.max_new_tokens}
+        out = {"heldout": [[r["instruction"], r.get("input", ""), r["output"]] for r in self.heldout],
+               "teacher": [r["id"] for r in self.teacher], "prompts": [r["id"] for r in self.prompts],
+               "max_length": self.max_length, "max_new_tokens": self.max_new_tokens}
+        if self.ifeval:
+            out["ifeval"] = [p["key"] for p in self.ifeval]
+        return out
 
 
 def evaluation_sets(heldout: Sequence[Mapping[str, Any]], teacher_items: int, shape_items: int, seed: int,
-                    max_length: int, max_new_tokens: int) -> EvalSets:
-    """The held-out records plus seeded subsets of the user-oriented instructions (`pairwise.eval_subset`)."""
+                    max_length: int, max_new_tokens: int, ifeval_items: int = 0) -> EvalSets:
+    """The held-out records plus seeded subsets of the user-oriented instructions and of IFEval's prompts
+    (`pairwise.eval_subset`)."""
     from ..data import load_davinci_predictions, load_eval_set
+    from ..evaluate.ifeval import load_ifeval
     from ..evaluate.pairwise import eval_subset
 
     records, davinci = load_eval_set(), load_davinci_predictions()
     teacher = [{**records[i], "output": davinci[i]["output"]} for i in eval_subset(records, teacher_items, seed)]
     prompts = [records[i] for i in eval_subset(records, shape_items, seed + 1)]
-    return EvalSets([dict(r) for r in heldout], teacher, prompts, max_length, max_new_tokens)
+    ifeval = []
+    if ifeval_items:
+        every = load_ifeval()
+        ifeval = [every[i] for i in eval_subset(every, ifeval_items, seed + 2)]
+    return EvalSets([dict(r) for r in heldout], teacher, prompts, max_length, max_new_tokens, ifeval)
 
 
 @dataclass
@@ -100,7 +107,18 @@ def answer_shape(m: Measured) -> dict[str, float | None]:
     return {"ended_share": shape["ended_share"], "mean_tokens": shape["mean_tokens"], "empty_share": shape["empty_share"]}
 
 
-METRICS: dict[str, Metric] = {"val_loss": val_loss, "teacher_agreement": teacher_agreement, "answer_shape": answer_shape}
+def ifeval(m: Measured) -> dict[str, float | None]:
+    """IFEval's prompt-level and instruction-level strict accuracy (`evaluate.ifeval.score_ifeval`) of greedy
+    answers to the sets' IFEval prompts, with the Alpaca prompt and the sets' answer limit."""
+    from ..evaluate.ifeval import as_records, score_ifeval
+
+    rows = m.answers(as_records(m.sets.ifeval), "ifeval_answers.jsonl")
+    scores = score_ifeval({p["prompt"]: r["output"] for p, r in zip(m.sets.ifeval, rows)}, m.sets.ifeval)
+    return {"ifeval_prompt_strict": scores["prompt_strict"], "ifeval_instruction_strict": scores["instruction_strict"]}
+
+
+METRICS: dict[str, Metric] = {"val_loss": val_loss, "teacher_agreement": teacher_agreement, "answer_shape": answer_shape,
+                              "ifeval": ifeval}
 
 
 def measure(model: Any, tokenizer: Any, sets: EvalSets, folder: str | os.PathLike,

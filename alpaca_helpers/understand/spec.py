@@ -103,6 +103,7 @@ class EvaluationConfig:
     max_new_tokens: int = 64  # the answer limit (the share ending before it is measured)
     max_length: int | None = None  # tokens of prompt + answer when scoring; None = the base model_max_length
     seed: int = 0  # which records are held out and which evaluation items are used
+    ifeval_items: int = 0  # IFEval prompts each model answers, for the `ifeval` metric (541 = all)
     metrics: tuple[str, ...] = DEFAULT_METRICS  # names in `understand.metrics.METRICS`
 
 
@@ -248,6 +249,9 @@ def parse_spec(raw: dict[str, Any]) -> AblationSpec:
     unknown_metrics = sorted(set(evaluation.metrics) - set(METRICS))
     if unknown_metrics:
         raise AblationError(f"evaluation: unknown metric(s) {unknown_metrics} (metrics: {', '.join(METRICS)})")
+    if ("ifeval" in evaluation.metrics) != (evaluation.ifeval_items > 0):
+        raise AblationError("evaluation: the ifeval metric needs ifeval_items >= 1, and ifeval_items needs the ifeval "
+                            f"metric (metrics {list(evaluation.metrics)}, ifeval_items {evaluation.ifeval_items})")
     if evaluation.heldout < 1:
         raise AblationError("evaluation: heldout must be >= 1 (the validation loss needs held-out records)")
     spec = AblationSpec(base=base, arms=arms, baseline=baseline, seeds=tuple(seeds), budget=budget,
