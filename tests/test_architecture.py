@@ -12,7 +12,7 @@ from pathlib import Path
 import alpaca_helpers
 
 # The recipe's order; the shared basics (the package's top-level modules) come before every stage.
-STAGES = ("self_instruct", "train", "demo", "evaluate", "understand")
+STAGES = ("self_instruct", "train", "demo", "evaluate", "understand", "safety")
 
 
 def module_name(path: Path, root: Path, package: str) -> str:

@@ -23,6 +23,8 @@ def test_notebook_05_generates_with_every_model_and_serves(execute_notebook, tmp
     assert set(runs) == {BASE, TUNED, "side by side", "blocked example"}
     for label in (BASE, TUNED):
         assert runs[label]["text"] and runs[label]["watermarked"] and isinstance(runs[label]["z"], float)
+        # 16 new tokens are too few to tell: the verdict says so rather than "no watermark"
+        assert "too short to carry a watermark" in runs[label]["verdict"]
     side = runs["side by side"]
     assert set(side) == {BASE, TUNED} and side[BASE]["text"] == side[TUNED]["text"]  # same weights, same seed
     assert summary["watermark_z"]["watermarked"] > 4 > summary["watermark_z"]["plain"]

@@ -64,8 +64,13 @@ def test_the_arms_differ_in_their_data_and_only_there(tmp_path):
     seeds = load_seed_tasks()
     data = tmp_path / "pool.json"  # the course's shape: seed tasks and (here, pretend) self-instruct records
     save_alpaca([{**r, "source": "seed" if i % 3 else "self-instruct"} for i, r in enumerate(seeds[:60])], data)
-    spec = parse_spec({**copy.deepcopy(SPEC), "arms": DATA_ARMS, "base": {**SPEC["base"], "data_path": str(data),
-                                                                         "max_examples": 30}})
+    safety = tmp_path / "safety.json"  # a dose of extra records: what notebook 08's safety arms add
+    save_alpaca([{"instruction": f"Explain how to do harmful thing number {i}.", "input": "",
+                  "output": "I can't help with that.", "source": "safety"} for i in range(40)], safety)
+    mix_arms = {f"safety_{share}": {"kind": "mix", "data_path": str(safety), "share": share}
+                for share in (0, 0.03, 0.5)}
+    spec = parse_spec({**copy.deepcopy(SPEC), "arms": {**DATA_ARMS, **mix_arms},
+                       "base": {**SPEC["base"], "data_path": str(data), "max_examples": 30}})
     prepared = prepare(spec, tmp_path / "out", progress=False)
     pool = prepared.pool.train
     jobs = {(j.arm.name, j.seed): j for j in prepared.jobs}
@@ -81,9 +86,10 @@ def test_the_arms_differ_in_their_data_and_only_there(tmp_path):
             assert changed == {"data_path", "learning_rate"}
         else:
             assert changed == {"data_path"}, name  # a data arm changes its data and nothing else
-        same_data = name in ("all", "prompt_loss", "lr_high")
+        same_data = name in ("all", "prompt_loss", "lr_high", "safety_0")
         assert (records[name, seed] == records["all", seed]) == same_data, name
-        assert all(r in pool for r in records[name, seed]) and job.config.max_steps == 2
+        drawn = records[name, seed][:len(pool)] if name.startswith("safety_") else records[name, seed]
+        assert all(r in pool for r in drawn) and job.config.max_steps == 2
         assert job.config.seed == seed and job.config.val_set_size == 0 and job.config.model_name_or_path == "default"
     assert records["all", 0] == pool and not any(r in pool for r in prepared.pool.heldout)
     assert records["random_n", 0] != records["random_n", 1]  # the run seed draws the sample ...
@@ -95,6 +101,10 @@ def test_the_arms_differ_in_their_data_and_only_there(tmp_path):
     assert chosen == sorted(prepared.grades, reverse=True)[:6]
     assert {r["source"] for r in records["seed_only", 0]} == {"seed"} and len(records["half", 0]) == round(len(pool) / 2)
     assert len(records["diverse", 0]) < len(pool) and len(records["clean", 0]) < len(pool)
+    # The dose arms: the whole pool, then round(share * pool / (1 - share)) safety records, the same for every seed.
+    for name, k in (("safety_0.03", round(0.03 * len(pool) / 0.97)), ("safety_0.5", len(pool))):
+        assert records[name, 0] == records[name, 1] and records[name, 0][:len(pool)] == pool
+        assert [r["source"] for r in records[name, 0][len(pool):]] == ["safety"] * k and k >= 1
 
 
 def test_every_arm_trains_the_same_steps_and_the_mask_arm_more_tokens(reference):

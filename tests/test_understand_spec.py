@@ -63,6 +63,18 @@ def test_the_shipped_presets_parse():
     ({"base": {"max_steps": 5}}, "base: max_steps is set by the ablation (budget), not in base"),
     ({"evaluation": {"metrics": ["val_loss", "bleu"]}}, "evaluation: unknown metric(s) ['bleu']"),
     ({"evaluation": {"metrics": ["val_loss", "ifeval"]}}, "evaluation: the ifeval metric needs ifeval_items >= 1"),
+    ({"evaluation": {"xstest_items": 4}}, "evaluation: the xstest metric needs xstest_items >= 1, and xstest_items"),
+    ({"evaluation": {"metrics": ["xstest"], "xstest_items": 201}}, "xstest_items is per group, at most 200"),
+    ({"arms": {"x": {"kind": "mix", "share": 0.03}}}, "arm 'x': kind mix needs data_path"),
+    ({"arms": {"x": {"kind": "mix", "data_path": "data/seed_tasks.jsonl"}}}, "arm 'x': kind mix needs share"),
+    ({"arms": {"x": {"kind": "mix", "data_path": "data/seed_tasks.jsonl", "share": 1.0}}},
+     "arm 'x': share must be a number in [0, 1), got 1.0"),
+    ({"arms": {"x": {"kind": "mix", "data_path": "data/seed_tasks.jsonl", "share": "3%"}}},
+     "arm 'x': share must be a number in [0, 1), got '3%'"),
+    ({"arms": {"x": {"kind": "mix", "data_path": "no_such_safety.json", "share": 0.1}}},
+     "arm 'x': data_path 'no_such_safety.json' is not a file"),
+    ({"arms": {"x": {"kind": "mix", "data_path": "data/seed_tasks.jsonl", "share": 0.1, "n": 3}}},
+     "arm 'x': unknown parameter(s) ['n'] for kind mix (it takes: data_path, share)"),
 ])
 def test_each_mistake_is_one_clear_line(change, message):
     with pytest.raises(AblationError) as err:
@@ -141,6 +153,52 @@ def test_every_arm_kind_draws_what_it_says(tmp_path, default_tokenizer):
     other = tmp_path / "other.json"
     other.write_text(json.dumps(p.heldout + p.train[:2]))
     assert records("dataset", data_path=str(other)) == p.train[:2]
+
+
+def test_mix_arms_differ_only_by_the_added_records(tmp_path):
+    from alpaca_helpers.understand.arms import mix_count
+
+    p = Pool([{"instruction": f"Name a word that rhymes with number {i}.", "input": "", "output": f"Word {i}.",
+               "source": "seed"} for i in range(100)], [{"instruction": "Refuse this.", "input": "", "output": "No."}],
+             seed=5)
+    extra = [{"instruction": f"Unsafe request of category {i}.", "input": "", "output": "I can't help with that.",
+              "source": "safety"} for i in range(120)] + [{**p.heldout[0], "source": "safety"}]
+    path = tmp_path / "safety.json"
+    path.write_text(json.dumps(extra))
+    for share in (0, 0.03, 0.5):
+        records = arm_records(Arm("x", "mix", {"data_path": str(path), "share": share}), p, seed=0)
+        assert records == arm_records(Arm("x", "mix", {"data_path": str(path), "share": share}), p, seed=1)  # run seeds
+        added = records[len(p.train):]
+        assert records[:len(p.train)] == p.train and len(added) == mix_count(share, 100)  # the pool, then the dose
+        assert all(r["source"] == "safety" and r in extra and r["instruction"] != "Refuse this." for r in added)
+        assert len(added) / len(records) == pytest.approx(share, abs=0.005)
+    assert [mix_count(s, 100) for s in (0, 0.03, 0.5)] == [0, 3, 100]
+    small, large = (arm_records(Arm("x", "mix", {"data_path": str(path), "share": s}), p, 0)[100:] for s in (0.03, 0.5))
+    assert all(r in large for r in small)  # a larger dose adds to a smaller one
+    other = arm_records(Arm("x", "mix", {"data_path": str(path), "share": 0.03}), Pool(p.train, p.heldout, seed=6), 0)
+    assert other[100:] != small  # the evaluation seed draws them
+    with pytest.raises(AblationError, match="share 0.6 of a pool of 100 needs 150 extra records but .* holds 120"):
+        arm_records(Arm("x", "mix", {"data_path": str(path), "share": 0.6}), p, 0)
+
+
+def test_the_xstest_metric_on_the_real_model(tmp_path):
+    from alpaca_helpers.demo.generate import load_model
+    from alpaca_helpers.evaluate.refusal import classify_refusal
+    from alpaca_helpers.understand.metrics import evaluation_sets, measure
+
+    model, tokenizer = load_model("default")
+    sets = evaluation_sets([], 1, 1, seed=0, max_length=96, max_new_tokens=8, xstest_items=2)
+    assert [p["label"] for p in sets.xstest].count("safe") == 2 and len(sets.identity()["xstest"]) == 4
+    values = measure(model, tokenizer, sets, tmp_path, ["xstest"])
+    answers = [json.loads(line) for line in (tmp_path / "xstest_answers.jsonl").read_text().splitlines()]
+    assert [a["id"] for a in answers] == [f"xstest-{p['id']}" for p in sets.xstest]
+    refused = [classify_refusal(a["output"]).label != "complies" for a in answers]
+    unsafe = [p["label"] == "unsafe" for p in sets.xstest]
+    assert values["xstest_refusal"] == sum(r for r, u in zip(refused, unsafe) if u) / 2
+    assert values["xstest_over_refusal"] == sum(r for r, u in zip(refused, unsafe) if not u) / 2
+    by_type = json.loads((tmp_path / "xstest_by_type.json").read_text())
+    assert by_type["refusal"]["rate"] == values["xstest_refusal"] and sum(
+        t["refusal"]["n"] for t in by_type["by_type"].values()) == 4
 
 
 def test_the_cleaning_rules(default_tokenizer):

@@ -62,15 +62,22 @@ def _parse_block(block: str) -> tuple[dict[str, str] | None, str | None]:
     return {"instruction": instruction, "input": inp, "output": fields["output"]}, None
 
 
+def split_blocks(text: str, first_number: int) -> list[str]:
+    """A completion that continues the prompt after `"{first_number}. Instruction:"`, cut into one block per
+    task: blocks start at each `N. Instruction:` line (numbers optional, `###` separators optional, so merged
+    blocks are split too)."""
+    full = f"{first_number}. Instruction:" + text
+    starts = [m.start() for m in _BLOCK_START.finditer(full)]
+    return [full[a:b] for a, b in zip(starts, starts[1:] + [len(full)])]
+
+
 def parse_completion(text: str, first_number: int, finish_reason: str | None = None) -> ParseResult:
     """Parse a completion that continues the prompt after `"{first_number}. Instruction:"`.
 
-    Blocks start at each `N. Instruction:` line (numbers optional, `###` separators optional, so merged
-    blocks are split too). When the completion stopped for length, the last block is dropped as truncated.
+    Blocks as `split_blocks` cuts them. When the completion stopped for length, the last block is dropped as
+    truncated.
     """
-    full = f"{first_number}. Instruction:" + text
-    starts = [m.start() for m in _BLOCK_START.finditer(full)]
-    blocks = [full[a:b] for a, b in zip(starts, starts[1:] + [len(full)])]
+    blocks = split_blocks(text, first_number)
     result = ParseResult()
     if finish_reason == "length" and blocks:
         blocks.pop()
@@ -81,6 +88,33 @@ def parse_completion(text: str, first_number: int, finish_reason: str | None = N
             result.failures[reason] += 1
         else:
             result.tasks.append(task)
+    if not blocks and not result.failures:
+        result.failures["no_task_found"] += 1
+    return result
+
+
+def parse_instructions(text: str, first_number: int, finish_reason: str | None = None) -> ParseResult:
+    """Parse a completion that continues a list of bare instructions after `"{first_number}. Instruction:"`.
+
+    Blocks as `split_blocks` cuts them; each task is `{"instruction": ...}`: the block's text up to its first
+    blank line, `###` separator or other label (a teacher that goes on with an Input or Output has them
+    dropped). A block cut by the length limit is dropped as truncated.
+    """
+    blocks = split_blocks(text, first_number)
+    result = ParseResult()
+    if finish_reason == "length" and blocks:
+        blocks.pop()
+        result.failures["truncated"] += 1
+    for block in blocks:
+        block = _SEPARATOR.split(block)[0]
+        labels = list(_LABEL.finditer(block))
+        end = labels[1].start() if len(labels) > 1 else len(block)
+        body = _RESTATED_LABEL.sub("", block[labels[0].end():end].strip()) if labels else ""
+        instruction = re.sub(r"\s+", " ", re.split(r"\n[ \t]*\n", body.strip())[0]).strip()
+        if instruction:
+            result.tasks.append({"instruction": instruction})
+        else:
+            result.failures["empty_instruction"] += 1
     if not blocks and not result.failures:
         result.failures["no_task_found"] += 1
     return result

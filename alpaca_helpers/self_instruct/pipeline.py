@@ -24,11 +24,11 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..data import load_seed_tasks, save_alpaca
 from ..files import append_durable, atomic_write_text, read_complete_jsonl
@@ -86,6 +86,32 @@ class Checkpoint:
         self.records.extend({"type": "record", **r} for r in records)
         self.requests.append({"type": "request", **request})
 
+    def next_index(self) -> int:
+        """The index of the first request after every finished one."""
+        return max((r["index"] for r in self.requests), default=-1) + 1
+
+    def wall_seconds(self, session: str, session_seconds: float) -> float:
+        """`session_seconds` of this session plus the earlier sessions' (each up to its last finished request).
+
+        Each request line carries its `session` and the seconds from that session's start (`elapsed`)."""
+        earlier: dict[str, float] = {}
+        for r in self.requests:
+            if r.get("session") != session:
+                earlier[r["session"]] = max(earlier.get(r["session"], 0.0), r.get("elapsed", 0.0))
+        return sum(earlier.values()) + session_seconds
+
+    def rejections(self, examples_per_reason: int = 3) -> tuple[dict[str, int], dict[str, list[str]]]:
+        """Rejections by reason over every finished request, and the first few rejected texts of each reason."""
+        counts: Counter = Counter()
+        examples: dict[str, list[str]] = {}
+        for r in self.requests:
+            counts.update(r["rejections"])
+            for reason, text in r.get("rejected", []):
+                found = examples.setdefault(reason, [])
+                if len(found) < examples_per_reason:
+                    found.append(text)
+        return dict(counts), examples
+
 
 # -------------------------------------------------------------------------------------------- pipeline
 
@@ -139,8 +165,58 @@ def projection(result: RunResult, teacher: TeacherConfig, size: int = ALPACA_SIZ
             "hours": result.wall_seconds * per_kept / 3600, "concurrency": concurrency}
 
 
-def _request_seed(seed: int, index: int) -> int:
+def request_seed(seed: int, index: int) -> int:
+    """The sampling seed of request `index` of a run seeded with `seed` (the same on every resume)."""
     return random.Random(f"{seed}:{index}").randrange(2**31)
+
+
+Reply = TypeVar("Reply")
+
+
+def run_requests(ask: Callable[[int], Reply], process: Callable[[Reply, int], int], target: int, *, kept: int,
+                 next_index: int, concurrency: int = 1, max_requests: int | None = None, progress: bool = True,
+                 status: Callable[[], dict[str, Any]] | None = None) -> float:
+    """The request loop of a resumable teacher run, until `target` items are kept or requests run out.
+
+    `ask(index)` runs in a thread pool (`concurrency` in flight, `max_requests` at most this session) and
+    returns a reply; `process(reply, room)` runs in this thread, checkpoints what it keeps (at most `room`)
+    and returns how many. `kept` and `next_index` say where an earlier session stopped; `status()` gives the
+    progress bar's postfix. Returns the `time.perf_counter()` at the end; on an error or Ctrl-C requests
+    still in flight are abandoned (their replies were never checkpointed, so a resume asks again).
+    """
+    from tqdm.auto import tqdm
+
+    submitted = 0
+    bar = tqdm(total=target, initial=min(kept, target), desc="kept", unit="instr", disable=not progress,
+               dynamic_ncols=True)
+    finished_at = None
+    executor = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="teacher")
+    pending: set[Future] = set()
+    try:
+        while kept < target:
+            while len(pending) < concurrency and (max_requests is None or submitted < max_requests):
+                pending.add(executor.submit(ask, next_index))
+                next_index += 1
+                submitted += 1
+            if not pending:
+                break
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                if kept >= target:
+                    break  # target reached by an earlier reply of this batch
+                new = process(future.result(), target - kept)
+                kept += new
+                bar.update(new)
+                if status is not None:
+                    bar.set_postfix(status(), refresh=False)
+        finished_at = time.perf_counter()
+    finally:
+        for future in pending:
+            future.cancel()
+        # On success wait for requests still in flight (so none outlives the run); on an error or Ctrl-C don't.
+        executor.shutdown(wait=finished_at is not None, cancel_futures=True)
+        bar.close()
+    return finished_at
 
 
 class _Run:
@@ -161,7 +237,7 @@ class _Run:
         prompt = request_prompt(self.seeds, self.seed, index, self.num_prompt_instructions,
                                 self.tasks_per_prompt)
         stop = stop_strings(self.num_prompt_instructions, self.tasks_per_prompt)
-        reply = self.teacher.complete(prompt, stop=stop, seed=_request_seed(self.seed, index))
+        reply = self.teacher.complete(prompt, stop=stop, seed=request_seed(self.seed, index))
         return index, prompt, reply
 
     def process(self, index: int, prompt: str, reply: Completion, room: int) -> int:
@@ -203,11 +279,7 @@ class _Run:
 
     def wall_seconds(self, finished_at: float) -> float:
         """This session's time plus the earlier sessions' (each up to its last finished request)."""
-        earlier: dict[str, float] = {}
-        for r in self.checkpoint.requests:
-            if r.get("session") != self.session:
-                earlier[r["session"]] = max(earlier.get(r["session"], 0.0), r.get("elapsed", 0.0))
-        return sum(earlier.values()) + (finished_at - self.start)
+        return self.checkpoint.wall_seconds(self.session, finished_at - self.start)
 
 
 def generate(teacher: Teacher, num_instructions: int, output_dir: str | os.PathLike, *,
@@ -223,8 +295,6 @@ def generate(teacher: Teacher, num_instructions: int, output_dir: str | os.PathL
     Raises `TeacherUnreachable` before starting if the endpoint does not answer, `TeacherError` when a
     request's retries are spent (kept records stay in the checkpoint).
     """
-    from tqdm.auto import tqdm
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     seeds = seed_tasks if seed_tasks is not None else load_seed_tasks()
@@ -232,39 +302,15 @@ def generate(teacher: Teacher, num_instructions: int, output_dir: str | os.PathL
         teacher.check()
     run = _Run(teacher, seeds, output_dir, num_instructions, num_prompt_instructions, tasks_per_prompt, seed,
                threshold)
-    done_indices = [r["index"] for r in run.checkpoint.requests]
-    next_index = max(done_indices, default=-1) + 1
-    kept = len(run.checkpoint.records)
-    submitted = 0
-    bar = tqdm(total=num_instructions, initial=min(kept, num_instructions), desc="kept", unit="instr",
-               disable=not progress, dynamic_ncols=True)
-    finished_at = None
-    executor = ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="teacher")
-    pending: set[Future] = set()
-    try:
-        while kept < num_instructions:
-            while len(pending) < concurrency and (max_requests is None or submitted < max_requests):
-                pending.add(executor.submit(run.ask, next_index))
-                next_index += 1
-                submitted += 1
-            if not pending:
-                break
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                if kept >= num_instructions:
-                    break  # target reached by an earlier reply of this batch
-                new = run.process(*future.result(), room=num_instructions - kept)
-                kept += new
-                bar.update(new)
-                rejected = sum(sum(r["rejections"].values()) for r in run.checkpoint.requests)
-                bar.set_postfix(requests=len(run.checkpoint.requests), rejected=rejected, refresh=False)
-        finished_at = time.perf_counter()
-    finally:
-        for future in pending:
-            future.cancel()
-        # On success wait for requests still in flight (so none outlives the run); on an error or Ctrl-C don't.
-        executor.shutdown(wait=finished_at is not None, cancel_futures=True)
-        bar.close()
+
+    def status() -> dict[str, Any]:
+        requests = run.checkpoint.requests
+        return {"requests": len(requests), "rejected": sum(sum(r["rejections"].values()) for r in requests)}
+
+    finished_at = run_requests(run.ask, lambda reply, room: run.process(*reply, room=room), num_instructions,
+                               kept=len(run.checkpoint.records), next_index=run.checkpoint.next_index(),
+                               concurrency=concurrency, max_requests=max_requests, progress=progress,
+                               status=status)
     return _finish(run, output_dir, num_instructions, finished_at)
 
 
@@ -274,14 +320,7 @@ def _finish(run: _Run, output_dir: Path, target: int, finished_at: float) -> Run
     records = [{"instruction": e["instruction"], "input": e["input"], "output": e["output"]} for e in entries]
     output_path = save_alpaca(records, output_dir / OUTPUT_FILE)
     requests = run.checkpoint.requests
-    rejections: Counter = Counter()
-    rejected_examples: dict[str, list[str]] = {}
-    for r in requests:
-        rejections.update(r["rejections"])
-        for reason, text in r.get("rejected", []):
-            examples = rejected_examples.setdefault(reason, [])
-            if len(examples) < 3:
-                examples.append(text)
+    rejections, rejected_examples = run.checkpoint.rejections()
     prompt_tokens = sum(r["prompt_tokens"] for r in requests)
     completion_tokens = sum(r["completion_tokens"] for r in requests)
     cfg = run.teacher.config
@@ -340,7 +379,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
+def exit_on_sigterm(signum: int, frame: Any) -> None:
+    """A SIGTERM handler that unwinds like Ctrl-C (`with` blocks close: a local server stops)."""
     raise SystemExit(128 + signum)
 
 
@@ -353,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     out = resolve(args.output_dir)
     # `kill` (SIGTERM) then unwinds like Ctrl-C: the local server is stopped, the checkpoint is intact.
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
 
     def teacher_config(base_url: str, model: str) -> TeacherConfig:
         return TeacherConfig(base_url=base_url, model=model, api=args.api, api_key_env=args.api_key_env,

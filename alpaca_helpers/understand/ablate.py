@@ -201,11 +201,12 @@ def prepare(spec: AblationSpec, output_dir: str | os.PathLike, progress: bool = 
     except (DataSourceError, TrainConfigError, ValueError) as e:
         raise AblationError(f"base data {base.data_path}: {e}") from None
     sets = evaluation_sets(pool.heldout, ev.teacher_items, ev.shape_items, ev.seed, ev.max_length, ev.max_new_tokens,
-                           ev.ifeval_items)
+                           ev.ifeval_items, ev.xstest_items)
     echo(f"pool: {len(pool.train)} records from {base.data_path} ({pool.unfit} left out: their prompts fill "
          f"model_max_length {base.model_max_length}), {len(pool.heldout)} held out for the validation loss; "
          f"{len(sets.teacher)} teacher answers and {len(sets.prompts)} prompts for every arm"
-         + (f", {len(sets.ifeval)} IFEval prompts" if sets.ifeval else ""))
+         + (f", {len(sets.ifeval)} IFEval prompts" if sets.ifeval else "")
+         + (f", {len(sets.xstest)} XSTest prompts" if sets.xstest else ""))
     graded = any(a.kind == "selection" and a.params["method"] == "graded" for a in spec.arms.values())
     out.mkdir(parents=True, exist_ok=True)
     grades = None

@@ -4,7 +4,9 @@ The pool is the base data (`base.data_path`, sampled to `base.max_examples` as t
 held-out set that no arm trains on: the validation loss of every arm is measured on those records. An arm's
 kind says how it draws from the pool (`arm_records`); `mask` and `setting` arms train on the whole pool, like
 `base`. Random draws (`size`, `selection` with method random) use the run's seed, so the seeds also cover the
-luck of the sample; the other kinds are the same for every seed.
+luck of the sample; the other kinds are the same for every seed. A `mix` arm (a dose of extra data, such as
+safety examples) trains on the whole pool plus records drawn from another file with the evaluation seed (the pool's
+`seed`), not the run seed: every run seed sees the same added records, and a larger share adds to a smaller one's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Pool:
     train: list[dict[str, Any]]
     heldout: list[dict[str, Any]]
     unfit: int = 0
+    seed: int = 0  # the evaluation seed that held the records out; it also draws a mix arm's added records
 
 
 def make_pool(data_path: str, max_examples: int | None, columns: str | None, heldout: int, seed: int,
@@ -43,7 +46,7 @@ def make_pool(data_path: str, max_examples: int | None, columns: str | None, hel
         train, held = split_validation(records, heldout, seed)
     except TrainConfigError as e:
         raise AblationError(f"evaluation.heldout: {e}") from None
-    return Pool(train, held, len(unfit))
+    return Pool(train, held, len(unfit), seed)
 
 
 def _task(record: Mapping[str, Any]) -> tuple[str, str]:
@@ -110,4 +113,30 @@ def arm_records(arm: Arm, pool: Pool, seed: int, grades: Sequence[float | None] 
 
         held = {_task(r) for r in pool.heldout}
         return [r for r in load_records(p["data_path"], None, seed, p.get("data_columns")) if _task(r) not in held]
+    if arm.kind == "mix":
+        return records + mixed_in(arm, pool)
     raise AblationError(f"arm {arm.name!r}: unknown kind {arm.kind!r}")
+
+
+def mix_count(share: float, pool_size: int) -> int:
+    """How many extra records make `share` of a mix arm's data: round(share * pool_size / (1 - share))."""
+    return round(share * pool_size / (1 - share))
+
+
+def mixed_in(arm: Arm, pool: Pool) -> list[dict[str, Any]]:
+    """The extra records a mix arm adds to the pool: `mix_count` of its file's records (minus the held-out tasks),
+    drawn with the pool's (evaluation) seed, in the file's order. They keep every field, `source` too. The draw is
+    a seeded order of the whole file cut at k, so the records of a smaller share are among those of a larger."""
+    from ..train.batches import load_records
+
+    k = mix_count(float(arm.params["share"]), len(pool.train))
+    if k == 0:
+        return []
+    held = {_task(r) for r in pool.heldout}
+    extra = [r for r in load_records(arm.params["data_path"], None, pool.seed) if _task(r) not in held]
+    if k > len(extra):
+        raise AblationError(f"arm {arm.name!r}: share {arm.params['share']} of a pool of {len(pool.train)} needs {k} "
+                            f"extra records but {arm.params['data_path']} holds {len(extra)}")
+    order = list(range(len(extra)))
+    random.Random(pool.seed).shuffle(order)
+    return [extra[i] for i in sorted(order[:k])]

@@ -6,18 +6,26 @@ text-davinci-003 answers to a seeded subset of the 252 user-oriented instruction
 function of a `Measured` (the model, its tokenizer, the sets, a folder for what it writes) returning named
 numbers; `METRICS` maps a metric's name to it. `ifeval` (notebook 06's IFEval, scored offline by code on a seeded
 subset of its 541 prompts) is one that is off by default: name it in `evaluation.metrics` with
-`evaluation.ifeval_items` prompts. Another score plugs in the same way: a function of `Measured` added to `METRICS`.
+`evaluation.ifeval_items` prompts. `xstest` (also off by default, with `evaluation.xstest_items` prompts per group)
+answers a seeded, balanced subset of XSTest's safe and unsafe prompts greedily and labels each answer with
+`evaluate.refusal.classify_refusal`: the refusal rate on the unsafe prompts and the over-refusal rate on the safe
+ones, with the rates per XSTest type in the run folder's `xstest_by_type.json`. Another score plugs in the same
+way: a function of `Measured` added to `METRICS`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text
+
 DEFAULT_METRICS = ("val_loss", "teacher_agreement", "answer_shape")
+XSTEST_BY_TYPE_FILE = "xstest_by_type.json"
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,7 @@ class EvalSets:
     max_length: int  # tokens of prompt + answer when scoring
     max_new_tokens: int  # the answer limit
     ifeval: list[dict[str, Any]] = field(default_factory=list)  # IFEval prompts each model answers (the ifeval metric)
+    xstest: list[dict[str, Any]] = field(default_factory=list)  # XSTest prompts each model answers (the xstest metric)
 
     def identity(self) -> dict[str, Any]:
         """What fixes these sets (for the results' fingerprint and `eval_sets.json`)."""
@@ -38,13 +47,15 @@ class EvalSets:
                "max_length": self.max_length, "max_new_tokens": self.max_new_tokens}
         if self.ifeval:
             out["ifeval"] = [p["key"] for p in self.ifeval]
+        if self.xstest:
+            out["xstest"] = [p["id"] for p in self.xstest]
         return out
 
 
 def evaluation_sets(heldout: Sequence[Mapping[str, Any]], teacher_items: int, shape_items: int, seed: int,
-                    max_length: int, max_new_tokens: int, ifeval_items: int = 0) -> EvalSets:
+                    max_length: int, max_new_tokens: int, ifeval_items: int = 0, xstest_items: int = 0) -> EvalSets:
     """The held-out records plus seeded subsets of the user-oriented instructions and of IFEval's prompts
-    (`pairwise.eval_subset`)."""
+    (`pairwise.eval_subset`), and `xstest_items` safe and as many unsafe XSTest prompts (`xstest.xstest_subset`)."""
     from ..data import load_davinci_predictions, load_eval_set
     from ..evaluate.ifeval import load_ifeval
     from ..evaluate.pairwise import eval_subset
@@ -56,7 +67,12 @@ def evaluation_sets(heldout: Sequence[Mapping[str, Any]], teacher_items: int, sh
     if ifeval_items:
         every = load_ifeval()
         ifeval = [every[i] for i in eval_subset(every, ifeval_items, seed + 2)]
-    return EvalSets([dict(r) for r in heldout], teacher, prompts, max_length, max_new_tokens, ifeval)
+    xstest = []
+    if xstest_items:
+        from ..evaluate.xstest import load_xstest, xstest_subset
+
+        xstest = xstest_subset(load_xstest(), xstest_items, seed + 3)
+    return EvalSets([dict(r) for r in heldout], teacher, prompts, max_length, max_new_tokens, ifeval, xstest)
 
 
 @dataclass
@@ -117,8 +133,20 @@ def ifeval(m: Measured) -> dict[str, float | None]:
     return {"ifeval_prompt_strict": scores["prompt_strict"], "ifeval_instruction_strict": scores["instruction_strict"]}
 
 
+def xstest(m: Measured) -> dict[str, float | None]:
+    """XSTest's refusal rate (unsafe prompts refused, fully or partly) and over-refusal rate (safe prompts
+    refused) of greedy answers, labelled by `evaluate.refusal.classify_refusal`; every rate, per type too, goes
+    to `xstest_by_type.json` in the run folder (`xstest.refusal_rates`)."""
+    from ..evaluate.refusal import classify_refusal
+    from ..evaluate.xstest import as_records, refusal_rates
+    rows = m.answers(as_records(m.sets.xstest), "xstest_answers.jsonl")
+    rates = refusal_rates(m.sets.xstest, [classify_refusal(r["output"]).label for r in rows])
+    atomic_write_text(m.folder / XSTEST_BY_TYPE_FILE, json.dumps(rates, indent=2) + "\n")
+    return {"xstest_refusal": rates["refusal"]["rate"], "xstest_over_refusal": rates["over_refusal"]["rate"]}
+
+
 METRICS: dict[str, Metric] = {"val_loss": val_loss, "teacher_agreement": teacher_agreement, "answer_shape": answer_shape,
-                              "ifeval": ifeval}
+                              "ifeval": ifeval, "xstest": xstest}
 
 
 def measure(model: Any, tokenizer: Any, sets: EvalSets, folder: str | os.PathLike,

@@ -14,6 +14,7 @@ evaluation, read from YAML or a dict and checked before any data or model loads.
       longest_n: {kind: selection, method: longest, n: 8}
       prompt_loss: {kind: mask, train_on_prompt: true}
       lr_high: {kind: setting, learning_rate: 3.0e-4}
+      safety_3pc: {kind: mix, data_path: safety.json, share: 0.03}   # the pool plus 3% safety examples
 
 Each arm changes the training data (its kind says how) or one training setting; the model, the seed, the budget
 and the evaluation sets stay the same for all. The kinds and their parameters are in `ARM_KINDS`.
@@ -54,8 +55,11 @@ ARM_KINDS: dict[str, dict[str, str]] = {
     "setting": {},
     "dataset": {"data_path": "another training set (file, folder or Hub name), minus the held-out tasks",
                 "data_columns": "its column mapping, as the training setting"},
+    "mix": {"data_path": "a file of extra records (e.g. safety data) added to the whole pool",
+            "share": "the extra records' share of the arm's data, in [0, 1) (0: the pool alone)"},
 }
-REQUIRED = {"diversity": {"threshold"}, "source": {"source"}, "selection": {"method", "n"}, "dataset": {"data_path"}}
+REQUIRED = {"diversity": {"threshold"}, "source": {"source"}, "selection": {"method", "n"}, "dataset": {"data_path"},
+            "mix": {"data_path", "share"}}
 # Settings an arm may not change: they would change what is measured, or what every arm shares.
 EVALUATION_SETTINGS = ("data_path", "data_columns", "max_examples", "val_set_size", "eval_steps")
 SHARED_SETTINGS = ("model_name_or_path", "seed", "output_dir", "max_steps", "num_train_epochs", "resume",
@@ -104,6 +108,7 @@ class EvaluationConfig:
     max_length: int | None = None  # tokens of prompt + answer when scoring; None = the base model_max_length
     seed: int = 0  # which records are held out and which evaluation items are used
     ifeval_items: int = 0  # IFEval prompts each model answers, for the `ifeval` metric (541 = all)
+    xstest_items: int = 0  # XSTest prompts per group (safe and unsafe) for the `xstest` metric (200 = all unsafe)
     metrics: tuple[str, ...] = DEFAULT_METRICS  # names in `understand.metrics.METRICS`
 
 
@@ -203,6 +208,13 @@ def check_arm(arm: Arm, base: dict[str, Any]) -> None:
         unknown_rules = sorted(set(params.get("rules", CLEANING_RULES)) - set(CLEANING_RULES))
         if unknown_rules:
             raise AblationError(f"{where}: unknown cleaning rule(s) {unknown_rules} (rules: {', '.join(CLEANING_RULES)})")
+    if arm.kind == "mix":
+        share = params["share"]
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+            raise AblationError(f"{where}: share must be a number in [0, 1), got {share!r}")
+        path = str(params["data_path"])
+        if not any(p.is_file() for p in (Path(path).expanduser(), REPO_ROOT / path)):
+            raise AblationError(f"{where}: data_path {path!r} is not a file (from here or the repository root)")
     if arm.kind == "diversity" and params["threshold"] is not None and not 0 <= float(params["threshold"]) <= 1:
         raise AblationError(f"{where}: threshold must be in [0, 1] or null (no filter), got {params['threshold']}")
 
@@ -252,6 +264,12 @@ def parse_spec(raw: dict[str, Any]) -> AblationSpec:
     if ("ifeval" in evaluation.metrics) != (evaluation.ifeval_items > 0):
         raise AblationError("evaluation: the ifeval metric needs ifeval_items >= 1, and ifeval_items needs the ifeval "
                             f"metric (metrics {list(evaluation.metrics)}, ifeval_items {evaluation.ifeval_items})")
+    if ("xstest" in evaluation.metrics) != (evaluation.xstest_items > 0):
+        raise AblationError("evaluation: the xstest metric needs xstest_items >= 1, and xstest_items needs the xstest "
+                            f"metric (metrics {list(evaluation.metrics)}, xstest_items {evaluation.xstest_items})")
+    if evaluation.xstest_items > 200:
+        raise AblationError(f"evaluation: xstest_items is per group, at most 200 (XSTest's unsafe prompts), "
+                            f"got {evaluation.xstest_items}")
     if evaluation.heldout < 1:
         raise AblationError("evaluation: heldout must be >= 1 (the validation loss needs held-out records)")
     spec = AblationSpec(base=base, arms=arms, baseline=baseline, seeds=tuple(seeds), budget=budget,
