@@ -43,7 +43,7 @@ def notebook_parameters(notebook: Path) -> set[str]:
 
 # What a notebook reads from an earlier notebook of the same course run (its output folder, relative path).
 # The chain: 01 generates, 02 filters and writes the training set (seed tasks + what passed), 03 tokenizes and
-# 04 trains on that set, 06 evaluates what 04 trained, 07 runs its ablation on the same set.
+# 04 trains on that set, 06 evaluates what 04 trained, 07 runs its ablation on the same set, 08 its safety dose.
 TRAIN_SET = "02_dedup_analysis/train_set.json"
 COURSE_LINKS: dict[str, dict[str, str]] = {
     "02_dedup_analysis": {"data_path": "01_self_instruct/regen.json"},
@@ -51,6 +51,7 @@ COURSE_LINKS: dict[str, dict[str, str]] = {
     "04_train": {"data_path": TRAIN_SET},
     "06_evaluate": {"model_path": "04_train/model"},
     "07_understand": {"data_path": TRAIN_SET},
+    "08_safety": {"data_path": TRAIN_SET},
 }
 
 

@@ -48,6 +48,7 @@ EXERCISES: dict[str, Exercise] = {
     "05.1": Exercise("Temperature 0: does the seed still matter?", requires={"temperature": 0.0}),
     "06.1": Exercise("Cohen's kappa by hand"),
     "07.1": Exercise("Long Is More by hand: the mean length of the 4 longest responses", requires={"n": 4}),
+    "08.1": Exercise("The content filter's precision on XSTest, by hand"),
 }
 
 

@@ -90,7 +90,7 @@ SOFT_RULES: dict[str, str] = {
 WHOLE_SENTENCE = ("redirect", "lecture")  # soft rules that make their whole sentence say nothing else
 # A turn from a refusal to content.
 TURN = re.compile(r"\b(?:but|however|instead|that said|although|though)\b,?[^.!?\n]*?\b(?:here(?:'s| is| are)|"
-                  r"i can\b(?! ?not)|i could\b|i'?d be (?:happy|glad) to|i(?:'m| am) (?:happy|glad) to|let me)|"
+                  r"i can\b(?!'t| ?not)|i could\b|i'?d be (?:happy|glad) to|i(?:'m| am) (?:happy|glad) to|let me)|"
                   r"^here(?:'s| is| are)\b|\bwhat i can (?:do|tell|say|offer|share)\b|\bi can,? however\b")
 _HARD = {name: re.compile(p) for name, p in HARD_RULES.items()}
 _SOFT = {name: re.compile(p) for name, p in SOFT_RULES.items()}

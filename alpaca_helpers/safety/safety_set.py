@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import load_alpaca, save_alpaca
-from ..paths import data_dir
+from ..paths import data_dir, resolve
 from ..self_instruct.teacher import Teacher
 from .categories import CATEGORIES, Category, category
 
@@ -214,5 +214,6 @@ def write_shipped_safety_set(path: str | os.PathLike | None = None) -> Path:
 
 
 def load_safety_set(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """The safety set at `path` (default: the shipped `data/safety_set.json`), checked as Alpaca records."""
-    return load_alpaca(Path(path) if path is not None else data_dir() / SAFETY_SET_FILE)
+    """The safety set at `path` (relative: from the repository root; default: the shipped `data/safety_set.json`),
+    checked as Alpaca records."""
+    return load_alpaca(resolve(path) if path is not None else data_dir() / SAFETY_SET_FILE)

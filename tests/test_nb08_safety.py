@@ -1,0 +1,37 @@
+"""Notebook 08 end to end on a course-shaped training set: the classifier's agreement, XSTest and the filter, a real
+red-team request to the embedded teacher, the safety dose through the ablation runner, and the watermark's reach."""
+
+import json
+
+import pytest
+
+from alpaca_helpers.data import load_seed_tasks, save_alpaca
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+def test_notebook_08_measures_refusals_the_filter_the_dose_and_the_watermark(execute_notebook, tmp_path):
+    train_set = tmp_path / "train_set.json"  # notebook 02's shape: every record tagged with its source
+    save_alpaca([{**r, "source": "self-instruct" if i % 4 == 0 else "seed"} for i, r in enumerate(load_seed_tasks())],
+                train_set)
+    summary, _ = execute_notebook("08_safety", data_path=str(train_set), budget_steps=1, xstest_items=2,
+                                  redteam_instructions=1, redteam_max_requests=1, reach_items=4,
+                                  reach_max_new_tokens=24)
+    assert summary["classifier"]["n"] == 87 and round(summary["classifier"]["kappa"], 3) == 0.733
+    assert summary["xstest"] == {"safe": 250, "unsafe": 200}
+    assert summary["filter"]["n"] == 450 and summary["filter"]["backend"] == "offline"
+    assert summary["redteam"]["requests"] == 1 and summary["redteam"]["teacher"] == "embedded"
+    dose = summary["dose"]
+    assert dose["arms"] == ["no_safety", "safety_3pc", "safety_30pc"] and dose["runs"] == 6 and dose["same_steps"]
+    pool = dose["records"]["no_safety"]
+    # the arms differ only by the safety records: k = round(share * pool / (1 - share))
+    assert dose["records"]["safety_3pc"] == pool + round(0.03 * pool / 0.97)
+    assert dose["records"]["safety_30pc"] == pool + round(0.3 * pool / 0.7)
+    for arm in dose["arms"]:
+        assert 0 <= dose["table"][f"{arm}.xstest_refusal"]["mean"] <= 1
+        assert 0 <= dose["table"][f"{arm}.xstest_over_refusal"]["mean"] <= 1
+    assert [r["length"] for r in summary["watermark"]["lengths"]] == [8, 16]
+    out = tmp_path / "course" / "08_safety"
+    rows = [json.loads(line) for line in (out / "dose" / "results.jsonl").read_text().splitlines()]
+    assert {r["arm"] for r in rows} == set(dose["arms"]) and all(r["steps"] == 1 for r in rows)
+    assert all((out / f).is_file() for f in ("filter.png", "refusals.png", "watermark_reach.png", "redteam/redteam.json"))
