@@ -36,8 +36,9 @@ from typing import Any
 from ..demo.content_filter import ContentFilter
 from ..files import atomic_write_text
 from ..self_instruct.parse import parse_instructions
-from ..self_instruct.pipeline import Checkpoint, RunResult, exit_on_sigterm, request_seed, run_requests
-from ..self_instruct.teacher import Completion, Teacher, TeacherConfig, TeacherError, TeacherUnreachable, \
+from ..self_instruct.pipeline import Checkpoint, RunResult, exit_on_sigterm, open_teacher, request_seed, run_requests, \
+    add_teacher_arguments
+from ..self_instruct.teacher import Completion, Teacher, TeacherError, TeacherUnreachable, \
     estimate_cost, price_per_million
 from .categories import CATEGORIES, Category
 
@@ -324,36 +325,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="instructions to keep (default: 20)")
     p.add_argument("--output_dir", "--output-dir", default="runs/redteam",
                    help="folder for redteam.json, redteam.meta.json and the checkpoint (relative: to the repository)")
-    t = p.add_argument_group("teacher (default: the embedded 135M model served locally: runs anywhere, writes weak "
-                             "instructions; any OpenAI-compatible endpoint with a capable model gives real ones)")
-    t.add_argument("--base_url", "--base-url", help="an OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
-    t.add_argument("--model", help="model name at that endpoint (e.g. gpt-4o-mini)")
-    t.add_argument("--api", choices=("completions", "chat"), default="completions",
-                   help="Completions API (local servers) or Chat Completions")
-    t.add_argument("--api_key_env", "--api-key-env", default="OPENAI_API_KEY",
-                   help="name of the environment variable holding the API key (default: OPENAI_API_KEY)")
-    t.add_argument("--extra_body", "--extra-body", type=json.loads, metavar="JSON",
-                   help="extra request fields as a JSON object")
-    t.add_argument("--serve", metavar="MODEL_DIR", help="model folder to serve locally instead of the default")
-    t.add_argument("--server_threads", "--server-threads", type=int, default=1,
-                   help="CPU threads for the local server (default: 1)")
-    d = p.add_argument_group("decoding and run")
-    d.add_argument("--temperature", type=float, default=1.0)
-    d.add_argument("--top_p", "--top-p", type=float, default=1.0)
-    d.add_argument("--max_tokens", "--max-tokens", type=int, default=512, help="completion length limit per request")
+    d = add_teacher_arguments(p, "teacher (default: the embedded 135M model served locally: runs anywhere, writes "
+                                 "weak instructions; any OpenAI-compatible endpoint with a capable model gives real "
+                                 "ones)", max_tokens=512)
     d.add_argument("--num_examples", "--num-examples", type=int, default=NUM_EXAMPLES,
                    help="category examples shown per request")
     d.add_argument("--per_request", "--per-request", type=int, default=PER_REQUEST,
                    help="new instructions asked for per request")
-    d.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
-    d.add_argument("--seed", type=int, default=42)
-    d.add_argument("--max_requests", "--max-requests", type=int,
-                   help="stop after this many requests even if short of the target")
-    d.add_argument("--request_timeout", "--request-timeout", type=float, default=600.0, help="seconds per request")
-    d.add_argument("--max_retries", "--max-retries", type=int, default=6,
-                   help="retries per request on 429/5xx/timeouts")
-    d.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each time)")
-    p.add_argument("--no_progress", "--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -363,31 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     import contextlib
 
     from ..paths import resolve
-    from ..self_instruct.server import ServerError, serve
+    from ..self_instruct.server import ServerError
 
     args = _parser().parse_args(argv)
     out = resolve(args.output_dir)
     signal.signal(signal.SIGTERM, exit_on_sigterm)  # `kill` unwinds like Ctrl-C: the local server stops
-
-    def teacher_config(base_url: str, model: str) -> TeacherConfig:
-        return TeacherConfig(base_url=base_url, model=model, api=args.api, api_key_env=args.api_key_env,
-                             temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
-                             request_timeout=args.request_timeout, max_retries=args.max_retries,
-                             backoff_initial=args.backoff)
-
     try:
         with contextlib.ExitStack() as stack:
-            if args.base_url:
-                if not args.model:
-                    raise RedTeamError("--model is required with --base_url")
-                config = teacher_config(args.base_url, args.model)
-                config.extra_body = args.extra_body
-            else:
-                server = stack.enter_context(serve(args.serve, threads=args.server_threads,
-                                                   continuous_batching=True, log_path=out / "server.log"))
-                config = teacher_config(server.base_url, server.model)
-                config.extra_body = server.sampling_body()
-            result = red_team(Teacher(config), args.num_instructions, out, num_examples=args.num_examples,
+            teacher = open_teacher(args, stack, out)
+            if teacher is None:
+                raise RedTeamError("--model is required with --base_url")
+            result = red_team(teacher, args.num_instructions, out, num_examples=args.num_examples,
                               per_request=args.per_request, concurrency=args.concurrency, seed=args.seed,
                               max_requests=args.max_requests, progress=not args.no_progress)
     except (RedTeamError, TeacherUnreachable) as e:

@@ -345,37 +345,68 @@ def _finish(run: _Run, output_dir: Path, target: int, finished_at: float) -> Run
 
 # ------------------------------------------------------------------------------------------------- CLI
 
+def add_teacher_arguments(p: argparse.ArgumentParser, title: str, max_tokens: int) -> argparse._ArgumentGroup:
+    """The options every teacher-driven command shares (endpoint, decoding, retries, concurrency, seed, progress);
+    returns the "decoding and run" group for the command's own options. Both spellings work: --base-url, --base_url."""
+
+    def both(name: str) -> list[str]:
+        return list(dict.fromkeys([f"--{name}", f"--{name.replace('-', '_')}"]))
+
+    t = p.add_argument_group(title)
+    t.add_argument(*both("base-url"), help="an OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
+    t.add_argument("--model", help="model name at that endpoint (e.g. gpt-4o-mini)")
+    t.add_argument("--api", choices=("completions", "chat"), default="completions",
+                   help="Completions API (gpt-3.5-turbo-instruct, local servers) or Chat Completions")
+    t.add_argument(*both("api-key-env"), default="OPENAI_API_KEY",
+                   help="name of the environment variable holding the API key (default: OPENAI_API_KEY)")
+    t.add_argument(*both("extra-body"), type=json.loads, metavar="JSON",
+                   help="extra request fields as a JSON object (for a `transformers serve` endpoint given by "
+                        "--base-url: its LocalServer.sampling_body(), or sampling stays off)")
+    t.add_argument("--serve", metavar="MODEL_DIR", help="model folder to serve locally instead of the default")
+    t.add_argument(*both("server-threads"), type=int, default=1, help="CPU threads for the local server (default: 1)")
+    d = p.add_argument_group("decoding and run")
+    d.add_argument("--temperature", type=float, default=1.0)
+    d.add_argument(*both("top-p"), type=float, default=1.0)
+    d.add_argument(*both("max-tokens"), type=int, default=max_tokens, help="completion length limit per request")
+    d.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
+    d.add_argument("--seed", type=int, default=42)
+    d.add_argument(*both("max-requests"), type=int, help="stop after this many requests even if short of the target")
+    d.add_argument(*both("request-timeout"), type=float, default=600.0, help="seconds per request")
+    d.add_argument(*both("max-retries"), type=int, default=6, help="retries per request on 429/5xx/timeouts")
+    d.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each time)")
+    p.add_argument(*both("no-progress"), action="store_true", help="no progress bar")
+    return d
+
+
+def open_teacher(args: argparse.Namespace, stack: Any, out: Path) -> Teacher | None:
+    """The teacher `add_teacher_arguments`' options name: the endpoint given, else the embedded model (or --serve)
+    served locally for as long as `stack` (a contextlib.ExitStack) is open. None when --base-url lacks --model."""
+    from .server import serve
+
+    if args.base_url and not args.model:
+        return None
+    if args.base_url:
+        base_url, model, extra_body = args.base_url, args.model, args.extra_body
+    else:
+        # Every request samples alike, so continuous batching's shared settings are no limit here.
+        server = stack.enter_context(serve(args.serve, threads=args.server_threads, continuous_batching=True,
+                                           log_path=out / "server.log"))
+        base_url, model, extra_body = server.base_url, server.model, server.sampling_body()
+    return Teacher(TeacherConfig(base_url=base_url, model=model, api=args.api, api_key_env=args.api_key_env,
+                                 temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
+                                 request_timeout=args.request_timeout, max_retries=args.max_retries,
+                                 backoff_initial=args.backoff, extra_body=extra_body))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m alpaca_helpers.self_instruct", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-instructions", type=int, default=100, help="instructions to keep (default: 100)")
     p.add_argument("--output-dir", default="runs/self_instruct",
                    help="folder for regen.json, regen.meta.json and the checkpoint (relative: to the repository)")
-    t = p.add_argument_group("teacher (default: the embedded model served locally)")
-    t.add_argument("--base-url", help="an OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")
-    t.add_argument("--model", help="model name at that endpoint (e.g. gpt-4o-mini)")
-    t.add_argument("--api", choices=("completions", "chat"), default="completions",
-                   help="Completions API (gpt-3.5-turbo-instruct, local servers) or Chat Completions")
-    t.add_argument("--api-key-env", default="OPENAI_API_KEY",
-                   help="name of the environment variable holding the API key (default: OPENAI_API_KEY)")
-    t.add_argument("--extra-body", type=json.loads, metavar="JSON",
-                   help="extra request fields as a JSON object (for a `transformers serve` endpoint given by "
-                        "--base-url: its LocalServer.sampling_body(), or sampling stays off)")
-    t.add_argument("--serve", metavar="MODEL_DIR", help="model folder to serve locally instead of the default")
-    t.add_argument("--server-threads", type=int, default=1, help="CPU threads for the local server (default: 1)")
-    d = p.add_argument_group("decoding and pipeline (defaults as Alpaca)")
-    d.add_argument("--temperature", type=float, default=1.0)
-    d.add_argument("--top-p", type=float, default=1.0)
-    d.add_argument("--max-tokens", type=int, default=3072, help="completion length limit per request")
+    d = add_teacher_arguments(p, "teacher (default: the embedded model served locally)", max_tokens=3072)
     d.add_argument("--num-prompt-instructions", type=int, default=NUM_PROMPT_INSTRUCTIONS)
     d.add_argument("--tasks-per-prompt", type=int, default=TASKS_PER_PROMPT)
-    d.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
-    d.add_argument("--seed", type=int, default=42)
-    d.add_argument("--max-requests", type=int, help="stop after this many requests even if short of the target")
-    d.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
-    d.add_argument("--max-retries", type=int, default=6, help="retries per request on 429/5xx/timeouts")
-    d.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each time)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -388,34 +419,18 @@ def main(argv: list[str] | None = None) -> int:
     import contextlib
 
     from ..paths import resolve
-    from .server import ServerError, serve
+    from .server import ServerError
 
     args = _parser().parse_args(argv)
     out = resolve(args.output_dir)
     # `kill` (SIGTERM) then unwinds like Ctrl-C: the local server is stopped, the checkpoint is intact.
     signal.signal(signal.SIGTERM, exit_on_sigterm)
-
-    def teacher_config(base_url: str, model: str) -> TeacherConfig:
-        return TeacherConfig(base_url=base_url, model=model, api=args.api, api_key_env=args.api_key_env,
-                             temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
-                             request_timeout=args.request_timeout, max_retries=args.max_retries,
-                             backoff_initial=args.backoff)
-
     try:
         with contextlib.ExitStack() as stack:
-            if args.base_url:
-                if not args.model:
-                    print("error: --model is required with --base-url", file=sys.stderr)
-                    return 2
-                config = teacher_config(args.base_url, args.model)
-                config.extra_body = args.extra_body
-            else:
-                # Every request samples alike, so continuous batching's shared settings are no limit here.
-                server = stack.enter_context(serve(args.serve, threads=args.server_threads,
-                                                   continuous_batching=True, log_path=out / "server.log"))
-                config = teacher_config(server.base_url, server.model)
-                config.extra_body = server.sampling_body()
-            teacher = Teacher(config)
+            teacher = open_teacher(args, stack, out)
+            if teacher is None:
+                print("error: --model is required with --base-url", file=sys.stderr)
+                return 2
             result = generate(teacher, args.num_instructions, out, num_prompt_instructions=args.num_prompt_instructions,
                               tasks_per_prompt=args.tasks_per_prompt, concurrency=args.concurrency, seed=args.seed,
                               max_requests=args.max_requests, progress=not args.no_progress)
