@@ -59,6 +59,8 @@ def test_the_shipped_presets_parse():
     ({"arms": {"x": {"kind": "selection", "method": "random"}}}, "arm 'x': kind selection needs n"),
     ({"arms": {"x": {"kind": "cleaning", "rules": ["typos"]}}}, "arm 'x': unknown cleaning rule(s) ['typos']"),
     ({"arms": {"x": {"kind": "size", "fraction": 1.5}}}, "arm 'x': fraction must be in (0, 1]"),
+    ({"seeds": [0, -1]}, "seeds: a list of distinct whole numbers from 0 to 2**32 - 1, got [0, -1]"),
+    ({"seeds": [1, 1]}, "seeds: a list of distinct whole numbers"),
     ({"budget": {"steps": 2, "examples": 4}}, "budget: give steps (equal optimizer steps) or examples"),
     ({"base": {"max_steps": 5}}, "base: max_steps is set by the ablation (budget), not in base"),
     ({"evaluation": {"metrics": ["val_loss", "bleu"]}}, "evaluation: unknown metric(s) ['bleu']"),

@@ -247,8 +247,9 @@ def parse_spec(raw: dict[str, Any]) -> AblationSpec:
     if baseline not in arms:
         raise AblationError(f"baseline {baseline!r} is not one of the arms ({', '.join(arms)})")
     seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds) or len(set(seeds)) != len(seeds):
-        raise AblationError(f"seeds: a list of distinct whole numbers, got {seeds!r}")
+    if (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+            or not all(isinstance(s, int) and 0 <= s < 2**32 for s in seeds)):  # numpy's seed range
+        raise AblationError(f"seeds: a list of distinct whole numbers from 0 to 2**32 - 1, got {seeds!r}")
     budget = _dataclass(Budget, raw.get("budget") or {}, "budget")
     if (budget.steps is None) == (budget.examples is None):
         raise AblationError("budget: give steps (equal optimizer steps) or examples (equal examples seen), not both")
