@@ -125,6 +125,9 @@ def test_cli_fails_with_one_line(tmp_path):
     assert (no_model.returncode, no_model.stderr) == (2, "error: --model is required with --base_url\n")
     zero = cli("--base_url", "http://127.0.0.1:1/v1", "--model", "m", "--num_instructions", "0")
     assert zero.returncode == 2 and zero.stderr.startswith("error: num_instructions") and zero.stderr.count("\n") == 1
+    # With the embedded teacher the settings are checked before its server starts (no "transformers serve" line).
+    zero_local = cli("--num_instructions", "0")
+    assert (zero_local.returncode, zero_local.stderr) == (2, zero.stderr) and "serve" not in zero_local.stdout
 
 
 def test_scoring_with_the_offline_filter_and_the_refusal_classifier(server, tmp_path):

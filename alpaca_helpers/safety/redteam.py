@@ -165,6 +165,12 @@ class _RedTeamRun:
         return len(kept)
 
 
+def check_settings(num_instructions: int, per_request: int, num_examples: int, concurrency: int) -> None:
+    """Raise `RedTeamError` for counts that cannot work (checked before any teacher starts)."""
+    if num_instructions < 1 or per_request < 1 or num_examples < 1 or concurrency < 1:
+        raise RedTeamError("num_instructions, per_request, num_examples and concurrency must be at least 1")
+
+
 def red_team(teacher: Teacher, num_instructions: int, output_dir: str | os.PathLike, *,
              categories: Sequence[Category] = CATEGORIES, num_examples: int = NUM_EXAMPLES,
              per_request: int = PER_REQUEST, concurrency: int = 1, seed: int = 42,
@@ -179,8 +185,7 @@ def red_team(teacher: Teacher, num_instructions: int, output_dir: str | os.PathL
     before starting if the endpoint does not answer, `TeacherError` when a request's retries are spent (kept
     records stay in the checkpoint).
     """
-    if num_instructions < 1 or per_request < 1 or num_examples < 1 or concurrency < 1:
-        raise RedTeamError("num_instructions, per_request, num_examples and concurrency must be at least 1")
+    check_settings(num_instructions, per_request, num_examples, concurrency)
     if not categories:
         raise RedTeamError("no risk categories to red-team")
     output_dir = Path(output_dir)
@@ -347,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     out = resolve(args.output_dir)
     signal.signal(signal.SIGTERM, exit_on_sigterm)  # `kill` unwinds like Ctrl-C: the local server stops
     try:
+        check_settings(args.num_instructions, args.per_request, args.num_examples, args.concurrency)
         with contextlib.ExitStack() as stack:
             teacher = open_teacher(args, stack, out)
             if teacher is None:
