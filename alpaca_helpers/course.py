@@ -155,8 +155,8 @@ def _check_main(paths: list[str], out: Path, params: dict[str, Any], solutions: 
     all_right = True
     for name in paths:
         notebook = resolve(name)
-        if not notebook.is_file():
-            print(f"error: {name}: no such notebook", file=sys.stderr)
+        if not notebook.is_file() or notebook.suffix != ".ipynb":
+            print(f"error: {name}: no such notebook (a .ipynb file)", file=sys.stderr)
             return 2
         print(f"checking {notebook.name} (running it: a minute or more)", flush=True)
         grades = check_notebook(notebook, out, params, solutions)

@@ -69,5 +69,9 @@ def test_the_checker_runs_a_notebook_and_grades_it(tmp_path):
     assert recorded["00.1"]["answer"] == recorded["00.1"]["expected"] == 26
     unsolved = check()
     assert unsolved.returncode == 1 and "not attempted" in unsolved.stdout
+    for wrong in ("notebooks/99_missing.ipynb", "README.md"):
+        mistake = subprocess.run([sys.executable, "-m", "alpaca_helpers.course", "--check", wrong],
+                                 cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert (mistake.returncode, mistake.stderr) == (2, f"error: {wrong}: no such notebook (a .ipynb file)\n")
     # kernels listen on IPC sockets: ipykernel's warning about unencrypted TCP never appears
     assert "TCP" not in solved.stdout + solved.stderr + unsolved.stdout + unsolved.stderr
