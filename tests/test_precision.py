@@ -103,6 +103,20 @@ def test_a_wrong_forcing_value_is_a_one_line_error(tmp_path, tiny, capsys, monke
     assert native_bf16("cpu") == cpu_native_bf16()
 
 
+@pytest.mark.parametrize("command", [
+    ["alpaca_helpers.self_instruct", "--num-instructions", "1", "--output-dir"],
+    ["alpaca_helpers.safety", "--num_instructions", "1", "--output_dir"],
+    ["alpaca_helpers.understand", "--spec", "cpu_course", "--output_dir"],
+])
+def test_every_command_that_loads_a_model_says_a_wrong_forcing_value_in_one_line(command, tmp_path):
+    import os
+    import subprocess
+
+    run = subprocess.run([sys.executable, "-m", *command, str(tmp_path)], env={**os.environ, FORCE_ENV: "maybe"},
+                         capture_output=True, text=True, timeout=300)
+    assert (run.returncode, run.stderr) == (2, "error: ALPACA_BF16='maybe': expected auto or false (unset = auto)\n")
+
+
 class FakeCuda:
     """Stands in for `torch.cuda` on a machine without a GPU: records calls, refuses anything that would
     allocate or count emulated bf16 (`is_bf16_supported`)."""

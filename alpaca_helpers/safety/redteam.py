@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     import contextlib
 
     from ..paths import resolve
+    from ..precision import PrecisionError
     from ..self_instruct.server import ServerError
 
     args = _parser().parse_args(argv)
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             result = red_team(teacher, args.num_instructions, out, num_examples=args.num_examples,
                               per_request=args.per_request, concurrency=args.concurrency, seed=args.seed,
                               max_requests=args.max_requests, progress=not args.no_progress)
-    except (RedTeamError, TeacherUnreachable) as e:
+    except (RedTeamError, TeacherUnreachable, PrecisionError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except (TeacherError, ServerError) as e:

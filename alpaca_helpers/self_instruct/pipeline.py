@@ -419,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     import contextlib
 
     from ..paths import resolve
+    from ..precision import PrecisionError
     from .server import ServerError
 
     args = _parser().parse_args(argv)
@@ -434,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
             result = generate(teacher, args.num_instructions, out, num_prompt_instructions=args.num_prompt_instructions,
                               tasks_per_prompt=args.tasks_per_prompt, concurrency=args.concurrency, seed=args.seed,
                               max_requests=args.max_requests, progress=not args.no_progress)
+    except PrecisionError as e:  # a setting (ALPACA_BF16), like a missing --model
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (TeacherError, ServerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -431,12 +431,13 @@ def main(argv: list[str] | None = None) -> int:
         result = run_ablation(spec, args.output_dir)
     except Exception as e:  # one line for what a user can fix; anything else is a bug and keeps its traceback
         from ..data import DataSourceError
+        from ..precision import PrecisionError
         from ..self_instruct.teacher import TeacherError
         from ..train.config import TrainConfigError
         from ..train.launch import LaunchError
 
         if not isinstance(e, (AblationError, TrainConfigError, DataSourceError, LaunchError, TeacherError,
-                              FileNotFoundError)):
+                              PrecisionError, FileNotFoundError)):
             raise
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
