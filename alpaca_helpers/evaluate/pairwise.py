@@ -482,18 +482,20 @@ class LocalJudge:
         if top_logprobs:
             return Completion(text="", finish_reason="length", prompt_tokens=prompt_tokens,
                               top_logprobs=self.top_logprobs(prompt))
-        text = self.tokenizer.decode(self._ids(prompt))
-        tokens = generate_tokens(self.model, self.tokenizer, [text], temperature=0.0,
+        tokens = generate_tokens(self.model, self.tokenizer, [self._ids(prompt)], temperature=0.0,
                                  max_new_tokens=self.max_new_tokens, stop_at_markers=False)[0]
         return Completion(text=self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), finish_reason=None,
                           prompt_tokens=prompt_tokens, completion_tokens=len(tokens))
 
     def _ids(self, prompt: str) -> list[int]:
+        """The judge prompt's ids as training encodes a prompt: in the chat template when the model has one."""
+        from ..train.tokenize import encode_prompt
+
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                       add_generation_prompt=True)
-            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(prompt)["input_ids"]
+            return encode_prompt(self.tokenizer, text, "chat")
+        return encode_prompt(self.tokenizer, prompt)
 
     def top_logprobs(self, prompt: str) -> dict[str, float]:
         """{token text: log-probability} of the `top` likeliest first reply tokens."""

@@ -6,8 +6,14 @@ concatenated, rather than tokenizing the full text and masking `len(prompt_ids)`
 recipe does: BPE merges across the `### Response:` boundary (e.g. `:-` or `:"`), so the prompt's tokens are
 not always a prefix of the full text's tokens and the original masks one token too many or too few.
 Tokenizing separately makes the boundary exact by construction and matches inference, where the prompt is
-tokenized alone and the model continues from its last token. `check_tokenizer` refuses tokenizers for which
-that concatenation does not decode back to the text (SentencePiece ones that add a dummy space to every text).
+tokenized alone (`encode_prompt`, which generation uses too) and the model continues from its last token.
+
+SentencePiece tokenizers (LLaMA-1/2, Mistral, Phi-3) put a word-start marker, a "dummy prefix" `▁`, before
+every text they are given: "Hello" alone becomes `▁Hello`, which reads " Hello" after the prompt. The prompt
+keeps its prefix (generation feeds it the same way), but the response must continue the text, so
+`encode_continuation` tokenizes it behind an anchor ("\n") and drops the anchor's ids. Byte-level BPE
+tokenizers (GPT-2, Llama-3, Qwen2, SmolLM2) add nothing and are tokenized plainly. `check_tokenizer` proves
+the result decodes back to prompt + response exactly and refuses, with the reason, a tokenizer that cannot.
 
 Length policy (`max_length`, default 512): the prompt is never cut. When prompt + response + eos is too
 long, `overflow="truncate"` (default) cuts the response and still appends a trained eos; `overflow="drop"`
@@ -61,23 +67,67 @@ def special_prefix(tokenizer) -> list[int]:
     raise ValueError(f"cannot locate the text among the special tokens of {type(tokenizer).__name__}")
 
 
+_ANCHOR = "\n"  # what a continuation is tokenized behind: a newline never merges with a dummy prefix
+
+
+def adds_dummy_prefix(tokenizer) -> bool:
+    """Whether the tokenizer puts a word-start marker before every text (SentencePiece's dummy prefix), so that
+    two texts tokenized alone decode with a space between them."""
+    ids = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return tokenizer.decode(ids + ids, clean_up_tokenization_spaces=False) != "aa"
+
+
+def encode_continuation(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of texts that continue other text (a response after its prompt), without special tokens.
+
+    A tokenizer with a dummy prefix tokenizes each text behind `_ANCHOR` and the anchor's ids are dropped, so
+    the text gains no leading space; others tokenize it plainly. Raises ValueError when the anchor merges
+    into the text (the boundary is then not where the text starts).
+    """
+    if not adds_dummy_prefix(tokenizer):
+        return _encode_many(tokenizer, list(texts))
+    anchor = tokenizer(_ANCHOR, add_special_tokens=False)["input_ids"]
+    anchored = _encode_many(tokenizer, [_ANCHOR + t for t in texts])
+    out = []
+    for text, ids in zip(texts, anchored):
+        if ids[:len(anchor)] != anchor:
+            raise ValueError(f"{type(tokenizer).__name__}: the text {text[:40]!r} merges with the newline it is "
+                             "tokenized behind; its ids cannot be told apart from the prompt's")
+        out.append(ids[len(anchor):])
+    return out
+
+
+def encode_prompt(tokenizer, prompt: str, prompt_format: str = "alpaca") -> list[int]:
+    """The ids a model is fed for `prompt` (already in `prompt_format`), in training and in generation alike:
+    the tokenizer's special prefix (bos), unless a chat template already wrote it, then the prompt's tokens."""
+    return prompt_prefix(tokenizer, prompt_format, prompt) + tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+
 def check_tokenizer(tokenizer) -> None:
     """Raise ValueError unless this tokenizer suits separate prompt/response tokenization.
 
-    It needs an eos token, and prompt ids + response ids must decode to prompt + response exactly
-    (SentencePiece tokenizers that prepend a space to every text fail this: the response would gain a space).
+    It needs an eos token; the prompt's ids must be what the tokenizer itself gives the prompt (what a server
+    or llama.cpp feeds the model); and prompt ids + response ids (`encode_continuation`) must decode to prompt
+    + response exactly, for responses that start with a letter, a space, a newline, punctuation or non-ASCII.
     """
+    name = type(tokenizer).__name__
     if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos token: the model could never learn to stop")
-    for response in _PROBE_RESPONSES:
-        ids = (tokenizer(_PROBE_PROMPT, add_special_tokens=False)["input_ids"]
-               + tokenizer(response, add_special_tokens=False)["input_ids"])
-        text = tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+        raise ValueError(f"{name} has no eos token: the model could never learn to stop")
+    prompt_ids = encode_prompt(tokenizer, _PROBE_PROMPT)
+    if tokenizer(_PROBE_PROMPT)["input_ids"] != prompt_ids:
+        raise ValueError(f"{name} gives {_PROBE_PROMPT!r} ids that its special tokens do not account for: "
+                         "training and generation would feed the model different prompts")
+    try:
+        responses = encode_continuation(tokenizer, _PROBE_RESPONSES)
+    except ValueError as e:
+        raise ValueError(f"{e}; this tokenizer cannot tokenize a response apart from its prompt") from None
+    for response, ids in zip(_PROBE_RESPONSES, responses):
+        text = tokenizer.decode(prompt_ids + ids + [tokenizer.eos_token_id], skip_special_tokens=True,
+                                clean_up_tokenization_spaces=False)
         if text != _PROBE_PROMPT + response:
             raise ValueError(
-                f"{type(tokenizer).__name__}: prompt and response tokenized separately decode to {text!r}, "
-                f"not {_PROBE_PROMPT + response!r}; this tokenizer changes text at the boundary"
-            )
+                f"{name}: prompt and response tokenized separately decode to {text!r}, not "
+                f"{_PROBE_PROMPT + response!r}; this tokenizer changes text at the boundary")
 
 
 def ensure_pad_token(tokenizer, model=None, pad_token: str = "<pad>") -> int:
@@ -172,7 +222,7 @@ def tokenize_example(example: Mapping[str, Any], tokenizer, max_length: int = DE
     prompt = prompt_text(record, prompt_format, tokenizer)
     out = _assemble(prompt_prefix(tokenizer, prompt_format, prompt),
                     tokenizer(prompt, add_special_tokens=False)["input_ids"],
-                    tokenizer(record["output"], add_special_tokens=False)["input_ids"],
+                    encode_continuation(tokenizer, [record["output"]])[0],
                     tokenizer.eos_token_id, max_length, overflow, train_on_prompt)
     if out is None:
         return None
@@ -222,7 +272,7 @@ def tokenize_batch(batch: Mapping[str, Sequence], indices: Sequence[int] | None 
         prompts.append(prompt_text(record, prompt_format, tokenizer))
         outputs.append(record["output"])
     prompt_ids = _encode_many(tokenizer, prompts)
-    response_ids = _encode_many(tokenizer, outputs)
+    response_ids = encode_continuation(tokenizer, outputs)
     prefix, eos_id = prompt_prefix(tokenizer, prompt_format, prompts[0] if prompts else ""), tokenizer.eos_token_id
     result: dict[str, list] = {"input_ids": [], "labels": [], "example_id": [], "truncated": []}
     for example_id, p, r in zip(ids_in, prompt_ids, response_ids):
@@ -483,7 +533,7 @@ def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]],
 
 __all__ = [
     "IGNORE_INDEX", "DEFAULT_MAX_LENGTH", "AlpacaCollator", "alpaca_original_tokenize", "original_recipe_fault", "AlpacaFormatError", "BuiltDataset", "TokenizeStats",
-    "build_dataset", "check_tokenizer", "dataset_features", "label_html", "ensure_pad_token", "global_batches", "micro_batches",
+    "adds_dummy_prefix", "build_dataset", "check_tokenizer", "encode_continuation", "encode_prompt", "dataset_features", "label_html", "ensure_pad_token", "global_batches", "micro_batches",
     "pack_features", "pack_lengths", "padding_waste",
     "resize_embeddings_mean", "resized_rows", "special_prefix", "tokenize_batch", "tokenize_example", "validate_records",
 ]
