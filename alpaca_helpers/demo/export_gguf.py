@@ -3,8 +3,9 @@
     python -m alpaca_helpers.demo.export_gguf runs/04_train/final runs/alpaca.gguf --dtype q8_0
     export_gguf("runs/04_train/final", "runs/alpaca.gguf", dtype="f16")   # -> GGUFExport(path, modelfile, ...)
 
-The file holds the weights, the hyperparameters and the tokenizer (vocabulary, merges, special tokens, chat
-template), so a GGUF reader needs nothing else. Beside it goes an Ollama `Modelfile` whose template is the
+The file holds the weights, the hyperparameters and the tokenizer (vocabulary; merges for a byte-level BPE
+such as SmolLM2's, scores for a SentencePiece one such as LLaMA's; special tokens, chat template), so a GGUF
+reader needs nothing else. Beside it goes an Ollama `Modelfile` whose template is the
 Alpaca prompt and whose stop sequences end the answer where `alpaca_helpers.demo.generate` does. Writing, tensor
 names and quantization are llama.cpp's own Python library (`gguf`); the file appears atomically.
 """
@@ -162,8 +163,76 @@ def _pre_tokenizer_name(pre: dict[str, Any] | None) -> str:
                       "tokenizers are exported")
 
 
+def _is_sentencepiece(spec: dict[str, Any]) -> bool:
+    """Whether a tokenizer.json is a SentencePiece BPE converted to `tokenizers` (LLaMA-1/2, Mistral): byte
+    fallback, and spaces spelled "▁" by a Metaspace pre-tokenizer or a Replace/Prepend normalizer."""
+    model = spec.get("model", {})
+    if model.get("type") != "BPE" or not model.get("byte_fallback"):
+        return False
+    pre, norm = spec.get("pre_tokenizer") or {}, spec.get("normalizer") or {}
+    steps = [norm, *(norm.get("normalizers") or [])]
+    return pre.get("type") == "Metaspace" or any(s.get("type") in ("Prepend", "Replace") for s in steps)
+
+
+def _sentencepiece_scores(tokens: list[str], merges: list[Any]) -> list[float]:
+    """SentencePiece scores recovered from the merges: a token made by the merge of rank r scores -r (earlier
+    merges win), tokens no merge makes (characters, bytes, specials) 0. llama.cpp merges by these scores, and
+    transformers rebuilds the merges from them when it reads the file: the same order as tokenizer.json's."""
+    rank: dict[str, int] = {}
+    for r, merge in enumerate(merges):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank.setdefault(left + right, r)
+    return [-float(rank[t]) if t in rank else 0.0 for t in tokens]
+
+
+def _token_table(spec: dict[str, Any], vocab_size: int, path: Path) -> tuple[list[str], list[Any], dict[str, Any]]:
+    """Every embedding row's token (rows no token uses get llama.cpp's "[PAD<i>]", type UNUSED) and its GGUF
+    token type; also the added tokens by content."""
+    import gguf
+
+    ids = dict(spec["model"]["vocab"])
+    added = {t["content"]: t for t in spec.get("added_tokens", [])}
+    ids.update({content: t["id"] for content, t in added.items()})
+    if max(ids.values()) >= vocab_size:
+        raise ExportError(f"{path} has token id {max(ids.values())} but the model's vocab_size is {vocab_size}")
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for token, i in ids.items():
+        tokens[i] = token
+        info = added.get(token)
+        types[i] = (gguf.TokenType.NORMAL if info is None else
+                    gguf.TokenType.CONTROL if info.get("special") else gguf.TokenType.USER_DEFINED)
+    return tokens, types, added
+
+
+def _add_sentencepiece_vocab(writer, spec: dict[str, Any], tokens: list[str], types: list[Any],
+                             added: dict[str, Any]) -> None:
+    """llama.cpp's "llama" tokenizer model: tokens, scores, and types (the unknown token, the <0xXX> byte
+    pieces), as its converter writes them from a tokenizer.model."""
+    import gguf
+
+    unk = spec["model"].get("unk_token")
+    for i, token in enumerate(tokens):
+        if token == unk:
+            types[i] = gguf.TokenType.UNKNOWN
+        elif token not in added and len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+            types[i] = gguf.TokenType.BYTE
+    scores = _sentencepiece_scores(tokens, spec["model"].get("merges") or [])
+    # Unused rows and added tokens never come out of a merge: the lowest score, as llama.cpp's converter gives.
+    scores = [-1000.0 if t in (gguf.TokenType.UNUSED, gguf.TokenType.USER_DEFINED) else s
+              for s, t in zip(scores, types)]
+    prepend = (spec.get("pre_tokenizer") or {}).get("prepend_scheme", "always") != "never"
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(prepend)
+
+
 def _add_tokenizer(writer, folder: Path, vocab_size: int) -> None:
-    """Vocabulary, token types, merges, special token ids and chat template, from the folder's tokenizer.json."""
+    """Vocabulary, token types, merges (byte-level BPE) or scores (SentencePiece), special token ids and chat
+    template, from the folder's tokenizer.json."""
     import gguf
     from transformers import AutoTokenizer
 
@@ -172,26 +241,23 @@ def _add_tokenizer(writer, folder: Path, vocab_size: int) -> None:
         raise ExportError(f"{folder} has no tokenizer.json (a fast tokenizer is needed to export the vocabulary)")
     spec = json.loads(path.read_text(encoding="utf-8"))
     model = spec.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback") or (spec.get("decoder") or {}).get("type") != "ByteLevel":
-        raise ExportError(f"{path}: only byte-level BPE tokenizers (GPT-2 style) are exported")
-    ids = dict(model["vocab"])
-    added = {t["content"]: t for t in spec.get("added_tokens", [])}
-    ids.update({content: t["id"] for content, t in added.items()})
-    if max(ids.values()) >= vocab_size:
-        raise ExportError(f"{path} has token id {max(ids.values())} but the model's vocab_size is {vocab_size}")
-    tokens = [f"[PAD{i}]" for i in range(vocab_size)]  # rows of the embedding that no token uses
-    types = [gguf.TokenType.UNUSED] * vocab_size
-    for token, i in ids.items():
-        tokens[i] = token
-        info = added.get(token)
-        types[i] = (gguf.TokenType.NORMAL if info is None else
-                    gguf.TokenType.CONTROL if info.get("special") else gguf.TokenType.USER_DEFINED)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer_name(spec.get("pre_tokenizer")))
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    # Merges, bos/eos/unk/pad ids and the chat template, read the way llama.cpp's converter reads them.
-    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
+    sentencepiece = _is_sentencepiece(spec)
+    byte_level = (model.get("type") == "BPE" and not model.get("byte_fallback")
+                  and (spec.get("decoder") or {}).get("type") == "ByteLevel")
+    if not (sentencepiece or byte_level):
+        raise ExportError(f"{path}: only byte-level BPE (GPT-2 style) and SentencePiece BPE (LLaMA style) "
+                          "tokenizers are exported")
+    tokens, types, added = _token_table(spec, vocab_size, path)
+    if sentencepiece:
+        _add_sentencepiece_vocab(writer, spec, tokens, types, added)
+    else:
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(_pre_tokenizer_name(spec.get("pre_tokenizer")))
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+    # Merges (byte-level only: llama.cpp's SentencePiece path merges by score), bos/eos/unk/pad ids and the chat
+    # template, read the way llama.cpp's converter reads them.
+    special = gguf.SpecialVocab(folder, load_merges=byte_level, n_vocab=vocab_size)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if tokenizer.pad_token_id is not None:
         special.special_token_ids["pad"] = tokenizer.pad_token_id
