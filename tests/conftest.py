@@ -28,6 +28,23 @@ def default_tokenizer(default_model_dir):
     return AutoTokenizer.from_pretrained(default_model_dir)
 
 
+@pytest.fixture(scope="session")
+def boundary_changing_tokenizer():
+    """Fault injection: a tokenizer that marks the start of every word (Metaspace "always"), which no
+    separate prompt/response tokenization can keep exact. Real tokenizers of every family pass
+    (test_tokenizer_families.py)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(prepend_scheme="always")
+    tok.train_from_iterator(["### Response: Hello - item \"quoted\" spaced new line Below is an instruction"],
+                            trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"],
+                                                show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
 def check_exercises_and_expectations(notebook: Path, output_dir: Path, summary: dict) -> None:
     """Every exercise of the run (with its solution) is graded right, and graded wrong once its answer is changed;
     every "You should see" statement of the notebook holds for its summary."""

@@ -63,6 +63,27 @@ def test_notebook_04_fails_clearly_when_asking_for_absent_gpus(execute_notebook)
     assert failed.value.ename == "LaunchError" and len(failed.value.evalue.splitlines()) == 1
 
 
+def test_notebook_04_refuses_a_tokenizer_that_cannot_work_in_one_line_before_launching(execute_notebook, tmp_path,
+                                                                                         boundary_changing_tokenizer):
+    """The 7B preset with a model whose tokenizer cannot keep a response's text: notebook 04 stops at its
+    first cell, in one line naming the tokenizer, and never reaches the launch (fault injection: a tokenizer
+    that marks every word; every real family passes, test_tokenizer_families.py)."""
+    import papermill
+    import pytest
+
+    from alpaca_helpers.train.rehearsal import small_llama
+
+    folder = small_llama(tmp_path / "llama")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    boundary_changing_tokenizer.save_pretrained(folder)
+    with pytest.raises(papermill.PapermillExecutionError) as failed:
+        execute_notebook("04_train", gpus=0, preset="alpaca_7b", model_name_or_path=str(folder), data_path="seed")
+    assert failed.value.ename == "LaunchError" and len(failed.value.evalue.splitlines()) == 1
+    assert failed.value.evalue.startswith(f"the tokenizer of {folder}") and "alpaca_7b.yaml" in failed.value.evalue
+    assert failed.value.exec_count == 3  # the inputs cell: nothing was launched
+
+
 def test_answering_releases_the_models_it_loaded(default_model_dir):
     """Notebook 04 calls `release_models` after its answers: the cached base and tuned models (about 40 GB of
     GPU 0 at 7B) are dropped, so a re-run of the training cell finds the memory free."""

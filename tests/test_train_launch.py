@@ -240,3 +240,54 @@ def test_read_log_leaves_out_a_torn_last_line(tmp_path):
 
     (tmp_path / "train_log.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
     assert list(read_log(tmp_path)["step"]) == [1, 2]
+
+
+@pytest.fixture(scope="module")
+def refused_model(tmp_path_factory, boundary_changing_tokenizer):
+    """A small LLaMA (LLaMA-7B's config, random weights) whose tokenizer cannot be trained on."""
+    from alpaca_helpers.train.rehearsal import small_llama
+
+    folder = small_llama(tmp_path_factory.mktemp("refused") / "model")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    boundary_changing_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_tokenizer_that_cannot_work_or_none_is_one_line_before_launching(tmp_path, refused_model):
+    """`check_inputs` loads the tokenizer next to the config and data: a refused one, a missing one, or a chat
+    format without a template stops in one line naming the tokenizer, so no GPU ever spins up for it."""
+    import shutil
+
+    from alpaca_helpers.train.config import make_config
+    from alpaca_helpers.train.launch import check_inputs
+    from alpaca_helpers.train.rehearsal import small_llama
+
+    with pytest.raises(LaunchError) as refused:
+        check_inputs(make_config(model_name_or_path=str(refused_model), data_path="seed"), "alpaca_7b.yaml")
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1 and message.startswith(f"the tokenizer of {refused_model}")
+    assert "changes text at the boundary" in message and "alpaca_7b.yaml" in message
+    bare = tmp_path / "bare"
+    shutil.copytree(refused_model, bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json"))
+    with pytest.raises(LaunchError, match=r"^model .*bare \(from the preset\) has no tokenizer that loads here") as none:
+        check_inputs(make_config(model_name_or_path=str(bare), data_path="seed"))
+    assert len(str(none.value).splitlines()) == 1
+    llama = small_llama(tmp_path / "llama")  # LLaMA's real tokenizer: accepted, but it has no chat template
+    assert check_inputs(make_config(model_name_or_path=str(llama), data_path="seed")) == 175
+    with pytest.raises(LaunchError, match="has no chat template: use prompt_format alpaca"):
+        check_inputs(make_config(model_name_or_path=str(llama), data_path="seed", prompt_format="chat"))
+
+
+@pytest.mark.slow
+def test_a_failed_launch_names_the_ranks_own_error_first(tmp_path, refused_model):
+    """When a launched run fails, the error's first line is the ranks' `error:` line, not torchelastic's
+    `ChildFailedError` summary (a real 2-process launch that skips `check_inputs`)."""
+    from alpaca_helpers.train.launch import run_streaming
+
+    cmd = launch_command(["--config", "configs/cpu_default.yaml", "--model_name_or_path", str(refused_model),
+                          "--data_path", "seed", "--output_dir", str(tmp_path / "out")], cpu_processes=2)
+    with pytest.raises(LaunchError) as failed:
+        run_streaming(cmd, echo=lambda line: None)
+    first = str(failed.value).splitlines()[0]
+    assert first.startswith("training exited with status 1: ") and "changes text at the boundary" in first, first

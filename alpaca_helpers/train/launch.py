@@ -2,13 +2,14 @@
 
 `check_inputs` finds the model's weights and the data before anything starts, `launch_command` builds the
 `accelerate launch` command line for N GPUs (or CPU processes), `run_streaming` runs it with its output shown
-live and fails with the log tail, `read_log` loads the per-step JSONL log.
+live and fails with the ranks' own `error:` line and the log tail, `read_log` loads the per-step JSONL log.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -69,10 +70,38 @@ def has_weights(resolved: str) -> bool:
     return all(has_file(resolved, shard, local_files_only=True) for shard in shards)
 
 
+def check_tokenizer_for(resolved: str, name: str, model_config: Any, prompt_format: str, source: str) -> Any:
+    """The model's tokenizer, loaded and checked as training will use it (`tokenize.check_tokenizer`, the prompt
+    format, its size against the model's embeddings); a one-line `LaunchError` naming the tokenizer otherwise."""
+    from transformers import AutoTokenizer
+
+    from .tokenize import check_tokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LaunchError(f"model {name} (from {source}) has no tokenizer that loads here ({reason}); a model "
+                          "folder needs its tokenizer files (tokenizer.json or tokenizer.model) beside config.json") from None
+    where = f"the tokenizer of {name} ({type(tokenizer).__name__}, from {source})"
+    try:
+        check_tokenizer(tokenizer)
+    except ValueError as e:
+        raise LaunchError(f"{where} cannot be trained on: {e}") from None
+    if prompt_format == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise LaunchError(f"{where} has no chat template: use prompt_format alpaca (a base model usually has none)")
+    rows = getattr(model_config, "vocab_size", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise LaunchError(f"{where} has {len(tokenizer):,} tokens but the model's embeddings only {rows:,} rows: "
+                          "the tokenizer is not this model's")
+    return tokenizer
+
+
 def check_inputs(config: Any, source: str = "the preset") -> int:
-    """Before launching: the model's config.json and safetensors weights and the training data are at hand
-    (a local folder or file, the Hugging Face caches, or the Hub when online). Returns the number of records;
-    anything missing is a one-line `LaunchError` saying what and which parameter to set."""
+    """Before launching: the model's config.json, safetensors weights and tokenizer, and the training data, are
+    at hand (a local folder or file, the Hugging Face caches, or the Hub when online), and the tokenizer can be
+    trained on (`check_tokenizer_for`). Returns the number of records; anything missing or refused is a
+    one-line `LaunchError` saying what and which parameter to set."""
     from ..data import AlpacaFormatError, DataSourceError
     from ..models import load_model_config
     from .batches import load_records
@@ -81,12 +110,13 @@ def check_inputs(config: Any, source: str = "the preset") -> int:
     other = ("set model_name_or_path to a local folder (papermill: -p model_name_or_path /path/to/model), or "
              "-p model_name_or_path default for the embedded 135M model")
     try:
-        resolved, _ = load_model_config(name)
+        resolved, model_config = load_model_config(name)
     except FileNotFoundError as e:
         raise LaunchError(f"model (from {source}) {e}; {other}") from None
     if not has_weights(resolved):
         where = "not in the Hugging Face cache and HF_HUB_OFFLINE is set" if _hub_offline() else "none on the Hub"
         raise LaunchError(f"model {name} (from {source}) has no safetensors weights here ({where}); {other}")
+    check_tokenizer_for(resolved, name, model_config, config.prompt_format, source)
     try:
         records = load_records(config.data_path, config.max_examples, config.seed, config.data_columns)
     except (DataSourceError, AlpacaFormatError, FileNotFoundError) as e:
@@ -210,8 +240,21 @@ def run_streaming(cmd: Sequence[str], echo: Callable[[str], Any] = print, tail_l
             echo(line)
         code = proc.wait()
     if code != 0:
-        raise LaunchError(f"training exited with status {code}; last lines:\n" + "\n".join(tail))
+        errors = error_lines(lines)
+        reason = f": {errors[0]}" + (f" (and {len(errors) - 1} more error line(s) below)" if len(errors) > 1 else "") \
+            if errors else ""
+        raise LaunchError(f"training exited with status {code}{reason}; last lines:\n" + "\n".join(tail))
     return lines
+
+
+_ERROR_LINE = re.compile(r"^(?:\[(?:default)?rank\d+\]:\s*)?error: (.+)$")
+
+
+def error_lines(lines: Sequence[str]) -> list[str]:
+    """The distinct `error: ...` messages the ranks printed (each rank prints the same one; torchrun may prefix
+    `[rank0]:`), in order: the reason a run failed, which torchelastic's closing summary does not give."""
+    found = (_ERROR_LINE.match(line.strip()) for line in lines)
+    return list(dict.fromkeys(m.group(1) for m in found if m))
 
 
 def read_log(output_dir: str | os.PathLike) -> Any:
