@@ -37,6 +37,8 @@ def test_notebook_runs_and_its_summary_matches_the_helpers(execute_notebook, def
     assert summary["dropped"] > 0 and summary["truncated"] > 0  # 256 tokens is short for some records
     assert summary["max_tokens"] <= 256 and summary["pad_equals_eos"] is True
     assert summary["eos_trained_in_batch"] is True
+    # LLaMA's SentencePiece twin of the boundary lesson: alone the response gains a space, continued it does not
+    assert summary["sentencepiece_exact"] == {"alone": False, "continued": True}
 
     faults = [original_recipe_fault(r, alpaca_original_tokenize(r, default_tokenizer, 256), default_tokenizer)
               for r in records]
