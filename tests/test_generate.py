@@ -134,3 +134,19 @@ def test_response_perplexity_prefers_the_models_own_answer(lm):
     ppl = response_perplexity(model, tokenizer, ["What is the capital of Tanzania?"] * 2, [own, scrambled])
     own_ppl = response_perplexity(model, tokenizer, ["What is the capital of Tanzania?"], [own])
     assert 1.0 < own_ppl < ppl
+
+
+def test_a_base_llama_without_pad_token_answers_in_batches(tmp_path):
+    """LLaMA-1/2 base models (huggyllama/llama-7b) have no pad token: batches are left-padded with eos, masked,
+    and each answer is the one the prompt gets alone; perplexity pads the same way."""
+    import torch
+
+    from alpaca_helpers.train.rehearsal import small_llama
+
+    model, tokenizer = load_model(str(small_llama(tmp_path / "llama")), dtype=torch.float32)
+    assert tokenizer.pad_token_id is None
+    questions = ["What is the capital of Tanzania?", "Name a color."]
+    answers = generate_batch(model, tokenizer, questions, temperature=0, max_new_tokens=6, stop_at_markers=False)
+    assert answers == [generate(model, tokenizer, q, temperature=0, max_new_tokens=6, stop_at_markers=False)
+                       for q in questions]
+    assert response_perplexity(model, tokenizer, questions, ["Dodoma.", "Blue, the colour of the sky."]) > 1

@@ -166,7 +166,7 @@ def _generation_kwargs(tokenizer, prompt_length: int, temperature: float, top_p:
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "num_beams": num_beams,
-                              "repetition_penalty": repetition_penalty, "pad_token_id": tokenizer.pad_token_id}
+                              "repetition_penalty": repetition_penalty, "pad_token_id": padding_id(tokenizer)}
     if stop_at_markers:
         kwargs["stopping_criteria"] = StoppingCriteriaList([_StopAtMarkers(tokenizer, prompt_length)])
     if min_new_tokens:
@@ -180,11 +180,21 @@ def _generation_kwargs(tokenizer, prompt_length: int, temperature: float, top_p:
     return kwargs
 
 
+def padding_id(tokenizer) -> int:
+    """The id padded positions hold: the pad token's, or eos's for a tokenizer without one (a base LLaMA-1/2,
+    as huggyllama/llama-7b); the attention mask hides them either way."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def prompt_batch(tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
     """Left-padded `input_ids` and `attention_mask` of raw prompts, each encoded as training encodes a prompt
     (`train.tokenize.encode_prompt`), or of prompts given as token ids."""
+    from transformers import BatchEncoding
+
     ids = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
-    return tokenizer.pad({"input_ids": ids}, padding=True, padding_side="left", return_tensors="pt")
+    width, pad = max(len(i) for i in ids), padding_id(tokenizer)
+    return BatchEncoding({"input_ids": torch.tensor([[pad] * (width - len(i)) + i for i in ids]),
+                          "attention_mask": torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])})
 
 
 def generate_tokens(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], *,
@@ -208,7 +218,7 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence
         torch.manual_seed(seed)
     with torch.inference_mode():
         out = model.generate(**batch, **kwargs)
-    ends = {tokenizer.pad_token_id, tokenizer.eos_token_id}
+    ends = {padding_id(tokenizer), tokenizer.eos_token_id}
     rows = []
     for row in out[:, batch["input_ids"].shape[1]:].tolist():
         while row and row[-1] in ends:
@@ -309,7 +319,7 @@ def response_perplexity(model, tokenizer, instructions: Sequence[str], responses
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         width = max(len(ids) for ids, _ in chunk)
-        ids = torch.tensor([i + [tokenizer.pad_token_id] * (width - len(i)) for i, _ in chunk])
+        ids = torch.tensor([i + [padding_id(tokenizer)] * (width - len(i)) for i, _ in chunk])
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in chunk])
         mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk])
         with torch.inference_mode():
