@@ -1,6 +1,7 @@
 """`scripts/gpu_check.sh --cpu`: the GPU proof's own code on tiny shapes, CPU and gloo, so that it cannot rot
-between GPU sessions. One real run (about 1.5 minutes on 2 busy cores) that every assertion shares: the
-in-process FSDP and LoRA runs with their plans, notebook 04 under papermill, and 2 gloo processes."""
+between GPU sessions. One real run (about a minute on 2 busy cores) that every assertion shares: the
+in-process FSDP and LoRA runs with their plans, a checkpoint, stop, resume and final save, notebook 04 under
+papermill, and 2 gloo processes, all with the real LLaMA-1/2 tokenizer (SentencePiece, no pad token)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import venv
 
 import pytest
 
@@ -29,9 +31,9 @@ def report(tmp_path_factory):
 def test_every_check_runs_and_passes(report):
     result, table, stdout = report
     assert result["mode"] == "cpu" and result["ok"]
-    assert list(result["checks"]) == ["full_fsdp_bf16", "lora_7b", "notebook_04", "two_processes"]
+    assert list(result["checks"]) == ["full_fsdp_bf16", "lora_7b", "checkpoint_resume", "notebook_04", "two_processes"]
     assert all(check["ok"] and "error" not in check for check in result["checks"].values())
-    assert table in stdout and table.count("| ok |") == 4  # the table it prints is the one it writes
+    assert table in stdout and table.count("| ok |") == 5  # the table it prints is the one it writes
     assert "| check | model | micro-batch × accumulation | tokens/s | MFU | peak GiB | plan GiB |" in table
 
 
@@ -45,6 +47,35 @@ def test_the_checks_measure_what_they_say(report):
     assert checks["notebook_04"]["steps"] == 2 and checks["notebook_04"]["models_released"] == 2
     two = checks["two_processes"]
     assert two["world_size"] == 2 and two["ranks_that_loaded_full_weights"] == 1 and two["finite"]
+
+
+def test_the_models_have_the_real_llama_vocabulary(report):
+    """LLaMA-1/2's 32,000 tokens and no pad token: the run adds <pad> and grows the embeddings to 32,064 rows."""
+    result = report[0]
+    assert result["vocabulary"] == "llama-spm"
+    resume = result["checks"]["checkpoint_resume"]
+    assert resume["reloaded_vocabulary"] == 32001 and resume["reloaded_pad_token"] == "<pad>"
+    assert resume["reloaded_embedding_rows"] == 32064
+    assert 32000 * 64 * 2 < result["checks"]["full_fsdp_bf16"]["parameters"]  # untied embeddings of 32K rows
+
+
+def test_a_stopped_run_resumes_and_its_final_save_reloads(report):
+    resume = report[0]["checks"]["checkpoint_resume"]
+    assert resume["stopped"] == {"steps": 2, "finished": False, "checkpoints": ["checkpoint-2"], "model_saved": False}
+    assert resume["steps_logged"] == [1, 2, 3, 4] and resume["log_kept_before_resume"] and resume["finished"]
+    assert resume["reload_max_logit_diff"] < 1e-4
+
+
+def test_a_missing_package_is_one_line_before_any_model(tmp_path):
+    """A real Python without the checks' packages (a bare virtual environment): exit 2 in seconds, one line
+    naming what to carry, nothing built."""
+    venv.create(tmp_path / "bare", with_pip=False)
+    out = tmp_path / "out"
+    proc = subprocess.run([str(tmp_path / "bare" / "bin" / "python"), "-m", "alpaca_helpers.train.gpu_check", "--cpu",
+                           "--out", str(out)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == "" and proc.stderr.strip().count("\n") == 0
+    assert all(name in proc.stderr for name in ("torch", "transformers", "gguf", "datasets", "papermill", "pyyaml"))
+    assert "scripts/gpu_check_requirements.txt" in proc.stderr and not out.exists()
 
 
 def test_a_bare_machine_without_wheels_is_told_what_to_carry(tmp_path):
@@ -66,4 +97,4 @@ def test_the_wheel_list_pins_one_version_of_each():
              if line.strip() and not line.startswith("#")]
     names = [line.split("==")[0].lower() for line in lines]
     assert all("==" in line for line in lines) and len(names) == len(set(names))
-    assert {"datasets", "dill", "multiprocess", "papermill", "nbclient", "ipykernel", "pyzmq", "tornado"} <= set(names)
+    assert {"datasets", "dill", "multiprocess", "gguf", "papermill", "nbclient", "ipykernel", "pyzmq", "tornado"} <= set(names)

@@ -4,15 +4,21 @@
     scripts/gpu_check.sh --cpu           # the same checks on tiny shapes, CPU and gloo (CI, about a minute)
     python -m alpaca_helpers.train.gpu_check --out runs/gpu_check
 
-Nothing is downloaded: the models are LLaMA-shaped with random weights, built from a config (throughput and
-memory do not depend on the weights), with a byte-level BPE tokenizer trained here on the seed tasks, and
-the data are Alpaca-format records made from the seed tasks' words, each about `EXAMPLE_TOKENS` tokens, half
-of them trained (the plan's assumption). Four checks, each recorded even when another fails:
+Nothing is downloaded: the models are LLaMA-7B's own config (`rehearsal.small_llama`) resized, with random
+weights (throughput and memory do not depend on the weights), and the real LLaMA-1/2 tokenizer, shipped in
+data/tokenizers (SentencePiece, 32,000 tokens, no pad token: the recipe adds one, as for huggyllama/llama-7b).
+The data are Alpaca-format records made from the seed tasks' words, each about `EXAMPLE_TOKENS` tokens, half
+of them trained (the plan's assumption). Before anything is built, every package the checks import is
+imported once (`missing_packages`): a missing one is one line, in seconds. Five checks, each recorded even
+when another fails:
 
-- `full_fsdp_bf16`: a 1B-class model (TinyLlama's shape, LLaMA's 32K vocabulary) fine-tuned in full through
-  the FSDP path (`fsdp=full_shard`, bf16 compute, fp32 master weights): tokens/s, MFU, and peak
-  `max_memory_allocated` against the plan's per-device figure (without its CUDA-context allowance);
+- `full_fsdp_bf16`: a 1B-class model (TinyLlama's shape) fine-tuned in full through the FSDP path
+  (`fsdp=full_shard`, bf16 compute, fp32 master weights): tokens/s, MFU, and peak `max_memory_allocated`
+  against the plan's per-device figure (without its CUDA-context allowance);
 - `lora_7b`: LoRA on a LLaMA-7B-shaped model with its frozen base in bf16: peak memory against the plan;
+- `checkpoint_resume`: a small model trained through FSDP (fp32) with `save_steps`, stopped after a checkpoint
+  (`stop_after_steps`), resumed (`resume`) to the end and its final full-state save: the log must continue
+  from the checkpoint, and the saved folder reload and give the live model's logits;
 - `notebook_04`: notebook 04 under papermill with `gpus=1` (CPU: 0) on a small random model folder;
 - `two_processes`: 2 processes (FSDP over 2 GPUs; with one GPU it is skipped, with a note).
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import platform
@@ -34,7 +41,14 @@ from pathlib import Path
 from typing import Any
 
 EXAMPLE_TOKENS = 480  # per record, prompt template included: fills most of a 512-token micro-batch row
-TOKENIZER_VOCAB = 4000
+VOCABULARY = "llama-spm"  # LLaMA-1/2's tokenizer, shipped (`models.load_vocabulary`): huggyllama/llama-7b's own
+# What the checks import (module names; the pip name where it differs): torch and the Hugging Face stack, gguf
+# (the shipped vocabulary is a GGUF file), datasets (tokenization), papermill and a kernel (notebook 04).
+REQUIRED_MODULES = {"torch": "torch", "transformers": "transformers", "tokenizers": "tokenizers",
+                    "accelerate": "accelerate", "peft": "peft", "safetensors": "safetensors", "gguf": "gguf",
+                    "datasets": "datasets", "yaml": "pyyaml", "filelock": "filelock", "tqdm": "tqdm",
+                    "papermill": "papermill", "nbformat": "nbformat", "nbclient": "nbclient",
+                    "ipykernel": "ipykernel"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +60,6 @@ class Shape:
     layers: int
     heads: int
     kv_heads: int
-    vocab: int | None = None  # None: the tokenizer's size
 
 
 @dataclass(frozen=True)
@@ -55,7 +68,7 @@ class Sizes:
 
     full: Shape
     lora: Shape
-    notebook: Shape
+    notebook: Shape  # also the checkpoint-and-resume check's
     model_max_length: int
     full_steps: int
     full_batch: int
@@ -66,8 +79,8 @@ class Sizes:
     records: int
 
 
-GPU = Sizes(full=Shape(2048, 5632, 22, 32, 4, 32000),  # TinyLlama-1.1B
-            lora=Shape(4096, 11008, 32, 32, 32, 32000),  # LLaMA-7B
+GPU = Sizes(full=Shape(2048, 5632, 22, 32, 4),  # TinyLlama-1.1B
+            lora=Shape(4096, 11008, 32, 32, 32),  # LLaMA-7B
             notebook=Shape(256, 688, 4, 4, 4), model_max_length=512, full_steps=10, full_batch=64, full_micro=16,
             lora_steps=4, lora_batch=16, lora_micro=8, records=256)
 CPU = Sizes(full=Shape(64, 128, 2, 4, 2), lora=Shape(64, 128, 2, 4, 4), notebook=Shape(64, 128, 2, 4, 2),
@@ -75,43 +88,38 @@ CPU = Sizes(full=Shape(64, 128, 2, 4, 2), lora=Shape(64, 128, 2, 4, 4), notebook
             records=24)
 
 
-def build_tokenizer(folder: Path) -> Any:
-    """A byte-level BPE tokenizer trained on the seed tasks and the Alpaca templates (exact round trips, as
-    `tokenize.check_tokenizer` asks), with bos, eos and pad tokens; saved into `folder`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def missing_packages(modules: dict[str, str] = REQUIRED_MODULES) -> list[str]:
+    """The packages of `modules` (module name: pip name) that fail to import here, each as its pip name (with
+    the error where the package is there but its import breaks)."""
+    missing = []
+    for module, package in modules.items():
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            missing.append(package if e.name == module.split(".")[0] else f"{package} (needs {e.name})")
+        except Exception as e:  # installed, but its own imports break (a wrong version beside it)
+            missing.append(f"{package} ({type(e).__name__}: {str(e).strip().splitlines()[0][:80] if str(e).strip() else ''})")
+    return missing
 
-    from ..data import load_seed_tasks
-    from ..prompts import format_training_text
 
-    texts = [format_training_text(r, "") for r in load_seed_tasks()]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=TOKENIZER_VOCAB, special_tokens=["<pad>", "<s>", "</s>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                        model_max_length=1_000_000)  # the data maker tokenizes all seed text at once
-    tokenizer.save_pretrained(folder)
+def load_tokenizer() -> Any:
+    """The shipped LLaMA-1/2 tokenizer (`VOCABULARY`), read offline; no pad token, as the real model's."""
+    from ..models import load_vocabulary
+
+    tokenizer = load_vocabulary(VOCABULARY)
+    tokenizer.model_max_length = 1_000_000  # the data maker tokenizes all seed text at once
     return tokenizer
 
 
-def build_model(shape: Shape, tokenizer: Any, folder: Path, device: str) -> Path:
-    """A random-weight LLaMA of `shape` with `tokenizer`, saved in bf16 safetensors as a plain HF folder."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig
+def build_model(shape: Shape, folder: Path, device: str) -> Path:
+    """A random-weight LLaMA of `shape` (LLaMA-7B's config otherwise) with the real LLaMA tokenizer, saved in
+    bf16 safetensors as a plain HF folder (`rehearsal.small_llama`)."""
+    from .rehearsal import small_llama
 
-    config = LlamaConfig(vocab_size=shape.vocab or len(tokenizer), hidden_size=shape.hidden,
-                         intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
-                         num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-                         max_position_embeddings=2048, tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    with torch.device(device):  # initialised on the GPU, in bf16 from the start (13.5 GB at 7B, not 27)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    del model
+    # initialised on the GPU, in bf16 from the start (13.5 GB at 7B, not 27)
+    small_llama(folder, vocabulary=VOCABULARY, dtype="bfloat16", device=device, hidden_size=shape.hidden,
+                intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
+                num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads)
     free_memory()
     return folder
 
@@ -217,7 +225,7 @@ def measured_run(model_dir: Path, out: Path, values: dict[str, Any], steps: int)
 
 
 def check_full(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
-    model = build_model(sizes.full, tokenizer, work / "full_model", device)
+    model = build_model(sizes.full, work / "full_model", device)
     values = dict(data_path=str(data), model_max_length=sizes.model_max_length, global_batch_size=sizes.full_batch,
                   fsdp="full_shard", bf16="true", device="auto" if device == "cuda" else "cpu")
     micro = micro_batch_that_fits(model, values, sizes.full_micro)
@@ -225,7 +233,7 @@ def check_full(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str
 
 
 def check_lora(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
-    model = build_model(sizes.lora, tokenizer, work / "lora_model", device)
+    model = build_model(sizes.lora, work / "lora_model", device)
     values = dict(data_path=str(data), model_max_length=sizes.model_max_length, global_batch_size=sizes.lora_batch,
                   lora=True, per_device_train_batch_size=sizes.lora_micro, bf16="true",
                   device="auto" if device == "cuda" else "cpu")
@@ -237,10 +245,66 @@ def check_lora(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str
         shutil.rmtree(model, ignore_errors=True)  # 13.5 GB at 7B
 
 
+def check_resume(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
+    """Checkpoints, a stop, a resume and the final full-state save through FSDP on this device: the resumed log
+    continues from the checkpoint, and the saved folder reloads with the pad token the run added and gives the
+    live model's logits."""
+    from .config import make_config
+    from .recipe import read_train_log, train
+
+    import shutil
+
+    model = build_model(sizes.notebook, work / "resume_model", device)
+    out = work / "resume_run"
+    shutil.rmtree(out, ignore_errors=True)  # an earlier call's run would pass for this one's
+    values = dict(model_name_or_path=str(model), data_path=str(data), output_dir=str(out),
+                  model_max_length=sizes.model_max_length, global_batch_size=4, per_device_train_batch_size=2,
+                  max_steps=4, save_steps=2, val_set_size=0, learning_rate=1e-3, fsdp="full_shard",
+                  # fp32 (no TF32) so that the reloaded folder must give the live logits to 1e-4: bf16 is
+                  # full_fsdp_bf16's; what is checked here (what is saved, restored, gathered) is the same
+                  bf16="false", tf32="false", device="auto" if device == "cuda" else "cpu", save_check_logits=True)
+    first = train(make_config(**values, stop_after_steps=2))
+    stopped = {"steps": first["steps"], "finished": first["finished"],
+               "checkpoints": sorted(p.name for p in out.glob("checkpoint-*")),
+               "model_saved": (out / "model").exists()}
+    head = read_train_log(out / "train_log.jsonl")
+    free_memory()
+    second = train(make_config(**values, resume=True))
+    free_memory()
+    log = read_train_log(out / "train_log.jsonl")
+    result = {"stopped": stopped, "steps_logged": [r["step"] for r in log], "finished": second["finished"],
+              "log_kept_before_resume": log[:2] == head, "final_loss": second["final_loss"],
+              "finite": all(r["loss"] == r["loss"] for r in log), **reload_saved(out)}
+    result["ok"] = (stopped == {"steps": 2, "finished": False, "checkpoints": ["checkpoint-2"], "model_saved": False}
+                    and result["steps_logged"] == [1, 2, 3, 4] and result["finished"]
+                    and result["log_kept_before_resume"] and result["finite"]
+                    and result["reload_max_logit_diff"] < 1e-4 and result["reloaded_pad_token"] is not None)
+    return result
+
+
+def reload_saved(out: Path) -> dict[str, Any]:
+    """Reload the run's saved folder (on the CPU, in fp32) and compare its logits with the live model's
+    (`save_check.safetensors`, written by the run before its save)."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32)
+    probe = load_file(str(out / "save_check.safetensors"))
+    with torch.no_grad():
+        logits = model(input_ids=probe["input_ids"], use_cache=False).logits
+    diff = (logits - probe["logits"]).abs().max().item()
+    rows = model.get_input_embeddings().weight.shape[0]
+    del model
+    return {"reload_max_logit_diff": diff, "reloaded_vocabulary": len(tokenizer), "reloaded_embedding_rows": rows,
+            "reloaded_pad_token": tokenizer.pad_token}
+
+
 def check_notebook(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
     from ..course import NOTEBOOKS_DIR, run_notebook
 
-    model = build_model(sizes.notebook, tokenizer, work / "notebook_model", device)
+    model = build_model(sizes.notebook, work / "notebook_model", device)
     out = work / "notebook"
     started = time.perf_counter()
     run_notebook(NOTEBOOKS_DIR / "04_train.ipynb", out, {
@@ -261,7 +325,7 @@ def check_two_processes(sizes: Sizes, work: Path, tokenizer: Any, data: Path, de
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     if device == "cuda" and gpus < 2:
         return {"skipped": f"{gpus} GPU on this machine: 2 processes need 2 GPUs", "ok": True}
-    model = work / "full_model" if (work / "full_model").is_dir() else build_model(sizes.full, tokenizer, work / "full_model", device)
+    model = work / "full_model" if (work / "full_model").is_dir() else build_model(sizes.full, work / "full_model", device)
     out = work / "two_processes"
     args = ["--model_name_or_path", str(model), "--data_path", str(data), "--output_dir", str(out),
             "--model_max_length", str(sizes.model_max_length), "--global_batch_size", str(sizes.full_batch),
@@ -276,8 +340,8 @@ def check_two_processes(sizes: Sizes, work: Path, tokenizer: Any, data: Path, de
     return result
 
 
-CHECKS = {"full_fsdp_bf16": check_full, "lora_7b": check_lora, "notebook_04": check_notebook,
-          "two_processes": check_two_processes}
+CHECKS = {"full_fsdp_bf16": check_full, "lora_7b": check_lora, "checkpoint_resume": check_resume,
+          "notebook_04": check_notebook, "two_processes": check_two_processes}
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -290,7 +354,7 @@ def environment(device: str) -> dict[str, Any]:
 
     name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "CPU"
     versions = {}
-    for package in ("torch", "transformers", "accelerate", "peft", "datasets", "papermill"):
+    for package in ("torch", "transformers", "accelerate", "peft", "datasets", "papermill", "gguf"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -345,9 +409,10 @@ def run_checks(out: Path, cpu: bool, only: list[str] | None = None) -> dict[str,
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    tokenizer = build_tokenizer(work / "tokenizer")
+    tokenizer = load_tokenizer()
     data = build_data(tokenizer, work / "data.json", sizes.records, min(EXAMPLE_TOKENS, sizes.model_max_length - 32))
-    report: dict[str, Any] = {"mode": device, "environment": environment(device), "checks": {}}
+    report: dict[str, Any] = {"mode": device, "environment": environment(device), "vocabulary": VOCABULARY,
+                              "checks": {}}
     for name, check in CHECKS.items():
         if only and name not in only:
             continue
@@ -377,6 +442,11 @@ def main(argv: list[str] | None = None) -> int:
     only = [c.strip() for c in args.only.split(",")] if args.only else None
     if only and not set(only) <= set(CHECKS):
         print(f"error: unknown check(s) {sorted(set(only) - set(CHECKS))}; checks: {', '.join(CHECKS)}", file=sys.stderr)
+        return 2
+    missing = missing_packages()  # first: a bare machine learns it in seconds, before any model is built
+    if missing:
+        print(f"error: cannot import {', '.join(missing)}: carry their wheels in .whl/ "
+              "(scripts/gpu_check_requirements.txt; scripts/gpu_check_wheels.sh downloads them)", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded; no waiting on an unreachable Hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
