@@ -13,7 +13,9 @@ names and quantization are llama.cpp's own Python library (`gguf`); the file app
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -206,12 +208,11 @@ def _token_table(spec: dict[str, Any], vocab_size: int, path: Path) -> tuple[lis
 
 
 def _add_sentencepiece_vocab(writer, spec: dict[str, Any], tokens: list[str], types: list[Any],
-                             added: dict[str, Any]) -> None:
-    """llama.cpp's "llama" tokenizer model: tokens, scores, and types (the unknown token, the <0xXX> byte
-    pieces), as its converter writes them from a tokenizer.model."""
+                             added: dict[str, Any], unk: str | None) -> None:
+    """llama.cpp's "llama" tokenizer model: tokens, scores, and types (the unknown token `unk`, the <0xXX>
+    byte pieces), as its converter writes them from a tokenizer.model."""
     import gguf
 
-    unk = spec["model"].get("unk_token")
     for i, token in enumerate(tokens):
         if token == unk:
             types[i] = gguf.TokenType.UNKNOWN
@@ -228,6 +229,21 @@ def _add_sentencepiece_vocab(writer, spec: dict[str, Any], tokens: list[str], ty
     writer.add_token_scores(scores)
     writer.add_token_types(types)
     writer.add_add_space_prefix(prepend)
+
+
+@contextlib.contextmanager
+def _quiet_pair_template() -> Iterator[None]:
+    """Silence gguf's warning about LLaMA's pair template ("<s> A <s> B"): it concerns only the add-bos/eos
+    flags, which `_add_tokenizer` sets from what the tokenizer does."""
+    def quiet(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unknown separator token")
+
+    logger = logging.getLogger("gguf.vocab")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def _add_tokenizer(writer, folder: Path, vocab_size: int) -> None:
@@ -248,8 +264,9 @@ def _add_tokenizer(writer, folder: Path, vocab_size: int) -> None:
         raise ExportError(f"{path}: only byte-level BPE (GPT-2 style) and SentencePiece BPE (LLaMA style) "
                           "tokenizers are exported")
     tokens, types, added = _token_table(spec, vocab_size, path)
-    if sentencepiece:
-        _add_sentencepiece_vocab(writer, spec, tokens, types, added)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if sentencepiece:  # the unknown token: tokenizer.json's model may not name it (unk_token null)
+        _add_sentencepiece_vocab(writer, spec, tokens, types, added, tokenizer.unk_token)
     else:
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(_pre_tokenizer_name(spec.get("pre_tokenizer")))
@@ -257,8 +274,8 @@ def _add_tokenizer(writer, folder: Path, vocab_size: int) -> None:
         writer.add_token_types(types)
     # Merges (byte-level only: llama.cpp's SentencePiece path merges by score), bos/eos/unk/pad ids and the chat
     # template, read the way llama.cpp's converter reads them.
-    special = gguf.SpecialVocab(folder, load_merges=byte_level, n_vocab=vocab_size)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with _quiet_pair_template():
+        special = gguf.SpecialVocab(folder, load_merges=byte_level, n_vocab=vocab_size)
     if tokenizer.pad_token_id is not None:
         special.special_token_ids["pad"] = tokenizer.pad_token_id
     # Whether BOS/EOS get added is what the tokenizer actually does, not what a config flag claims.
