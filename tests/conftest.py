@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,24 @@ from alpaca_helpers.course import NOTEBOOKS_DIR, run_notebook
 from alpaca_helpers.paths import REPO_ROOT
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# Warnings a course run may print on stderr: third-party ones we cannot silence at the source, each with its
+# reason (a pattern matched against the warning's line). Anything else that says "...Warning:" fails the test.
+ALLOWED_WARNINGS: dict[str, str] = {}
+_WARNING = re.compile(r"\b\w*Warning\b:?")
+
+
+def stderr_warnings(executed: Path) -> list[str]:
+    """The warning lines an executed notebook's cells printed on stderr, less the allowed ones."""
+    found = []
+    for cell in json.loads(executed.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") != "stream" or output.get("name") != "stderr":
+                continue
+            for line in "".join(output["text"]).splitlines():
+                if _WARNING.search(line) and not any(re.search(p, line) for p in ALLOWED_WARNINGS):
+                    found.append(line.strip()[:200])
+    return found
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +94,7 @@ def execute_notebook(tmp_path):
         executed = run_notebook(notebook, out, parameters, progress=False, solutions=True)
         summary = json.loads((Path(parameters["output_dir"]) / "summary.json").read_text())
         check_exercises_and_expectations(notebook, Path(parameters["output_dir"]), summary)
+        assert stderr_warnings(executed) == [], "warnings in the notebook's output (quiet them at the source)"
         return summary, executed
 
     return run
