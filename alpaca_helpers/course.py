@@ -4,6 +4,7 @@
     python -m alpaca_helpers.course --only 00 03    # a few
     python -m alpaca_helpers.course -p gpus 8       # a parameter for every notebook that has it
     python -m alpaca_helpers.course --check notebooks/03_tokenize_and_mask.ipynb   # grade your exercises
+    python -m alpaca_helpers.course --check notebooks/03_tokenize_and_mask.ipynb --saved   # the same, in seconds
 
 Each executed notebook is also written as HTML (`<output-dir>/html/`) to hand out, and its `summary.json` is
 checked against what the notebook says you should see. Kernels talk over local IPC sockets, not TCP ports.
@@ -150,16 +151,26 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _check_main(paths: list[str], out: Path, params: dict[str, Any], solutions: bool) -> int:
-    """`--check`: run each named notebook (a learner's copy may live anywhere) and print its grades."""
+def _check_main(paths: list[str], out: Path, params: dict[str, Any], solutions: bool, saved: bool = False) -> int:
+    """`--check`: run each named notebook (a learner's copy may live anywhere) and print its grades; with
+    `saved`, grade the answers its last run saved instead (nothing runs)."""
+    from .exercises import grade_saved
+
     all_right = True
     for name in paths:
         notebook = resolve(name)
         if not notebook.is_file() or notebook.suffix != ".ipynb":
             print(f"error: {name}: no such notebook (a .ipynb file)", file=sys.stderr)
             return 2
-        print(f"checking {notebook.name} (running it: a minute or more)", flush=True)
-        grades = check_notebook(notebook, out, params, solutions)
+        if saved:
+            grades, source = grade_saved(notebook)
+            when = (f"saved {time.strftime('%H:%M', time.localtime(source.stat().st_mtime))}" if source.exists()
+                    else "none saved yet: run the exercise cells first")
+            print(f"checking {notebook.name} from the answers its last run saved ({source}, {when})", flush=True)
+        else:
+            print(f"checking {notebook.name} (running it top to bottom: from seconds (00) to about 5 minutes "
+                  "(07, 08) on 2 cores; --saved grades your last run's answers at once)", flush=True)
+            grades = check_notebook(notebook, out, params, solutions)
         for g in grades:
             print("  " + g.line())
         if not grades:
@@ -198,12 +209,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="run these notebooks (yours) and grade their exercises; exit 1 unless all are right")
     parser.add_argument("--solutions", action="store_true",
                         help="with --check: run the exercise cells with the code of solutions/<notebook>.md")
+    parser.add_argument("--saved", action="store_true",
+                        help="with --check: grade the answers the notebook's last run saved (seconds) instead of "
+                             "running it")
     args = parser.parse_args(argv)
     out = resolve(args.output_dir)
     params = {k: _parse_value(v) for k, v in args.parameter}
     if args.check:
         return _check_main(args.check, resolve("runs/check") if args.output_dir == "runs/course" else out, params,
-                           args.solutions)
+                           args.solutions, args.saved)
     books = course_notebooks(args.only)
     if not books:
         print("no notebook matched", file=sys.stderr)

@@ -3,7 +3,8 @@
 An exercise is a code cell tagged `exercise`: the learner changes one thing, writes a prediction, then the
 code that computes the answer. The cell after it calls `record_exercise`, which stores the learner's answer
 beside the expected one (computed by the tested helpers in that same cell) in `<output_dir>/exercises.json`.
-`grade` reads that file; `python -m alpaca_helpers.course --check NOTEBOOK` runs a notebook and prints it.
+`grade` reads that file; `python -m alpaca_helpers.course --check NOTEBOOK` runs a notebook and prints it, and
+`--check NOTEBOOK --saved` grades what the learner's last run in Jupyter saved, in seconds (`grade_saved`).
 Solutions live in `solutions/<notebook>.md`, one fenced python block under each `## Exercise N.M` heading.
 """
 
@@ -15,6 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_text
@@ -30,11 +32,20 @@ _CELL_ID = re.compile(r"^# Exercise (\d\d\.\d+)\b", re.M)
 
 @dataclass(frozen=True)
 class Exercise:
-    """One exercise: its title, and the settings the learner must have changed (name -> value)."""
+    """One exercise: its title, the settings the learner must have changed (name -> value), and how to tell an
+    untouched exercise cell.
+
+    By default the cell is untouched while its `answer` is still None. An exercise whose answer is computed by
+    the record cell from something the learner writes (03.1: a record) names that setting's starting value in
+    `untouched` instead: then an answer of None is graded like any other, and `todo` says what to change.
+    """
 
     title: str
     requires: Mapping[str, Any] = field(default_factory=dict)
     rel_tol: float = 1e-6
+    untouched: Mapping[str, Any] = field(default_factory=dict)
+    todo: str = "replace `answer = None` in the exercise cell with your code"
+    hint: str = ""  # added to a wrong answer's message
 
 
 EXERCISES: dict[str, Exercise] = {
@@ -42,7 +53,11 @@ EXERCISES: dict[str, Exercise] = {
     "01.1": Exercise("Fewer tasks per request: where does the teacher stop?",
                      requires={"num_prompt_instructions": 2, "tasks_per_prompt": 5}),
     "02.1": Exercise("A stricter filter: how many seed tasks survive ROUGE-L <= 0.5?", requires={"threshold": 0.5}),
-    "03.1": Exercise("Find the label-boundary bug of the original masking"),
+    "03.1": Exercise("Find the label-boundary bug of the original masking",
+                     untouched={"output": "Apples, pears and plums."},
+                     todo="change the output of `my_record` in the exercise cell (it is still the starting one)",
+                     hint="the original recipe masks this record right: start its output with a character that BPE "
+                          "merges with the prompt's last `:`"),
     "03.2": Exercise("The other prompt format: trained tokens under the chat template"),
     "04.1": Exercise("A smaller micro-batch: how many micro-batches per step?", requires={"per_device": 2}),
     "05.1": Exercise("Temperature 0: does the seed still matter?", requires={"temperature": 0.0}),
@@ -102,15 +117,20 @@ def grade_one(exercise_id: str, record: Mapping[str, Any] | None) -> Grade:
     exercise = EXERCISES[exercise_id]
     if record is None:
         return Grade(exercise_id, "not attempted", "its cells did not run")
-    if record.get("answer") is None:
-        return Grade(exercise_id, "not attempted", "replace `answer = None` in the exercise cell with your code")
     settings = record.get("settings") or {}
+    if exercise.untouched:
+        if all(settings.get(name) == start for name, start in exercise.untouched.items()):
+            return Grade(exercise_id, "not attempted", exercise.todo)
+    elif record.get("answer") is None:
+        return Grade(exercise_id, "not attempted", exercise.todo)
     for name, wanted in exercise.requires.items():
         if not _same(settings.get(name), wanted, exercise.rel_tol):
             return Grade(exercise_id, "wrong", f"set {name} = {wanted!r} first (it was {settings.get(name)!r})")
     if not _same(record["answer"], record.get("expected"), exercise.rel_tol):
         hint = "" if record.get("prediction") is None else f" (you predicted {record['prediction']!r})"
-        return Grade(exercise_id, "wrong", f"your answer {record['answer']!r} is not what the helpers compute{hint}")
+        more = f"; {exercise.hint}" if exercise.hint else ""
+        return Grade(exercise_id, "wrong",
+                     f"your answer {record['answer']!r} is not what the helpers compute{hint}{more}")
     said = "" if record.get("prediction") is None else f"; you predicted {record['prediction']!r}"
     return Grade(exercise_id, "right", f"answer {record['answer']!r}{said}")
 
@@ -126,6 +146,31 @@ def grade(notebook_stem: str, output_dir: str | os.PathLike) -> list[Grade]:
     path = resolve(output_dir) / EXERCISES_FILE
     recorded = json.loads(path.read_text()) if path.exists() else {}
     return [grade_one(i, recorded.get(i)) for i in notebook_exercises(notebook_stem)]
+
+
+def saved_output_dir(notebook: str | os.PathLike) -> Path:
+    """Where a notebook run as it stands (in Jupyter) writes its files: its `output_dir` parameter's value."""
+    import ast
+
+    import nbformat
+
+    nb = nbformat.read(resolve(notebook), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            for node in ast.parse(cell.source).body:
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "output_dir":
+                    return resolve(ast.literal_eval(node.value))
+    raise ValueError(f"{notebook}: no output_dir in its parameters cell")
+
+
+def grade_saved(notebook: str | os.PathLike) -> tuple[list[Grade], Path]:
+    """Grade a notebook's exercises from the answers its last run saved (seconds: nothing is re-run).
+
+    Returns the grades and the `exercises.json` they come from. An exercise whose record cell never ran is
+    `not attempted`; an answer changed but not re-run is graded as it was saved.
+    """
+    folder = saved_output_dir(notebook)
+    return grade(Path(notebook).stem, folder), folder / EXERCISES_FILE
 
 
 def solutions(notebook_stem: str) -> dict[str, str]:

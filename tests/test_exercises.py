@@ -11,7 +11,7 @@ import sys
 import nbformat
 import pytest
 
-from alpaca_helpers.course import course_notebooks
+from alpaca_helpers.course import course_notebooks, main
 from alpaca_helpers.exercises import (EXERCISE_TAG, EXERCISES, exercise_id_of, grade_one, notebook_exercises,
                                       solutions, with_solutions)
 from alpaca_helpers.paths import REPO_ROOT
@@ -55,6 +55,64 @@ def test_solutions_replace_the_code_and_keep_the_task():
 ])
 def test_the_grader_tells_right_from_wrong(record, verdict):
     assert grade_one("02.1", record).verdict == verdict
+
+
+def test_an_exercise_whose_answer_the_record_cell_computes_is_wrong_not_unattempted_when_it_misses():
+    """03.1: the record cell computes the answer from the learner's record. The starting record is `not attempted`
+    (with what to change: the cell has no `answer` to replace); a changed record the original recipe masks
+    right is `wrong`, with a hint."""
+    expected = "prompt not a prefix (boundary merge)"
+    no_fault = "no fault: the original recipe masks this record right"
+    start = grade_one("03.1", {"answer": no_fault, "expected": expected, "settings": {"output": "Apples, pears and plums."}})
+    assert start.verdict == "not attempted" and "my_record" in start.message and "answer = None" not in start.message
+    missed = grade_one("03.1", {"answer": no_fault, "expected": expected, "settings": {"output": "Apples and pears."}})
+    assert missed.verdict == "wrong" and "merges with the prompt's last `:`" in missed.message
+    hit = grade_one("03.1", {"answer": expected, "expected": expected, "settings": {"output": "- Apples"}})
+    assert hit.verdict == "right"
+    assert "answer = None" in grade_one("02.1", {"answer": None, "expected": 3}).message  # the usual placeholder
+
+
+def test_the_03_1_record_cell_grades_the_learners_record(default_tokenizer):
+    """The notebook's record cell, run on the starting record, the solution's and one that misses."""
+    from alpaca_helpers.train.tokenize import alpaca_original_tokenize, original_recipe_fault
+
+    nb = nbformat.read(REPO_ROOT / "notebooks" / "03_tokenize_and_mask.ipynb", as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code"]
+    exercise = next(i for i, c in enumerate(cells) if c.startswith("# Exercise 03.1"))
+    record_cell = cells[exercise + 1].replace("from alpaca_helpers.exercises import record_exercise\n", "")
+    verdicts = {}
+    for name, code in (("start", cells[exercise]), ("solution", solutions("03_tokenize_and_mask")["03.1"]),
+                       ("miss", cells[exercise].replace("Apples, pears and plums.", "Apples and pears."))):
+        scope = {"original_recipe_fault": original_recipe_fault, "alpaca_original_tokenize": alpaca_original_tokenize,
+                 "tokenizer": default_tokenizer, "max_length": 512, "output_dir": "unused",
+                 "record_exercise": lambda _out, i, **kw: grade_one(i, {**kw, "settings": {"output": kw.pop("output")}})}
+        exec(code, scope)
+        exec(record_cell, scope)
+        verdicts[name] = scope["grade_03_1"].verdict
+    assert verdicts == {"start": "not attempted", "solution": "right", "miss": "wrong"}
+
+
+def test_saved_answers_are_graded_without_running_the_notebook(tmp_path, capsys):
+    """`--check NOTEBOOK --saved`: the answers a learner's last run in Jupyter saved (in the folder its output_dir
+    parameter names) are graded in seconds; with none saved, every exercise is `not attempted`."""
+    nb = nbformat.read(REPO_ROOT / "notebooks" / "02_dedup_analysis.ipynb", as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source = "\n".join(f'output_dir = "{tmp_path / "out"}"  # mine' if line.startswith("output_dir =") else line
+                               for line in params.source.splitlines())
+    mine = tmp_path / "02_dedup_analysis-mine.ipynb"
+    nbformat.write(nb, mine)
+
+    def check():  # in this process: nothing is run, so no kernel starts
+        code = main(["--check", str(mine), "--saved"])
+        return code, capsys.readouterr()
+
+    code, unsaved = check()
+    assert code == 1 and "none saved yet" in unsaved.out and "· 02.1" in unsaved.out
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "exercises.json").write_text(json.dumps(
+        {"02.1": {"answer": 150, "expected": 150, "prediction": 160, "settings": {"threshold": 0.5}}}))
+    code, saved = check()
+    assert code == 0 and "✓ 02.1" in saved.out and str(tmp_path / "out" / "exercises.json") in saved.out
 
 
 def test_the_checker_runs_a_notebook_and_grades_it(tmp_path):

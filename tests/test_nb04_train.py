@@ -32,6 +32,18 @@ def test_notebook_04_trains_on_cpu_and_compares_answers(execute_notebook, tmp_pa
     AutoModelForCausalLM.from_pretrained(summary["model_dir"])  # a plain Hugging Face folder
     text = executed.read_text()
     assert "step 2/2 loss" in text  # the run's own output was streamed into the notebook
+    # FSDP told with the plan's numbers for 2 ranks, though this run is one process
+    assert "FSDP full shard over 2 process(es): 30 decoder layers" in text and "reduce-scatter" in text
+    assert "CUDA context" not in text and "GPU(s)" not in text  # a CPU plan speaks of processes
+    # the step by hand, shown and run on the run's step-1 examples: the same loss as the run's first step
+    assert "def train_step_by_hand" in text and "loss.backward()" in text
+    assert abs(summary["by_hand_loss"] - summary["first_loss"]) < 1e-3 * summary["first_loss"]
+    # under the answers, what changed, or why nothing did (two steps, the first at warm-up's learning rate 0)
+    if summary["answers_identical"]:
+        assert "note: both answers are the same" in text
+    else:
+        assert "what changed: the answer went from" in text
+    assert set(summary["answer_tokens"]) == {"base", "fine-tuned"}
 
 
 def test_notebook_04_lora_saves_adapters_and_a_merged_plain_folder(execute_notebook, tmp_path):
@@ -42,6 +54,7 @@ def test_notebook_04_lora_saves_adapters_and_a_merged_plain_folder(execute_noteb
         "04_train", gpus=0, lora=True, max_steps=2, max_examples=8, model_max_length=96, max_new_tokens=8,
         extra_args="--global_batch_size 2 --per_device_train_batch_size 2 --lora_target_modules q_proj,v_proj")
     assert summary["lora"] and summary["steps"] == 2 and "--lora=True" in summary["command"]
+    assert summary["by_hand_loss"] is None  # the step by hand is full fine-tuning's: skipped for LoRA
     assert 0 < summary["trainable_parameters"] < 1_000_000  # rank 16 on q and v of 30 layers: 0.9M of 135M
     adapter = load_file(f"{summary['adapter_dir']}/adapter_model.safetensors")
     assert adapter and all("lora_" in name for name in adapter)

@@ -322,3 +322,47 @@ def test_the_gpu_benchmarks_3b_micro_batch_fits_80gb_by_the_plan(tmp_path):
     assert chosen is not None and chosen.per_device_gb <= 80 and chosen.per_device < 16
     assert not memory_plan(shape, per_device=chosen.per_device * 2, **settings).fits
     assert largest_fitting_micro_batch(shape, per_device=16, **{**settings, "gpu_memory_gb": 10}) is None
+
+
+def test_a_cpu_plan_speaks_of_processes_and_counts_no_cuda_context(tmp_path):
+    """The plan of a CPU run (notebook 04's default, or cpu_processes=2): processes against their share of RAM,
+    no CUDA context; the same tensors as on GPUs."""
+    from alpaca_helpers.train.plan import CUDA_OVERHEAD_GIB, checkpoint_disk, format_plan
+
+    shape = load_model_shape(str(write_config(tmp_path / "tiny", TINY)))
+    settings = dict(world_size=2, gpu_memory_gb=15.61234, per_device=4, global_batch_size=8, model_max_length=64,
+                    bf16=False)
+    cpu, gpu = memory_plan(shape, device="cpu", **settings), memory_plan(shape, **settings)
+    assert cpu.components_gib["CUDA context and allocator slack"] == 0
+    assert gpu.per_device_gb == pytest.approx(cpu.per_device_gb + CUDA_OVERHEAD_GIB, abs=1e-3)
+    assert cpu.mode == "full, FSDP over 2 process(es)" and gpu.mode == "full, FSDP over 2 GPU(s)"
+    text = format_plan(cpu, [], checkpoint_disk(cpu, 1), None)
+    assert "GPU" not in text and "CUDA" not in text and "8 = 4 per process × 1 accumulation" in text
+    assert "× 2 process(es) (1 machine(s))" in text and "of 15.6 GiB (its share of this machine's RAM)" in text
+    one = format_plan(memory_plan(shape, device="cpu", **{**settings, "world_size": 1}), [], checkpoint_disk(cpu, 1), None)
+    assert "one process without FSDP" in one and "GPU" not in one
+    with pytest.raises(PlanError, match="device must be gpu or cpu"):
+        memory_plan(shape, device="tpu", **settings)
+
+
+def test_fsdp_is_explained_with_the_plans_own_numbers(tmp_path):
+    """Notebook 04's FSDP walk-through: each rank's share, the per-layer all-gather and reduce-scatter and the
+    traffic per step are the plan's figures."""
+    from alpaca_helpers.train.plan import communication_bytes, explain_fsdp
+
+    shape = load_model_shape(str(write_config(tmp_path / "tiny", TINY)))
+    plan = memory_plan(shape, world_size=2, gpu_memory_gb=16, per_device=2, global_batch_size=8, model_max_length=64,
+                       bf16=False, device="cpu")
+    text = explain_fsdp(shape, plan)
+    assert text.startswith(f"FSDP full shard over 2 process(es): {shape.layers} decoder layers")
+    assert f"{shard_elements(shape.shapes, 2) / 1e6:.1f}M of {shape.parameters / 1e6:.1f}M parameters" in text
+    assert f"all-gather collects its {shape.layer_elements / 1e6:.2f}M parameters" in text
+    assert f"({shape.layer_elements * 4 / 1e6:.1f} MB in fp32)" in text
+    assert "once per step, after the last of 2 micro-batches" in text  # auto: the unsharded gradients fit
+    assert f"about {communication_bytes(plan) / 1e6:,.0f} MB sent per rank" in text
+    every = memory_plan(shape, world_size=2, gpu_memory_gb=16, per_device=2, global_batch_size=8, model_max_length=64,
+                        bf16=True, sync_every_micro_batch=True)
+    assert "after every micro-batch" in explain_fsdp(shape, every) and "in bf16" in explain_fsdp(shape, every)
+    with pytest.raises(PlanError, match="2 or more processes"):
+        explain_fsdp(shape, memory_plan(shape, world_size=1, gpu_memory_gb=16, per_device=2, global_batch_size=8,
+                                        model_max_length=64))

@@ -677,3 +677,34 @@ def test_prompt_format_chat_trains_the_same_answers_behind_the_chat_template(tmp
     assert summary["finished"] and summary["total_steps"] >= 1
     with pytest.raises(TrainConfigError, match="prompt_format: expected alpaca or chat"):
         make_config(prompt_format="chatml")
+
+
+def test_the_step_by_hand_is_the_recipes_first_step(tmp_path, tiny_model):
+    """Notebook 04's one training step written out (`train_step_by_hand`, on the step's examples collated as one
+    batch) gives the recipe's step 1: the same loss, and the same weights after the update. The recipe cuts the
+    batch into 2 micro-batches, computes logits at trained positions only and accumulates gradients."""
+    from transformers import AutoModelForCausalLM
+
+    from alpaca_helpers.train.config import check_run
+    from alpaca_helpers.train.distributed import dist_env
+    from alpaca_helpers.train.recipe import Recipe, first_global_batch, make_optimizer, train_step_by_hand
+
+    cfg = make_config(model_name_or_path=str(tiny_model), output_dir=str(tmp_path), max_examples=24,
+                      val_set_size=0, global_batch_size=8, per_device_train_batch_size=4, num_train_epochs=1,
+                      learning_rate=1e-3, warmup_ratio=0.0, weight_decay=0.1, max_grad_norm=0.5, bf16=False)
+    recipe = Recipe(cfg, dist_env(force_cpu=True), check_run(cfg, 1, on_gpu=False))
+    recipe.setup()
+    assert recipe.plan.batch.accumulation == 2 and recipe.scheduler.get_last_lr()[0] == pytest.approx(1e-3)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    by_hand = train_step_by_hand(model, first_global_batch(cfg), make_optimizer(model, cfg), cfg.max_grad_norm)
+    recipe.model.train()
+    row = recipe.train_step(1)
+    assert by_hand == pytest.approx(row["loss"], rel=1e-5)
+    assert row["grad_norm"] > cfg.max_grad_norm  # the clipping was part of the step
+    start = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
+    theirs = recipe.model.state_dict()
+    moved = 0
+    for name, weight in model.state_dict().items():
+        torch.testing.assert_close(weight, theirs[name], atol=1e-5, rtol=1e-4)
+        moved += int((weight - start[name]).abs().max() > 1e-4)
+    assert moved >= len(start) - 1  # every tensor moved (lr 1e-3), but possibly a norm with no gradient

@@ -164,7 +164,7 @@ def test_launch_plan_splits_the_batch_over_all_machines():
     assert total_processes(0, 2) == 2 and total_processes(8, 1, 2) == 16 and total_processes(0, 1, 2) == 2
     config = make_config(**load_preset(choose_preset("auto", 0, False)))
     text = launch_plan(config, 0, 1, num_machines=2, gpu_memory_gb=8.0)
-    assert f"batch: {config.global_batch_size} = 4 per device × 1 accumulation × 2 GPU(s) (2 machine(s))" in text
+    assert f"batch: {config.global_batch_size} = 4 per process × 1 accumulation × 2 process(es) (2 machine(s))" in text
     assert "of 8 GiB" in text and "FSDP over 2" in text and "accumulated unsharded" not in text
 
 

@@ -54,10 +54,25 @@ def without_timing(rows):
     return [{k: v for k, v in r.items() if k != "timing"} for r in rows]
 
 
+ECHOED: list[str] = []  # what the reference run printed
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ablation") / "api"
-    return run_ablation(parse_spec(copy.deepcopy(SPEC)), out, progress=False)
+    return run_ablation(parse_spec(copy.deepcopy(SPEC)), out, progress=False, echo=ECHOED.append)
+
+
+def test_each_run_prints_one_line_and_keeps_its_full_console_in_a_file(reference):
+    runs = [line for line in ECHOED if line.startswith("[")]
+    assert len(runs) == 6 and len(ECHOED) == 8  # the pool, the plan of runs, then one line per arm × seed
+    assert runs[0].startswith("[1/6] all-seed0: ") and "steps of 2" in runs[0] and "val_loss " in runs[0]
+    assert not any("step 2/2" in line or line.startswith("done:") for line in ECHOED)
+    for row in reference.rows:
+        log = (reference.output_dir / "runs" / f"{row['arm']}-seed{row['seed']}" / "console.log").read_text()
+        assert "step 2/2 loss" in log and "done: 2/2 steps" in log  # the run's own lines, kept whole
+        assert f"log {reference.output_dir / 'runs' / (row['arm'] + '-seed' + str(row['seed'])) / 'console.log'}" in \
+            next(line for line in runs if f"{row['arm']}-seed{row['seed']}:" in line)
 
 
 def test_the_arms_differ_in_their_data_and_only_there(tmp_path):
@@ -213,10 +228,10 @@ def test_with_several_processes_each_arm_is_its_own_accelerate_launch_with_its_p
     spec.update(seeds=[0], cpu_processes=2, budget={"steps": 1},
                 arms={"all": {"kind": "base"}, "lr_high": {"kind": "setting", "learning_rate": 1e-3}})
     lines = []
-    result = run_ablation(parse_spec(spec), tmp_path / "launched", progress=False, echo=lines.append)
+    result = run_ablation(parse_spec(spec), tmp_path / "launched", progress=False, echo=lines.append, verbose=True)
     launches = [line for line in lines if line.startswith("accelerate launch")]
     assert len(launches) == 2 and all("--num_processes 2" in line for line in launches)
-    assert sum("CPU run: the GPU accounting per process" in line for line in lines) == 2  # the plan, per arm
+    assert sum("per process (GiB):" in line for line in lines) == 2  # the plan (of CPU processes), per arm
     assert any("FSDP over 2" in line for line in lines)  # the runs themselves say they are sharded
     assert [(r["arm"], r["steps"]) for r in result.rows] == [("all", 1), ("lr_high", 1)]
     config = (tmp_path / "launched" / "runs" / "lr_high-seed0" / "arm_config.yaml").read_text()

@@ -298,7 +298,7 @@ def launch_plan(config: Any, gpus: int, cpu_processes: int = 1, num_machines: in
     if gpu_memory_gb is None:
         gpu_memory_gb = memory_budget_gib(torch.device("cuda", 0) if gpus else torch.device("cpu"), world // num_machines)
     shape = load_model_shape(config.model_name_or_path)
-    memory = memory_plan_for_run(config, shape, run, world, num_machines, gpu_memory_gb)
+    memory = memory_plan_for_run(config, shape, run, world, num_machines, gpu_memory_gb, "gpu" if gpus else "cpu")
     advice = suggestions(shape, memory, **plan_fixed(config, run))
     disk = checkpoint_disk(memory, config.save_total_limit, 2 if config.save_dtype == "bfloat16" else 4)
     timing = None
@@ -308,8 +308,7 @@ def launch_plan(config: Any, gpus: int, cpu_processes: int = 1, num_machines: in
                                gpu_name or torch.cuda.get_device_name(0))
         except PlanError:  # a GPU whose peak or links the plan does not know: no projection
             timing = None
-    where = "" if gpus else "CPU run: the GPU accounting per process, against this machine's RAM per process\n"
-    return where + format_plan(memory, advice, disk, timing)
+    return format_plan(memory, advice, disk, timing)
 
 
 def epoch_mean_loss(log: Any) -> Any:

@@ -264,7 +264,7 @@ class Plan:
     accumulation: int
     global_batch_size: int
     model_max_length: int
-    mode: str  # "full (FSDP over N)", "full (one process)", "LoRA"
+    mode: str  # "full, FSDP over N GPU(s)" (or "process(es)" on CPU), "full, one process without FSDP", "LoRA ..."
     bf16: bool
     activation_checkpointing: bool
     cpu_offload: bool
@@ -285,14 +285,24 @@ class Plan:
     accumulation_gradients_bytes: int = 0
     root_gradient_bytes: int = 0  # the root unit's unsharded gradients + their fp32 reduce-scatter buffer
     layer_gradient_bytes: int = 0  # the same for one decoder layer
+    device: str = "gpu"  # "gpu", or "cpu": processes against RAM, no CUDA context
+
+    @property
+    def unit(self) -> str:
+        """What the run's processes are, in words: GPUs, or CPU processes."""
+        return "GPU(s)" if self.device == "gpu" else "process(es)"
 
 
 def memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, per_device: int, global_batch_size: int,
                 model_max_length: int, activation_checkpointing: bool = False, cpu_offload: bool = False,
                 lora: bool = False, lora_r: int = 16, lora_targets: str = "all-linear", lora_dropout: float = 0.05,
                 bf16: bool = True, sync_every_micro_batch: bool | None = None, fsdp: str = "auto",
-                num_machines: int = 1, trained_fraction: float = TRAINED_FRACTION, model: str = "") -> Plan:
+                num_machines: int = 1, trained_fraction: float = TRAINED_FRACTION, model: str = "",
+                device: str = "gpu") -> Plan:
     """What each device holds during a run of `alpaca_helpers.train` configured so (see the module docstring).
+
+    `device` "cpu" plans CPU processes against RAM (`gpu_memory_gb` is then each process's share of it): the
+    same tensors, no CUDA context.
 
     `sync_every_micro_batch` None (auto) reduce-scatters once per step where the unsharded fp32 gradients fit
     beside the rest, else after every micro-batch; `sync_reason` says which and why.
@@ -301,7 +311,7 @@ def memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, per
                     global_batch_size=global_batch_size, model_max_length=model_max_length,
                     activation_checkpointing=activation_checkpointing, cpu_offload=cpu_offload, lora=lora,
                     lora_r=lora_r, lora_targets=lora_targets, lora_dropout=lora_dropout, bf16=bf16, fsdp=fsdp,
-                    num_machines=num_machines, trained_fraction=trained_fraction, model=model)
+                    num_machines=num_machines, trained_fraction=trained_fraction, model=model, device=device)
     if sync_every_micro_batch is not None:
         plan = _memory_plan(shape, sync_every_micro_batch=sync_every_micro_batch, **settings)
         return replace(plan, sync_setting=sync_every_micro_batch,
@@ -315,19 +325,22 @@ def memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, per
     if once.fits:
         return replace(once, sync_setting=None,
                        sync_reason=f"auto: the unsharded fp32 gradients ({kept:.1f} GiB) fit "
-                                   f"({once.per_device_gb:.1f} of {gpu_memory_gb:g} GiB), and one reduce-scatter per "
+                                   f"({once.per_device_gb:.1f} of {gpu_memory_gb:.3g} GiB), and one reduce-scatter per "
                                    f"step instead of {once.accumulation} moves less")
     every = _memory_plan(shape, sync_every_micro_batch=True, **settings)
     return replace(every, sync_setting=None,
                    sync_reason=f"auto: keeping the unsharded fp32 gradients ({kept:.1f} GiB) would need "
-                               f"{once.per_device_gb:.1f} of {gpu_memory_gb:g} GiB")
+                               f"{once.per_device_gb:.1f} of {gpu_memory_gb:.3g} GiB")
 
 
 def _memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, per_device: int, global_batch_size: int,
                  model_max_length: int, activation_checkpointing: bool, cpu_offload: bool, lora: bool, lora_r: int,
                  lora_targets: str, lora_dropout: float, bf16: bool, sync_every_micro_batch: bool, fsdp: str,
-                 num_machines: int, trained_fraction: float, model: str) -> Plan:
+                 num_machines: int, trained_fraction: float, model: str, device: str) -> Plan:
     """`memory_plan` with the gradient sync decided."""
+    if device not in ("gpu", "cpu"):
+        raise PlanError(f"device must be gpu or cpu, got {device!r}")
+    unit = "GPU(s)" if device == "gpu" else "process(es)"
     if world_size < 1:
         raise PlanError(f"the number of GPUs must be >= 1, got {world_size}")
     if gpu_memory_gb <= 0:
@@ -341,7 +354,7 @@ def _memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, pe
     except TrainConfigError as e:
         raise PlanError(str(e)) from None
     if lora and (world_size > 1 or cpu_offload or fsdp == "full_shard"):
-        raise PlanError(f"lora runs on a single process without FSDP here, not {world_size} GPU(s)"
+        raise PlanError(f"lora runs on a single process without FSDP here, not {world_size} {unit}"
                         + (" with cpu_offload" if cpu_offload else "") + ": plan 1 GPU, or full fine-tuning")
     use_fsdp = not lora and (world_size > 1 or cpu_offload or fsdp == "full_shard")
     if world_size > 1 and fsdp == "off":
@@ -391,7 +404,7 @@ def _memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, pe
     comp["gathered / autocast weight copies"] = working / GIB
     comp["unsharded gradients + reduce-scatter buffers"] = (root_grads + layer_grads) / GIB
     comp["activations"] = activations(activation_checkpointing) / GIB
-    comp["CUDA context and allocator slack"] = CUDA_OVERHEAD_GIB
+    comp["CUDA context and allocator slack"] = CUDA_OVERHEAD_GIB if device == "gpu" else 0.0
     total = sum(comp.values())
     per_machine = world_size // num_machines if world_size % num_machines == 0 else world_size
     # Host RAM per machine: rank 0 (one process per machine holds it) loads the full weights on CPU; with
@@ -400,7 +413,7 @@ def _memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, pe
     offloaded = (weights + grads + optim) * per_machine if cpu_offload else 0
     host = max(loading + weights * per_machine if cpu_offload else loading, offloaded)
     mode = "LoRA (frozen base, one process)" if lora else (
-        f"full, FSDP over {world_size} GPU(s)" if use_fsdp else "full, one process without FSDP")
+        f"full, FSDP over {world_size} {unit}" if use_fsdp else "full, one process without FSDP")
     return Plan(model=model, world_size=world_size, num_machines=num_machines, gpu_memory_gb=gpu_memory_gb,
                 per_device=batch.per_device, accumulation=batch.accumulation, global_batch_size=global_batch_size,
                 model_max_length=model_max_length, mode=mode, bf16=bf16,
@@ -413,14 +426,15 @@ def _memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, pe
                 sync_setting=sync_every_micro_batch,
                 weights_bytes=int(weights), gradients_bytes=int(grads), optimizer_bytes=int(optim),
                 accumulation_gradients_bytes=int(accumulation_grads), root_gradient_bytes=int(root_grads),
-                layer_gradient_bytes=int(layer_grads))
+                layer_gradient_bytes=int(layer_grads), device=device)
 
 
 def _settings(plan: Plan) -> dict[str, Any]:
     return dict(world_size=plan.world_size, gpu_memory_gb=plan.gpu_memory_gb, per_device=plan.per_device,
                 global_batch_size=plan.global_batch_size, model_max_length=plan.model_max_length,
                 activation_checkpointing=plan.activation_checkpointing, cpu_offload=plan.cpu_offload,
-                bf16=plan.bf16, sync_every_micro_batch=plan.sync_setting, num_machines=plan.num_machines)
+                bf16=plan.bf16, sync_every_micro_batch=plan.sync_setting, num_machines=plan.num_machines,
+                device=plan.device)
 
 
 def suggestions(shape: ModelShape, plan: Plan, **fixed: Any) -> list[dict[str, Any]]:
@@ -442,7 +456,7 @@ def suggestions(shape: ModelShape, plan: Plan, **fixed: Any) -> list[dict[str, A
     if not is_lora:
         for gpus in (2, 4, 8, 16, 32, 64):
             if gpus > plan.world_size and plan.global_batch_size % gpus == 0:
-                tries.append((f"{gpus} GPUs", {"world_size": gpus, "num_machines": max(1, gpus // 8)}))
+                tries.append((f"{gpus} {'GPUs' if plan.device == 'gpu' else 'processes'}", {"world_size": gpus, "num_machines": max(1, gpus // 8)}))
         if not plan.cpu_offload:
             tries.append(("--fsdp full_shard --cpu_offload true", {"cpu_offload": True}))
         if plan.world_size == 1:
@@ -487,6 +501,38 @@ def communication_bytes(plan: Plan) -> float:
     gathers = 2 * plan.accumulation * plan.parameters * (2 if plan.bf16 else 4)
     syncs = plan.accumulation if plan.sync_every_micro_batch else 1
     return share * (gathers + syncs * plan.parameters * 4)
+
+
+def explain_fsdp(shape: ModelShape, plan: Plan) -> str:
+    """FSDP's full shard by decoder layer told with a plan's own numbers: what each rank holds, the all-gather
+    before each layer, the reduce-scatter after its backward, and the bytes each rank sends per step."""
+    if not plan.fsdp or plan.world_size < 2:
+        raise PlanError(f"explain_fsdp needs a plan sharded over 2 or more processes, not {plan.mode}")
+    ranks, unit = plan.world_size, plan.unit
+    c = 2 if plan.bf16 else 4
+    dtype = "bf16" if plan.bf16 else "fp32"
+    held = plan.weights_bytes // 4  # fp32 master weights: 4 bytes each
+    full_gib = shape.parameters * 16 / GIB  # fp32 weights, gradients and two AdamW moments
+    mine_gib = (plan.weights_bytes + plan.gradients_bytes + plan.optimizer_bytes) / GIB
+    layer_mb = shape.layer_elements * c / 1e6
+    shard_mb = shard_elements(list(shape.layer_shapes), ranks) * 4 / 1e6
+    when = ("after every micro-batch" if plan.sync_every_micro_batch
+            else f"once per step, after the last of {plan.accumulation} micro-batches") if plan.accumulation > 1 \
+        else "once per step (one micro-batch per step)"
+    return "\n".join([
+        f"FSDP full shard over {ranks} {unit}: {shape.layers} decoder layers, each its own unit, and the root "
+        "(embeddings, final norm, LM head).",
+        f"- held: each rank keeps 1/{ranks} of every tensor (cut along its first dimension): "
+        f"{held / 1e6:.1f}M of {shape.parameters / 1e6:.1f}M parameters, with their fp32 gradients and AdamW "
+        f"moments: {mine_gib:.2f} GiB per rank instead of {full_gib:.2f} GiB in one process.",
+        f"- forward: before each layer an all-gather collects its {shape.layer_elements / 1e6:.2f}M parameters "
+        f"({layer_mb:.1f} MB in {dtype}) from the {ranks} shards; the layer runs, and the full copy is freed.",
+        f"- backward: each layer is gathered again, its gradients computed, then a reduce-scatter sums them over the "
+        f"ranks and leaves each rank only its own {shard_mb:.1f} MB (fp32), {when}.",
+        f"- optimizer: AdamW updates each rank's shard alone; no rank ever holds the whole model's state.",
+        f"- traffic: about {communication_bytes(plan) / 1e6:,.0f} MB sent per rank per optimizer step "
+        f"({plan.accumulation} micro-batch(es) × 2 all-gathers of the weights, plus the reduce-scatters).",
+    ])
 
 
 def flops_per_token(shape: ModelShape, seq_len: float, trained_fraction: float = TRAINED_FRACTION,
@@ -549,13 +595,14 @@ def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float]
              f"{plan.mode}; {'bf16' if plan.bf16 else 'fp32'} compute, "
              + ("fp32 adapters" if plan.mode.startswith("LoRA") else "fp32 master weights")
              + (", CPU offload" if plan.cpu_offload else ""),
-             f"batch: {plan.global_batch_size} = {plan.per_device} per device × {plan.accumulation} accumulation × "
-             f"{plan.world_size} GPU(s) ({plan.num_machines} machine(s)); micro-batch {plan.per_device} × "
+             f"batch: {plan.global_batch_size} = {plan.per_device} per {'device' if plan.device == 'gpu' else 'process'} "
+             f"× {plan.accumulation} accumulation × "
+             f"{plan.world_size} {plan.unit} ({plan.num_machines} machine(s)); micro-batch {plan.per_device} × "
              f"{plan.model_max_length} tokens"]
     if plan.fsdp and plan.accumulation > 1:
         when = "every micro-batch" if plan.sync_every_micro_batch else f"once per step (after the last of {plan.accumulation} micro-batches)"
         lines.append(f"gradient sync: reduce-scatter {when} ({plan.sync_reason})")
-    lines.append("per device (GiB):")
+    lines.append("per device (GiB):" if plan.device == "gpu" else "per process (GiB):")
     for name, gib in plan.components_gib.items():
         if gib or name in {"weights", "gradients", "optimizer state", "activations"}:
             note = ""
@@ -567,11 +614,12 @@ def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float]
                 note = "  (no reduce-scatter until the last micro-batch)"
             lines.append(f"  {name:<44} {gib:8.2f}{note}")
     verdict = "fits" if plan.fits else "does NOT fit"
-    lines.append(f"  {'total':<44} {plan.per_device_gb:8.2f} of {plan.gpu_memory_gb:g} GiB: {verdict}")
+    budget = "" if plan.device == "gpu" else " (its share of this machine's RAM)"
+    lines.append(f"  {'total':<44} {plan.per_device_gb:8.2f} of {plan.gpu_memory_gb:.3g} GiB{budget}: {verdict}")
     lines.append(f"host memory per machine: {plan.cpu_memory_per_machine_gib:.1f} GiB (rank 0 loads the weights on CPU"
                  + ("; the offloaded shards, gradients and AdamW state)" if plan.cpu_offload else ")"))
     for a in advice:
-        lines.append(f"  to fit: {a['change']} → {a['per_device_gb']:.1f} GiB per device "
+        lines.append(f"  to fit: {a['change']} → {a['per_device_gb']:.1f} GiB per {'device' if plan.device == 'gpu' else 'process'} "
                      f"({a['per_device']} per device × {a['accumulation']} accumulation)")
     if not plan.fits and not advice:
         lines.append("  to fit: no single change is enough; combine them (e.g. more GPUs and activation checkpointing)")

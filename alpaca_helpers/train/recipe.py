@@ -115,6 +115,55 @@ class TrainedPositionsHead:
         return F.cross_entropy(logits[0].float(), targets[rows, cols], reduction="sum") / num_items
 
 
+def make_optimizer(model: Any, cfg: TrainConfig) -> Any:
+    """The recipe's AdamW: weight decay on matrices only (none on biases and norms), at `cfg.learning_rate`
+    (the schedule then scales it step by step)."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                             eps=cfg.adam_epsilon)
+
+
+def train_step_by_hand(model: Any, batch: dict[str, Any], optimizer: Any, max_grad_norm: float = 1.0) -> float:
+    """One optimizer step on one batch, written out; returns its loss. `Recipe.train_step` computes the same
+    loss and update, split into micro-batches and processes (tests/test_train.py checks it)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .tokenize import IGNORE_INDEX
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # forward
+    targets = batch["labels"][:, 1:]  # the logits at position p predict the token at p + 1
+    trained = targets != IGNORE_INDEX  # the response and its eos; prompt and padding are -100
+    loss = F.cross_entropy(logits[:, :-1][trained].float(), targets[trained])  # mean over the trained tokens
+    loss.backward()  # a gradient for every weight
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
+    optimizer.step()  # AdamW moves every weight against its gradient
+    optimizer.zero_grad(set_to_none=True)  # the next step starts from zero
+    return loss.item()
+
+
+def first_global_batch(cfg: TrainConfig) -> dict[str, Any]:
+    """The examples of the recipe's step 1 (same records, split, tokenization and seeded order), collated as one
+    batch; `Recipe.train_step` cuts the same examples into micro-batches."""
+    from transformers import AutoTokenizer
+
+    from ..models import load_model_config
+    from .distributed import dist_env
+
+    from .config import plan_batch
+
+    batch = plan_batch(cfg.global_batch_size, cfg.per_device_train_batch_size, 1, cfg.gradient_accumulation_steps)
+    recipe = Recipe(cfg, dist_env(force_cpu=True), RunPlan(batch, False, None))  # only the data is set up
+    recipe.model_path = load_model_config(cfg.model_name_or_path)[0]
+    recipe.tokenizer = AutoTokenizer.from_pretrained(recipe.model_path)
+    recipe.setup_data()
+    return recipe.data.collate(recipe.global_batch(1))
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run one training job as configured (every process calls this); returns the run summary.
 
@@ -173,9 +222,10 @@ def memory_budget_gib(device: Any, processes_per_machine: int) -> float:
 
 
 def memory_plan_for_run(cfg: TrainConfig, shape: Any, plan: RunPlan, world_size: int, num_machines: int,
-                        gpu_memory_gb: float) -> Any:
+                        gpu_memory_gb: float, device: str = "gpu") -> Any:
     """`plan.memory_plan` for this run's settings: what each device holds, as the code does it (including
-    `reduce_scatter_every_micro_batch`, which the plan decides when auto)."""
+    `reduce_scatter_every_micro_batch`, which the plan decides when auto). `device` "cpu": processes against
+    their share of RAM (`gpu_memory_gb`), no CUDA context."""
     from .plan import memory_plan
 
     return memory_plan(shape, world_size=world_size, gpu_memory_gb=gpu_memory_gb,
@@ -183,7 +233,25 @@ def memory_plan_for_run(cfg: TrainConfig, shape: Any, plan: RunPlan, world_size:
                        model_max_length=cfg.model_max_length, activation_checkpointing=cfg.activation_checkpointing,
                        cpu_offload=cfg.cpu_offload, lora=cfg.lora, bf16=plan.precision.bf16,
                        sync_every_micro_batch=cfg.reduce_scatter_every_micro_batch, num_machines=num_machines,
-                       **plan_fixed(cfg, plan))
+                       device=device, **plan_fixed(cfg, plan))
+
+
+def explain_fsdp_for_run(config: Any, processes: int, on_gpu: bool, num_machines: int = 1) -> str:
+    """`explain_fsdp` for a training config sharded over `processes` (at least 2: what `cpu_processes=2` or the
+    GPUs would shard), with the run's own precision and gradient-sync rule; LoRA, never sharded here, says so."""
+    import torch
+
+    from ..precision import native_bf16
+    from .plan import explain_fsdp, load_model_shape
+
+    if config.lora:
+        return "LoRA trains in one process here: nothing is sharded (FSDP shards full fine-tuning)."
+    ranks = max(2, processes)
+    run = check_run(config, ranks, on_gpu=on_gpu, native=native_bf16("cuda" if on_gpu else "cpu"))
+    budget = memory_budget_gib(torch.device("cuda", 0) if on_gpu else torch.device("cpu"), ranks // num_machines)
+    shape = load_model_shape(config.model_name_or_path)
+    plan = memory_plan_for_run(config, shape, run, ranks, num_machines, budget, "gpu" if on_gpu else "cpu")
+    return explain_fsdp(shape, plan)
 
 
 @dataclass
@@ -277,7 +345,8 @@ class Recipe:
         machines = max(1, int(os.environ.get("WORLD_SIZE", "1")) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         budget = memory_budget_gib(env.device, env.world_size // machines)
         try:
-            return memory_plan_for_run(self.cfg, self.shape, self.plan, env.world_size, machines, budget)
+            return memory_plan_for_run(self.cfg, self.shape, self.plan, env.world_size, machines, budget,
+                                       device="gpu" if env.device.type == "cuda" else "cpu")
         except PlanError as e:  # a setting the plan does not model: the run itself decides
             if env.is_main:
                 print(f"plan: not available ({e})", flush=True)
@@ -299,8 +368,7 @@ class Recipe:
             sync = (f"; gradient sync {'every micro-batch' if memory.sync_every_micro_batch else 'once per step'} "
                     f"({memory.sync_reason})")
         print(f"plan: {memory.parameters / 1e6:.1f}M parameters, {memory.mode}; about "
-              f"{memory.per_device_gb - memory.components_gib['CUDA context and allocator slack']:.2f} GiB "
-              f"per process by the GPU plan's accounting{sync}", flush=True)
+              f"{memory.per_device_gb:.2f} GiB per process{sync}", flush=True)
 
     def setup_data(self) -> None:
         """Records (any source), the held-out split, tokenization, and the step counts."""
@@ -369,15 +437,10 @@ class Recipe:
 
     def setup_optimizer(self) -> None:
         """AdamW (no weight decay on biases and norms) and the learning-rate schedule."""
-        import torch
         from transformers import get_scheduler
 
         cfg = self.cfg
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                           eps=cfg.adam_epsilon)
+        self.optimizer = make_optimizer(self.model, cfg)
         self.scheduler = get_scheduler(cfg.lr_scheduler_type, self.optimizer, num_training_steps=self.steps,
                                        num_warmup_steps=warmup_steps(self.steps, cfg.warmup_ratio))
 
