@@ -74,6 +74,20 @@ def test_the_rules_agree_with_the_labelled_set_as_the_readme_says():
     assert result["kappa"] == pytest.approx((p_o - p_e) / (1 - p_e)) == pytest.approx(cohen_kappa(labelled, predicted))
 
 
+def test_the_confusion_table_reads_by_rows_and_holds_the_counts():
+    from alpaca_helpers.evaluate.refusal import confusion_table
+
+    rows = load_refusal_labels()
+    result = label_agreement([r["label"] for r in rows], [classify_refusal(r["answer"]).label for r in rows])
+    table = confusion_table(result["confusion"])  # the notebook's table: no NaN, people's labels as rows
+    assert list(table.index) == ["labelled complies", "labelled refuses", "labelled partial", "all"]
+    assert list(table.columns) == ["rules: complies", "rules: refuses", "rules: partial", "all"]
+    assert not table.isna().any().any() and table.loc["all", "all"] == result["n"] == 87
+    assert table.loc["labelled refuses", "rules: complies"] == 6 and table.loc["labelled partial", "all"] == 8
+    assert table.loc["all", "rules: complies"] == 57
+    assert list(confusion_table({}, "judge").loc["all"]) == [0, 0, 0, 0]
+
+
 def test_agreement_leaves_out_unparsed_judgements():
     result = label_agreement(["complies", "refuses", "partial", "refuses"], ["complies", None, "refuses", "refuses"])
     assert result["n"] == 3 and result["unparsed"] == 1 and result["percent"] == pytest.approx(200 / 3)

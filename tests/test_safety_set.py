@@ -8,6 +8,7 @@ from alpaca_helpers.data import load_alpaca
 from alpaca_helpers.evaluate.refusal import classify_refusal
 from alpaca_helpers.paths import data_dir
 from alpaca_helpers.safety.categories import CATEGORIES, UnknownCategory, category
+from alpaca_helpers.safety.dose import safety_examples_seen, zero_refusal_note
 from alpaca_helpers.safety.safety_set import (SAFETY_SET_FILE, SOURCE, TEMPLATES, SafetySetError, build_safety_set,
                                               category_items, load_safety_set, shipped_safety_set, template_refusals)
 
@@ -69,3 +70,21 @@ def test_bad_items_fail_with_one_line():
     with pytest.raises(SafetySetError, match="item 1: needs a non-empty 'instruction'"):
         build_safety_set([category_items()[0], {"instruction": " ", "category": "toxicity"}])
     assert category("privacy").title == "Privacy"
+
+
+def rows(refusal_30pc):
+    def row(arm, seed, records, refusal):
+        return {"arm": arm, "seed": seed, "records": records, "steps": 6, "examples_seen": 24,
+                "metrics": {"xstest_refusal": refusal}}
+
+    return [row(a, s, n, refusal_30pc if a == "safety_30pc" else 0.0)
+            for s in (0, 1) for a, n in (("no_safety", 28), ("safety_3pc", 29), ("safety_30pc", 40))]
+
+
+def test_the_note_appears_only_when_refusal_stays_at_zero():
+    note = zero_refusal_note(rows(0.0), "no_safety", 8)
+    assert note.startswith("Note: refusal is 0 in every arm (0 of 8 unsafe XSTest prompts refused, per arm and seed, 2 seeds)")
+    assert "safety_30pc" in note and "about 7 safety examples in 6 steps" in note  # 24 seen × 12 / 40
+    assert zero_refusal_note(rows(0.125), "no_safety", 8) is None
+    assert zero_refusal_note([{**r, "metrics": {}} for r in rows(0.0)], "no_safety", 8) is None  # no XSTest measured
+    assert safety_examples_seen(rows(0.0)[0], 28) == 0

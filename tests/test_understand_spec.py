@@ -267,7 +267,37 @@ def test_mean_se_and_paired_differences_equal_a_direct_computation():
     assert "no difference can be told" in conclusion(table["small"], "all")
     assert "gives a lower loss than all" in conclusion({**table["small"], "diff_high": -0.01}, "all")
     assert "the seeds agree exactly" in conclusion({**table["small"], "diff_se": 0.0, "diff_low": -0.2, "diff_high": -0.2}, "all")
-    assert "one seed gives no error bar" in conclusion({**table["small"], "diff_low": None, "pairs": 1}, "all")
+    assert "one seed gives no interval" in conclusion({**table["small"], "diff_low": None, "pairs": 1}, "all")
+
+
+def test_conclusions_say_what_their_interval_covers_and_need_three_seeds():
+    from alpaca_helpers.understand.stats import COVERS, MIN_SEEDS, conclusions_note, told_apart
+
+    def table(values, varies):  # {arm: per-seed values}, {arm: data varies with the seed}
+        rows = [{"arm": arm, "seed": seed, "metrics": {"val_loss": v}} for arm, vs in values.items()
+                for seed, v in enumerate(vs)]
+        return {t["arm"]: t for t in summarize(rows, "all", ["val_loss"], data_varies=varies)}
+
+    varies = {"all": False, "longest_n": False, "random_n": True}
+    # notebook 07's case: the same data at both seeds, two near-identical runs, an interval far from 0
+    two = table({"all": [2.0, 2.01], "longest_n": [2.05484, 2.06494], "random_n": [2.1, 1.9]}, varies)
+    line = conclusion(two["longest_n"], "all")
+    assert "excludes no difference" not in line and "gives a higher" not in line and not told_apart(two["longest_n"])
+    assert f"{MIN_SEEDS} are needed" in line and "2 paired seeds" in line and COVERS["training"] in line
+    assert "+0.0549, 95% interval +0.0543 to +0.0555 over 2 paired seeds" in line  # 3 significant digits
+    assert two["random_n"]["covers"] == "data and training" and COVERS["data and training"] in conclusion(two["random_n"], "all")
+    note = conclusions_note(list(two.values()))
+    assert note.startswith("0 of 2 comparisons are told apart") and "seeds=[0, 1, 2, 3, 4]" in note
+    assert "training noise only" in note
+    # three seeds: a conclusion, worded for what the interval covers
+    three = table({"all": [2.0, 2.01, 2.02], "longest_n": [2.055, 2.065, 2.076], "random_n": [2.1, 1.9, 2.0]}, varies)
+    fixed = conclusion(three["longest_n"], "all")
+    assert told_apart(three["longest_n"]) and "The interval excludes 0: on this data, longest_n gives a higher" in fixed
+    assert "another draw of the data is not covered" in fixed
+    assert "The interval includes 0: no difference can be told" in conclusion(three["random_n"], "all")
+    drawn = table({"all": [2.0, 2.01, 2.02], "random_n": [2.055, 2.065, 2.076]}, varies)
+    assert conclusion(drawn["random_n"], "all").endswith("The interval excludes 0: random_n gives a higher val_loss than all.")
+    assert conclusions_note(list(drawn.values())).startswith("1 of 1 comparisons are told apart")
 
 
 def test_the_prompt_mask_setting_labels_the_prompt(default_tokenizer):

@@ -201,6 +201,20 @@ def label_agreement(labelled: Sequence[str], predicted: Sequence[str | None]) ->
             "confusion": {a: {b: sum(pair == (a, b) for pair in pairs) for b in LABELS} for a in LABELS}}
 
 
+
+def confusion_table(confusion: Mapping[str, Mapping[str, int]], predicted_by: str = "rules") -> Any:
+    """`label_agreement`'s confusion counts as a pandas DataFrame to read by rows: one row per label people gave
+    ("labelled complies"), one column per label `predicted_by` gave ("rules: complies"), a count in each cell,
+    and the row and column totals ("all")."""
+    import pandas as pd
+
+    rows = {f"labelled {a}": {f"{predicted_by}: {b}": int(confusion.get(a, {}).get(b, 0)) for b in LABELS}
+            for a in LABELS}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table["all"] = table.sum(axis=1)
+    table.loc["all"] = table.sum(axis=0)
+    return table
+
 # ---------------------------------------------------------------------------------------------------------
 # The judge
 

@@ -27,6 +27,7 @@ TensorBoard or W&B (`train.tracking`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gc
 import hashlib
@@ -36,7 +37,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ TABLE_FILE = "results_by_arm.csv"
 SPEC_FILE = "ablation.json"
 EVAL_SETS_FILE = "eval_sets.json"
 GRADES_FILE = "grades.jsonl"
+CONSOLE_FILE = "console.log"  # one arm × seed's full console, in its run folder
+LINE_METRICS = ("val_loss", "teacher_loss", "xstest_refusal", "xstest_over_refusal")  # shown in its one line
 SEED_DEPENDENT = {"size", "dataset"}  # kinds whose data depends on the run seed (plus random selection)
 
 
@@ -280,20 +283,50 @@ def train_job(job: Job, spec: AblationSpec, echo: Callable[[str], Any]) -> dict[
     return json.loads((run_dir / SUMMARY_FILE).read_text())
 
 
-def run_job(job: Job, prepared: Prepared, echo: Callable[[str], Any]) -> dict[str, Any]:
-    """Train and measure one arm × seed, append its row to `results.jsonl` durably, and return the row."""
+@contextlib.contextmanager
+def console_log(path: Path, verbose: bool, echo: Callable[[str], Any]) -> Iterator[Callable[[str], Any]]:
+    """Where one arm × seed's console goes: with `verbose`, to `echo` as it comes; otherwise into `path` (the
+    in-process run's stdout and stderr, or the launched run's lines). Quiet, a line naming a warning is still
+    passed on to the real stderr, and a failure shows the log's last lines before it propagates."""
+    if verbose:
+        yield echo
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stderr = sys.stderr
+    with path.open("w", encoding="utf-8") as log:
+        def write(line: str) -> None:
+            log.write(line + "\n")
+            log.flush()
+
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield write
+        except BaseException:
+            log.flush()
+            tail = path.read_text(encoding="utf-8", errors="replace").splitlines()[-20:]
+            print(f"{path} (last lines):\n" + "\n".join(tail), file=stderr, flush=True)
+            raise
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if "Warning" in line:  # never hidden in the file
+            print(line, file=stderr, flush=True)
+
+
+def run_job(job: Job, prepared: Prepared, echo: Callable[[str], Any], verbose: bool = True) -> dict[str, Any]:
+    """Train and measure one arm × seed, append its row to `results.jsonl` durably, and return the row. Unless
+    `verbose`, the run's console goes to `runs/<arm>-seed<s>/console.log` instead of `echo`."""
     from ..demo.generate import load_model
     from ..train.recipe import MODEL_DIR, read_train_log
 
     spec, run_dir = prepared.spec, Path(job.config.output_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # what an interrupted attempt left
     started = time.perf_counter()
-    summary = train_job(job, spec, echo)
-    trained = time.perf_counter()
-    model, tokenizer = load_model(run_dir / MODEL_DIR, cached=False)
-    metrics = measure(model, tokenizer, prepared.sets, run_dir, spec.evaluation.metrics)
-    del model
-    gc.collect()
+    with console_log(run_dir / CONSOLE_FILE, verbose, echo) as say:
+        summary = train_job(job, spec, say)
+        trained = time.perf_counter()
+        model, tokenizer = load_model(run_dir / MODEL_DIR, cached=False)
+        metrics = measure(model, tokenizer, prepared.sets, run_dir, spec.evaluation.metrics)
+        del model
+        gc.collect()
     log = read_train_log(run_dir / "train_log.jsonl")
     row = {"arm": job.arm.name, "kind": job.arm.kind, "params": job.arm.params, "seed": job.seed,
            "fingerprint": job.fingerprint, "records": job.records, "trained_examples": summary["examples"],
@@ -351,29 +384,55 @@ def metric_names(rows: Sequence[dict[str, Any]]) -> list[str]:
 def write_tables(prepared: Prepared, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rewrite `results.csv` and `results_by_arm.csv` (atomically) from the rows; returns the per-arm table."""
     spec = prepared.spec
-    table = summarize(rows, spec.baseline, metric_names(rows), list(spec.arms))
+    table = summarize(rows, spec.baseline, metric_names(rows), list(spec.arms),
+                      {name: seed_dependent(arm) for name, arm in spec.arms.items()})
     atomic_write_text(prepared.out / TIDY_FILE, tidy_csv(rows))
     atomic_write_text(prepared.out / TABLE_FILE, table_csv(table))
     return table
 
 
+def job_line(k: int, total: int, job: Job, row: dict[str, Any], log: Path | None) -> str:
+    """The one line a finished arm × seed prints: what it trained, how long it took, its first metrics (3
+    significant digits) and where its full console log is."""
+    shown = [f"{m} {v:.3g}" for m, v in row["metrics"].items() if v is not None and m in LINE_METRICS][:3]
+    return (f"[{k}/{total}] {job.name}: {job.records} records, {row['steps']} steps of {job.config.global_batch_size}; "
+            f"train {row['timing']['train_s']:.0f} s, measure {row['timing']['measure_s']:.0f} s; " + ", ".join(shown)
+            + (f"; log {log}" if log is not None else ""))
+
+
 def run_ablation(spec: AblationSpec | str | os.PathLike | dict[str, Any], output_dir: str | os.PathLike,
-                 progress: bool = True, echo: Callable[[str], Any] = print) -> AblationResult:
+                 progress: bool = True, echo: Callable[[str], Any] = print, verbose: bool = False) -> AblationResult:
     """Run (or continue) an ablation into `output_dir`; returns its rows and per-arm table (see the module
-    docstring). Mistakes raise `AblationError` before any training."""
+    docstring). Mistakes raise `AblationError` before any training.
+
+    Each arm × seed prints one line when it is measured (with `progress`, under a bar over all of them); its
+    full console (the training's plan, steps and summary, or the launched command's output) is in
+    `runs/<arm>-seed<s>/console.log`. `verbose` streams that console to `echo` instead."""
+    from tqdm.auto import tqdm
+
     spec = spec if isinstance(spec, AblationSpec) else load_spec(spec)
     prepared = prepare(spec, output_dir, progress, echo)
     done = finished_rows(prepared)
     todo = [j for j in prepared.jobs if (j.arm.name, j.seed) not in done]
     echo(f"{len(prepared.jobs)} arm × seed runs ({len(spec.arms)} arms × {len(spec.seeds)} seeds), "
          f"{len(done)} already measured; budget {prepared.jobs[0].config.max_steps} steps per run"
-         + ("" if spec.budget.steps is not None else f" ({spec.budget.examples} examples seen)"))
+         + ("" if spec.budget.steps is not None else f" ({spec.budget.examples} examples seen)")
+         + ("" if verbose or not todo else f"; each run's full log: {prepared.out / 'runs' / '<arm>-seed<s>' / CONSOLE_FILE}"))
+    bar = tqdm(total=len(todo), desc="arm × seed runs", unit="run", disable=not progress or not todo,
+               dynamic_ncols=True)
+    say = tqdm.write if echo is print else echo  # a line printed under the bar, not through it
     for k, job in enumerate(todo, 1):
-        echo(f"[{k}/{len(todo)}] {job.name}: {job.arm.kind} {job.arm.params or ''} — {job.records} records, "
-             f"{job.config.max_steps} steps of {job.config.global_batch_size}")
-        row = run_job(job, prepared, echo)
+        bar.set_postfix_str(job.name)
+        if verbose:
+            say(f"[{k}/{len(todo)}] {job.name}: {job.arm.kind} {job.arm.params or ''} — {job.records} records, "
+                f"{job.config.max_steps} steps of {job.config.global_batch_size}")
+        row = run_job(job, prepared, say, verbose)
+        bar.update(1)
+        if not verbose:
+            say(job_line(k, len(todo), job, row, Path(job.config.output_dir) / CONSOLE_FILE))
         done[(job.arm.name, job.seed)] = row
         write_tables(prepared, [done[(j.arm.name, j.seed)] for j in prepared.jobs if (j.arm.name, j.seed) in done])
+    bar.close()
     rows = [done[(j.arm.name, j.seed)] for j in prepared.jobs]
     return AblationResult(rows, write_tables(prepared, rows), prepared.out, spec)
 
@@ -423,12 +482,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", action="append", default=[], metavar="NAME=VALUE",
                         help="a base training setting, e.g. data_path=tatsu-lab/alpaca (repeatable)")
     parser.add_argument("--keep_models", action="store_true", default=None, help="keep every arm's model folder")
+    parser.add_argument("--verbose", action="store_true", help="stream every run's console here, not only into "
+                        "runs/<arm>-seed<s>/console.log")
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec, select_n=args.select_n, budget_steps=args.budget_steps,
                          budget_examples=args.budget_examples, base=dict(map(_parse_setting, args.base)),
                          seeds=args.seeds, gpus=args.gpus, cpu_processes=args.cpu_processes, keep_models=args.keep_models)
-        result = run_ablation(spec, args.output_dir)
+        result = run_ablation(spec, args.output_dir, verbose=args.verbose)
     except Exception as e:  # one line for what a user can fix; anything else is a bug and keeps its traceback
         from ..data import DataSourceError
         from ..precision import PrecisionError

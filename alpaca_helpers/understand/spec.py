@@ -134,6 +134,12 @@ class AblationSpec:
     def steps(self, cfg: TrainConfig) -> int:
         return self.budget.steps_for(cfg.global_batch_size)
 
+    def arm_rows(self) -> list[dict[str, Any]]:
+        """One row per arm to show as a table: its name, kind and every parameter any arm has ("" where this arm
+        has none, so that a column never mixes numbers with missing values)."""
+        columns = list(dict.fromkeys(k for a in self.arms.values() for k in a.params))
+        return [{"arm": a.name, "kind": a.kind, **{k: a.params.get(k, "") for k in columns}} for a in self.arms.values()]
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-safe copy (written next to the results)."""
         out = dataclasses.asdict(self)
