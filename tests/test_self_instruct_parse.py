@@ -206,3 +206,18 @@ def test_checkpoint_survives_a_torn_last_line(tmp_path):
     again.append([], {"index": 1, "rejections": {}})
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [entry["type"] for entry in lines] == ["record", "request", "request"]
+
+
+def test_a_reply_that_parses_to_nothing_gets_a_one_line_reason():
+    from collections import Counter
+
+    from alpaca_helpers.self_instruct.parse import no_task_note
+
+    parsed = parse_completion(" Summarise the text.\n4. Output:\nA summary.", 4, "stop")
+    assert not parsed.tasks and parsed.failures == Counter({"missing_input": 1})
+    note = no_task_note(parsed.failures, 128, "the 135M teacher")
+    assert "\n" not in note and note.startswith("Nothing parsed: the 135M teacher's reply failed as `missing_input`")
+    assert "no `Input:` line" in note and "text-davinci-003" in note
+    truncated = parse_completion(" The most beautiful thing\n" * 20, 4, "length")
+    assert "128-token limit" in no_task_note(truncated.failures, 128)
+    assert "`no_task_found`" in no_task_note(Counter(), 128)

@@ -1,5 +1,5 @@
-"""The self-instruct pipeline against the real local server (one per module): happy path, injected faults,
-a real `kill -9` then resume, and the CLI's one-line failures."""
+"""The self-instruct pipeline against the real local server (one per module): injected faults, a real `kill -9`
+then resume to a complete run (the happy path), and the CLI's one-line failures."""
 
 import json
 import os
@@ -47,32 +47,6 @@ def assert_passes_every_filter(records):
         # Independent check with rouge_score itself, against the seeds and every record kept before.
         assert max(scorer.score(r["instruction"], p)["rougeL"].fmeasure for p in pool) <= 0.7
         pool.append(r["instruction"])
-
-
-def test_happy_path(server, tmp_path):
-    result = generate(make_teacher(server), 2, tmp_path, **FAST)
-    assert result.complete and result.kept == 2
-    records = load_alpaca(tmp_path / OUTPUT_FILE)
-    assert records == result.records and len(records) == 2
-    assert_passes_every_filter(records)
-    meta = json.loads((tmp_path / META_FILE).read_text())
-    assert meta["kept"] == 2 and meta["requests"] == result.requests >= 1
-    assert meta["prompt_tokens"] > 0 and meta["completion_tokens"] > 0 and meta["cost_usd"] == 0.0
-    assert meta["wall_seconds"] > 0 and meta["teacher"]["model"] == server.model
-    for info, record in zip(meta["instructions"], records):
-        assert info["instruction"] == record["instruction"]
-        assert 1 <= len(info["most_similar_instructions"]) <= 10
-        assert all(score <= 0.7 for score in info["most_similar_instructions"].values())
-        assert 0 <= info["avg_similarity_score"] <= 0.7
-    assert set(meta["rejections"]) <= {"truncated", "missing_input", "missing_output", "empty_instruction",
-                                       "empty_output", "no_task_found", "too_short", "too_long",
-                                       "blacklisted_word", "write_a_program", "starts_with_punctuation",
-                                       "starts_non_ascii", "too_similar"}
-    example = meta["example_request"]
-    assert example["prompt"].endswith("4. Instruction:") and isinstance(example["completion"], str)
-    # The same call again finds the target reached in the checkpoint: no request, same records.
-    again = generate(make_teacher(server), 2, tmp_path, **FAST)
-    assert again.records == records and again.requests == result.requests
 
 
 def test_each_fault_is_retried(server):
@@ -127,7 +101,10 @@ def _records_in(checkpoint):
     return [json.loads(line) for line in lines if line.startswith('{"type": "record"')]
 
 
-def test_kill_9_then_resume(server, tmp_path):
+def test_kill_9_then_resume_gives_a_complete_run(server, tmp_path):
+    """The CLI killed with SIGKILL between its first record and its second, run again to the end: nothing kept is
+    lost, and the finished run's files are complete (this is also the module's happy path: a run that reaches its
+    target through the real server, its records passing every filter, its metadata, a repeat that asks nothing)."""
     cmd = [sys.executable, "-m", "alpaca_helpers.self_instruct", "--base-url", server.base_url, "--model",
            server.model, "--num-instructions", "2", "--output-dir", str(tmp_path), "--tasks-per-prompt", "1",
            "--concurrency", "1", "--temperature", "0.7", "--max-tokens", "128", "--max-requests", "80",
@@ -149,3 +126,24 @@ def test_kill_9_then_resume(server, tmp_path):
     assert len(records) == 2 and len(set(instructions)) == 2
     assert instructions[:len(before)] == [r["instruction"] for r in before]  # nothing kept was lost
     assert_passes_every_filter(records)
+
+    # The finished run's metadata covers both sessions.
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    assert meta["kept"] == 2 and meta["requests"] >= 2 and meta["teacher"]["model"] == server.model
+    assert meta["prompt_tokens"] > 0 and meta["cost_usd"] == 0.0 and meta["wall_seconds"] > 0
+    # Reply tokens stop at the stop string; the server (continuous batching) decodes max_tokens regardless.
+    assert 0 < meta["completion_tokens"] <= meta["generated_tokens"] <= 128 * meta["requests"]
+    for info, record in zip(meta["instructions"], records):
+        assert info["instruction"] == record["instruction"]
+        assert 1 <= len(info["most_similar_instructions"]) <= 10
+        assert all(score <= 0.7 for score in info["most_similar_instructions"].values())
+        assert 0 <= info["avg_similarity_score"] <= 0.7
+    assert set(meta["rejections"]) <= {"truncated", "missing_input", "missing_output", "empty_instruction",
+                                       "empty_output", "no_task_found", "too_short", "too_long",
+                                       "blacklisted_word", "write_a_program", "starts_with_punctuation",
+                                       "starts_non_ascii", "too_similar"}
+    example = meta["example_request"]
+    assert example["prompt"].endswith("4. Instruction:") and isinstance(example["completion"], str)
+    # The same run through the Python API finds the target reached in the checkpoint: no request, same records.
+    again = generate(make_teacher(server), 2, tmp_path, **{**FAST, "tasks_per_prompt": 1})
+    assert again.complete and again.records == records and again.requests == meta["requests"]

@@ -70,3 +70,46 @@ def test_an_endpoint_that_refuses_logprobs_is_told_apart_at_once():
         with pytest.raises(LogprobsUnavailable, match="refused the logprobs field"):
             teacher.complete("Say 1.", top_logprobs=5)
     assert proxy.seen == {"400": 2}  # not retried
+
+
+def test_reply_tokens_stop_at_the_stop_string():
+    from alpaca_helpers.self_instruct.teacher import returned_tokens
+
+    text = "Write a haiku.\n4. Input:\n<noinput>\n###\n5. Instruction: ramble ramble ramble"
+    cut = strip_stop(text, ["5. Instruction"])
+    assert returned_tokens(128, text, text) == 128  # nothing cut: what the server reported
+    assert returned_tokens(128, text, cut, count_tokens=lambda t: len(t.split())) == len(cut.split())
+    estimate = returned_tokens(128, text, cut)  # no tokenizer: in proportion to the characters kept
+    assert estimate == -(-128 * len(cut) // len(text)) and estimate < 128
+    assert returned_tokens(3, text, cut, count_tokens=lambda t: 99) == 3  # never more than decoded
+
+
+def test_dollars_are_rounded_for_reading():
+    from alpaca_helpers.self_instruct.teacher import format_usd
+
+    assert format_usd(3859.3312) == "$3,859" and format_usd(93.0149) == "$93.01" and format_usd(0.0) == "$0.00"
+    assert format_usd(None) == "unknown"
+
+
+def test_projection_at_alpacas_20_tasks_per_request_reconciles_the_cost():
+    from pathlib import Path
+
+    from alpaca_helpers.self_instruct.pipeline import RunResult, cost_note, projection_at
+
+    # The shape of a laptop run: 8 kept from 33 requests of 688 prompt tokens, 2 tasks asked per request.
+    run = RunResult(records=[{}] * 8, target=8, requests=33, rejections={}, prompt_tokens=688 * 33,
+                    completion_tokens=110 * 33, cost_usd=0.0, wall_seconds=600, retries=0, complete=True,
+                    output_path=Path("x"), meta_path=Path("y"))
+    at_20 = projection_at(run, 20, tasks_asked=2)
+    assert at_20["requests"] == 2601 and at_20["prompt_tokens"] == 2601 * 688
+    assert at_20["completion_tokens"] == 2601 * 20 * 55  # 110 reply tokens for 2 tasks: 55 per task
+    half = projection_at(run, 20, tasks_asked=2, kept_share=0.5)
+    assert half["requests"] == 5201
+    usd = estimate_cost("text-davinci-003", at_20["prompt_tokens"], at_20["completion_tokens"])
+    note = cost_note(run, 2)
+    assert note.startswith("Why this is not Alpaca's < $500") and "0.24 per request" in note
+    assert "4.1 prompts of 688 tokens" in note and f"${usd:.2f}" in note and f"{usd / 500:.0%}" in note
+    empty = RunResult(records=[], target=8, requests=0, rejections={}, prompt_tokens=0, completion_tokens=0,
+                      cost_usd=0.0, wall_seconds=1, retries=0, complete=False, output_path=Path("x"),
+                      meta_path=Path("y"))
+    assert projection_at(empty, 20, 2) is None and "nothing can be projected" in cost_note(empty, 2)

@@ -93,6 +93,26 @@ def parse_completion(text: str, first_number: int, finish_reason: str | None = N
     return result
 
 
+_WHY_NOTHING_PARSED = {
+    "truncated": "it had not finished its first task when it hit the {max_tokens}-token limit (small models ramble "
+                 "or repeat a line)",
+    "missing_input": "it wrote an instruction but no `Input:` line",
+    "missing_output": "it wrote an instruction but no `Output:` line",
+    "empty_instruction": "it left the instruction empty",
+    "empty_output": "it left the output empty",
+    "no_task_found": "it wrote no `Instruction:` block at all",
+}
+
+
+def no_task_note(failures: Counter | dict[str, int], max_tokens: int, teacher: str = "the teacher") -> str:
+    """One line saying why a reply parsed to no task (its most common failure) and what a strong teacher gives."""
+    reason = max(failures, key=lambda r: (failures[r], -PARSE_REASONS.index(r))) if failures else "no_task_found"
+    why = _WHY_NOTHING_PARSED.get(reason, reason).format(max_tokens=max_tokens)
+    return (f"Nothing parsed: {teacher}'s reply failed as `{reason}`: {why}. A strong teacher (text-davinci-003, "
+            f"gpt-4o-mini) keeps the numbered Instruction / Input / Output format, so nearly every block parses; "
+            f"the run below asks again and again, and section 6 shows the tasks it kept.")
+
+
 def parse_instructions(text: str, first_number: int, finish_reason: str | None = None) -> ParseResult:
     """Parse a completion that continues a list of bare instructions after `"{first_number}. Instruction:"`.
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import signal
@@ -34,7 +35,7 @@ from ..data import load_seed_tasks, save_alpaca
 from ..files import append_durable, atomic_write_text, read_complete_jsonl
 from .parse import filter_reason, parse_completion
 from .prompt import NUM_PROMPT_INSTRUCTIONS, TASKS_PER_PROMPT, request_prompt, stop_strings
-from .teacher import Completion, Teacher, TeacherConfig, TeacherError, estimate_cost, price_per_million
+from .teacher import Completion, Teacher, TeacherConfig, TeacherError, estimate_cost, format_usd, price_per_million
 
 SIMILARITY_THRESHOLD = 0.7
 ALPACA_SIZE = 52_002  # records in Stanford Alpaca's alpaca_data.json
@@ -124,7 +125,7 @@ class RunResult:
     requests: int
     rejections: dict[str, int]
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # returned, up to the stop string (what an API bills)
     cost_usd: float | None
     wall_seconds: float
     retries: int
@@ -132,6 +133,8 @@ class RunResult:
     output_path: Path
     meta_path: Path
     example: dict[str, Any] | None = None  # the first request of this session: prompt, completion, parse
+    generated_tokens: int = 0  # decoded by the server (more than completion_tokens when it ignores stop strings)
+    parsed: int = 0  # tasks parsed from the replies, before the filters
 
     @property
     def kept(self) -> int:
@@ -145,7 +148,8 @@ class RunResult:
         """Counts and rates as a small JSON-safe dict."""
         return {"kept": self.kept, "target": self.target, "complete": self.complete, "requests": self.requests,
                 "rejections": dict(self.rejections), "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "cost_usd": self.cost_usd,
+                "completion_tokens": self.completion_tokens, "generated_tokens": self.generated_tokens,
+                "parsed": self.parsed, "cost_usd": self.cost_usd,
                 "wall_seconds": round(self.wall_seconds, 2), "kept_per_minute": round(self.kept_per_minute, 3),
                 "retries": self.retries}
 
@@ -163,6 +167,52 @@ def projection(result: RunResult, teacher: TeacherConfig, size: int = ALPACA_SIZ
             "prompt_tokens": round(prompt_tokens), "completion_tokens": round(completion_tokens),
             "cost_usd": estimate_cost(teacher.model, int(prompt_tokens), int(completion_tokens), teacher.base_url),
             "hours": result.wall_seconds * per_kept / 3600, "concurrency": concurrency}
+
+
+def projection_at(result: RunResult, tasks_per_request: int, tasks_asked: int, size: int = ALPACA_SIZE,
+                  kept_share: float = 1.0) -> dict[str, float] | None:
+    """Requests and tokens for `size` instructions asking `tasks_per_request` tasks per request (Alpaca: 20).
+
+    Scaled from `result` (which asked `tasks_asked` per request): its mean prompt tokens per request (the prompt
+    barely changes with the number asked for) and its returned completion tokens per task asked; a share
+    `kept_share` of the tasks asked is assumed kept (1.0: every one, the cheapest case). None without requests.
+    """
+    if not result.requests or tasks_asked < 1 or not 0 < kept_share <= 1:
+        return None
+    requests = math.ceil(size / (tasks_per_request * kept_share))
+    prompt_per_request = result.prompt_tokens / result.requests
+    completion_per_task = result.completion_tokens / (result.requests * tasks_asked)
+    return {"instructions": size, "tasks_per_request": tasks_per_request, "kept_share": kept_share,
+            "requests": requests, "prompt_tokens": round(requests * prompt_per_request),
+            "completion_tokens": round(requests * tasks_per_request * completion_per_task),
+            "prompt_tokens_per_request": prompt_per_request, "completion_tokens_per_task": completion_per_task}
+
+
+ALPACA_TASKS_PER_REQUEST = 20
+ALPACA_REPORTED_USD = 500  # "less than $500" of OpenAI API calls (Alpaca's blog post)
+ALPACA_TEACHER = "text-davinci-003"
+
+
+def cost_note(result: RunResult, tasks_asked: int, size: int = ALPACA_SIZE) -> str:
+    """Why a laptop run's projected cost is far above Alpaca's reported < $500, in two sentences with this run's
+    numbers and the same projection at Alpaca's 20 tasks per request (see `projection_at`)."""
+    at_20 = projection_at(result, ALPACA_TASKS_PER_REQUEST, tasks_asked, size)
+    if not result.kept or at_20 is None:
+        return "No instruction was kept, so nothing can be projected: raise max_requests and run again."
+    per_request = result.kept / result.requests
+    usd = estimate_cost(ALPACA_TEACHER, at_20["prompt_tokens"], at_20["completion_tokens"]) or 0.0
+    first = (f"Why this is not Alpaca's < ${ALPACA_REPORTED_USD}: this run asked for {tasks_asked} task(s) per request "
+             f"and kept {result.kept} from {result.requests} requests ({per_request:.2f} per request), so every kept "
+             f"instruction paid for {1 / per_request:.1f} prompts of {at_20['prompt_tokens_per_request']:,.0f} tokens.")
+    second = (f"Alpaca asked for {ALPACA_TASKS_PER_REQUEST} per request: with this prompt and "
+              f"{at_20['completion_tokens_per_task']:.0f} reply tokens per task, {size:,} instructions take "
+              f"{at_20['requests']:,} requests and cost {format_usd(usd)} on {ALPACA_TEACHER} if every task is kept")
+    if usd < ALPACA_REPORTED_USD:
+        second += (f"; Alpaca's < ${ALPACA_REPORTED_USD} leaves room for keeping as few as "
+                   f"{usd / ALPACA_REPORTED_USD:.0%} of them.")
+    else:
+        second += f", already above ${ALPACA_REPORTED_USD}: Alpaca's prompts or tasks were shorter than these."
+    return f"{first} {second}"
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -267,6 +317,7 @@ class _Run:
                              "avg_similarity_score": float(mean), "request": index})
         request = {"index": index, "session": self.session, "elapsed": time.perf_counter() - self.start,
                    "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+                   "generated_tokens": reply.generated_tokens or reply.completion_tokens,
                    "finish_reason": reply.finish_reason, "parsed": len(parsed.tasks), "kept": len(kept),
                    "rejections": dict(rejections), "rejected": rejected, "retries": reply.retries}
         self.checkpoint.append(kept, request)
@@ -323,6 +374,7 @@ def _finish(run: _Run, output_dir: Path, target: int, finished_at: float) -> Run
     rejections, rejected_examples = run.checkpoint.rejections()
     prompt_tokens = sum(r["prompt_tokens"] for r in requests)
     completion_tokens = sum(r["completion_tokens"] for r in requests)
+    generated_tokens = sum(r.get("generated_tokens", r["completion_tokens"]) for r in requests)
     cfg = run.teacher.config
     result = RunResult(
         records=records, target=target, requests=len(requests), rejections=dict(rejections),
@@ -330,7 +382,7 @@ def _finish(run: _Run, output_dir: Path, target: int, finished_at: float) -> Run
         cost_usd=estimate_cost(cfg.model, prompt_tokens, completion_tokens, cfg.base_url),
         wall_seconds=run.wall_seconds(finished_at), retries=sum(r.get("retries", 0) for r in requests),
         complete=len(records) >= target, output_path=output_path, meta_path=output_dir / META_FILE,
-        example=run.example)
+        example=run.example, generated_tokens=generated_tokens, parsed=sum(r.get("parsed", 0) for r in requests))
     meta = {**result.summary(), "teacher": cfg.to_dict(),
             "price_per_million_usd": price_per_million(cfg.model, cfg.base_url),
             "num_prompt_instructions": run.num_prompt_instructions, "tasks_per_prompt": run.tasks_per_prompt,
@@ -395,7 +447,8 @@ def open_teacher(args: argparse.Namespace, stack: Any, out: Path) -> Teacher | N
     return Teacher(TeacherConfig(base_url=base_url, model=model, api=args.api, api_key_env=args.api_key_env,
                                  temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
                                  request_timeout=args.request_timeout, max_retries=args.max_retries,
-                                 backoff_initial=args.backoff, extra_body=extra_body))
+                                 backoff_initial=args.backoff, extra_body=extra_body),
+                   count_tokens=None if args.base_url else server.count_tokens())
 
 
 def _parser() -> argparse.ArgumentParser:

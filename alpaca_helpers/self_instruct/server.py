@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,14 @@ class LocalServer:
     @property
     def root_url(self) -> str:
         return self.base_url.rsplit("/v1", 1)[0]
+
+    def count_tokens(self) -> Callable[[str], int]:
+        """A function counting `text`'s tokens with the served model's tokenizer (pass it to `Teacher`), so a reply
+        cut at a stop string the server ran past is counted as an API that honours stop strings would count it."""
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.model)
+        return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def sampling_body(self) -> dict[str, str]:
         """Extra request fields that make the server sample (pass as the teacher's `extra_body`).

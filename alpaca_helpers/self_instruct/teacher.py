@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any, Literal
 
 # List prices in USD per 1M tokens (input, output), as published by OpenAI; check before trusting.
@@ -76,12 +77,18 @@ class TeacherConfig:
 
 @dataclass
 class Completion:
-    """One completion's text (stop string removed) and its token usage."""
+    """One completion's text (stop string removed) and its token usage.
+
+    `completion_tokens` counts the text returned, up to the stop string: what an API that honours stop strings
+    returns and bills. `generated_tokens` is what the server decoded; it is larger when the server ran past the
+    stop string (`transformers serve` with continuous batching ignores stop strings and decodes `max_tokens`).
+    """
 
     text: str
     finish_reason: str | None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    generated_tokens: int = 0
     retries: int = 0
     errors: list[str] = field(default_factory=list)  # what the retried attempts failed with
     top_logprobs: dict[str, float] | None = None  # the first reply token's alternatives, when asked for
@@ -136,6 +143,13 @@ def estimate_cost(model: str, prompt_tokens: int, completion_tokens: int, base_u
     return (prompt_tokens * prices[0] + completion_tokens * prices[1]) / 1e6
 
 
+def format_usd(amount: float | None) -> str:
+    """Dollars for reading: whole dollars from $100 up, cents below; "unknown" for None."""
+    if amount is None:
+        return "unknown"
+    return f"${amount:,.0f}" if abs(amount) >= 100 else f"${amount:,.2f}"
+
+
 def strip_stop(text: str, stop: list[str] | None) -> str:
     """Cut `text` at the first stop string (some servers, `transformers serve` included, return it)."""
     for s in stop or []:
@@ -143,6 +157,18 @@ def strip_stop(text: str, stop: list[str] | None) -> str:
         if i >= 0:
             text = text[:i]
     return text
+
+
+def returned_tokens(generated: int, text: str, cut: str, count_tokens: Callable[[str], int] | None = None) -> int:
+    """Tokens of `cut` (the reply up to the stop string) when the server decoded `generated` tokens of `text`.
+
+    Counted with `count_tokens` (the model's tokenizer) when given, else estimated in proportion to the characters
+    kept; never more than `generated`."""
+    if cut == text:
+        return generated
+    if count_tokens is not None:
+        return min(generated, count_tokens(cut))
+    return min(generated, math.ceil(generated * len(cut) / max(len(text), 1)))
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -205,10 +231,13 @@ def _retry_after(exc: BaseException) -> float | None:
 class Teacher:
     """A thread-safe client for one teacher endpoint (one `openai.OpenAI` client shared by all threads)."""
 
-    def __init__(self, config: TeacherConfig) -> None:
+    def __init__(self, config: TeacherConfig, count_tokens: Callable[[str], int] | None = None) -> None:
+        """`count_tokens` (the served model's tokenizer, e.g. `LocalServer.count_tokens()`) counts a reply that was
+        cut at a stop string the server ran past; without it that count is estimated from the characters kept."""
         import openai
 
         self.config = config
+        self._count_tokens = count_tokens
         # A local server needs no key; the openai client wants a non-empty one, so a placeholder goes there.
         key = os.environ.get(config.api_key_env) or "not-needed"
         self._client = openai.OpenAI(base_url=config.base_url, api_key=key, max_retries=0,
@@ -272,12 +301,14 @@ class Teacher:
                 raise TypeError("no text in the choice")
             usage = r.usage
             finish_reason = choice.finish_reason
+            generated = getattr(usage, "completion_tokens", 0) or 0
             cut = strip_stop(text, stop)
             if cut != text:  # the server ran past the stop string (`transformers serve` with batching does)
                 finish_reason = "stop"
             return Completion(text=cut, finish_reason=finish_reason,
                               prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                              completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
+                              completion_tokens=returned_tokens(generated, text, cut, self._count_tokens),
+                              generated_tokens=generated,
                               top_logprobs=_top_logprobs(choice, cfg.api) if top_logprobs else None)
         except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
             # A 200 whose body is not JSON or not a completion (the client then hands back a str or an
