@@ -42,6 +42,7 @@ def test_notebook_01_generates_filtered_alpaca_data(execute_notebook):
     outputs = "".join(cell_text(c) for c in cells)
     # The executed notebook shows the prompt it sent and the raw completion.
     assert "4. Instruction:" in outputs and "finish_reason=" in outputs
+    assert "Empty DataFrame" not in outputs  # an empty table is replaced by a line that says why
     # Degenerate cases carry their note directly under the output: a worked example that parsed to nothing...
     example_cell = next(c for c in cells if "parse_completion(reply.text" in c.source)
     assert ("Nothing parsed:" in cell_text(example_cell)) == (summary["example_parsed_tasks"] == 0)
