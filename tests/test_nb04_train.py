@@ -21,8 +21,9 @@ def test_notebook_04_trains_on_cpu_and_compares_answers(execute_notebook, tmp_pa
     assert summary["steps"] == 2 and summary["world_size"] == 1 and not summary["fsdp"]
     assert summary["command"].startswith("accelerate launch ") and "--cpu" in summary["command"]
     assert summary["trained_tokens_per_s"] > 0
-    # Two tiny steps may well leave the tuned model answering with eos at once: only the base must talk.
-    assert set(summary["answers"]) == {"base", "fine-tuned"} and summary["answers"]["base"]
+    # The default instruction is one the base model answers with nothing (the fine-tuned one answers it after the
+    # default run's 24 steps); two tiny steps, the first at warm-up's learning rate 0, may leave it so.
+    assert set(summary["answers"]) == {"base", "fine-tuned"} and summary["answer_tokens"]["base"] == 0
     assert all(isinstance(a, str) for a in summary["answers"].values())
     out = tmp_path / "course" / "04_train"
     assert (out / "curves.png").stat().st_size > 10_000
@@ -42,7 +43,7 @@ def test_notebook_04_trains_on_cpu_and_compares_answers(execute_notebook, tmp_pa
     if summary["answers_identical"]:
         assert "note: both answers are the same" in text
     else:
-        assert "what changed: the answer went from" in text
+        assert "what changed: the base model gave" in text
     assert set(summary["answer_tokens"]) == {"base", "fine-tuned"}
 
 
