@@ -73,3 +73,22 @@ def test_answer_shape(default_tokenizer):
     assert shape["n"] == 3 and shape["empty_share"] == pytest.approx(1 / 3)
     assert shape["ended_share"] == pytest.approx(2 / 3) and shape["token_lengths"][1] == 0
     assert answer_shape(["x"], default_tokenizer)["ended_share"] is None
+
+
+def test_agreement_report_says_what_each_figure_is_over_and_why_they_differ():
+    from alpaca_helpers.evaluate.agreement import SAME_MODEL_NOTE, agreement_report
+
+    # two answers: a short one (2 tokens) that moves a lot, a long one (98 tokens) that hardly moves
+    base = [{"nll": 8.0, "tokens": 2, "truncated": False}, {"nll": 98.0, "tokens": 98, "truncated": False}]
+    tuned = [{"nll": 2.0, "tokens": 2, "truncated": False}, {"nll": 96.0, "tokens": 98, "truncated": False}]
+    results = {"base": agreement(base), "fine_tuned": agreement(tuned)}
+    change = paired_difference(base, tuned)
+    assert results["base"]["mean_item_loss"] == pytest.approx(2.5) and results["base"]["loss"] == pytest.approx(1.06)
+    assert change["mean"] == pytest.approx(results["fine_tuned"]["mean_item_loss"] - results["base"]["mean_item_loss"])
+    text = agreement_report(results, change, "text-davinci-003")
+    assert "loss per token 1.060 (pooled over 100 tokens" in text and "over n = 2 text-davinci-003 answers" in text
+    assert f"change per answer (fine-tuned - base): {change['mean']:+.3f}" in text
+    assert "difference is -0.080" in text and "the short ones moved more" in text and SAME_MODEL_NOTE not in text
+    same = agreement_report({"base": results["base"], "fine_tuned": results["base"]},
+                            paired_difference(base, base), "text-davinci-003")
+    assert SAME_MODEL_NOTE in same and "short ones" not in same

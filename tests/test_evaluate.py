@@ -373,3 +373,13 @@ def test_the_local_judge_writes_text_for_the_text_judge_and_the_score():
     assert "Blue." in score_prompt(graded["instruction"], "", "Red.", "Blue.")
     both = score_by_model(judge, {"base": [graded], "fine_tuned": [graded]}, progress=False)
     assert both["base"] is both["fine_tuned"]
+
+
+def test_scores_caveat_flags_a_judge_that_cannot_grade():
+    from alpaca_helpers.evaluate.absolute import SCORES_NOTE, score_summary, scores_caveat
+
+    stuck = {"base": [100.0, None, None], "fine_tuned": [100.0, None, None]}
+    note = scores_caveat({k: score_summary(v) for k, v in stuck.items()}, stuck)
+    assert SCORES_NOTE in note and "4 of 6 replies" in note and "1 distinct value(s) (100)" in note
+    spread = {"base": [40.0, 70.0, 55.0], "fine_tuned": [60.0, 80.0, None]}
+    assert scores_caveat({k: score_summary(v) for k, v in spread.items()}, spread) is None

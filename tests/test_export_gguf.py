@@ -87,10 +87,11 @@ def test_a_fine_tuned_folder_exports_and_loads_back(dtype, tuned_dir, tuned_refe
         result.path.unlink()
 
 
-def test_the_default_model_round_trips_with_its_tokenizer(default_tokenizer, tmp_path):
+def test_the_default_model_round_trips_with_its_tokenizer(default_tokenizer, tmp_path, capfd):
     from transformers import AutoTokenizer
 
-    result = export_gguf("default", tmp_path / "smollm2-f16.gguf", dtype="f16", progress=False)
+    result = export_gguf("default", tmp_path / "smollm2-f16.gguf", dtype="f16")
+    assert capfd.readouterr().err == ""  # quiet by default: no progress bars in a notebook's stderr
     try:
         gguf_tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=result.path.name)
         for text in PROMPTS + ["<|im_start|>user\nHi<|im_end|>", "naïve café ☕ 3.14159"]:

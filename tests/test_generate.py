@@ -127,6 +127,35 @@ def test_model_picker_lists_base_and_every_fine_tuned_folder(default_model_dir, 
     assert find_models(default_model_dir.parent) == []
 
 
+def test_model_picker_skips_a_model_cache_under_runs(default_model_dir, tmp_path, monkeypatch):
+    """After `make test` (ALPACA_CACHE=runs/ci-cache) a course run with another cache must not offer the tests'
+    converted copy of the base model, nor the cache's vocabularies, as fine-tuned models."""
+    runs = tmp_path / "runs"
+    copy = runs / "ci-cache" / default_model_dir.name
+    copy.mkdir(parents=True)
+    for f in default_model_dir.iterdir():  # the cache's folder as written: weights, config and its manifest
+        os.symlink(f, copy / f.name)
+    vocabulary = runs / "ci-cache" / "vocabularies" / "llama-spm"
+    vocabulary.mkdir(parents=True)
+    (vocabulary / "alpaca_conversion.json").write_text("{}")
+    tuned = runs / "04_train" / "final"  # a fine-tuned save: no manifest
+    tuned.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        os.symlink(default_model_dir / name, tuned / name)
+    monkeypatch.setenv("ALPACA_CACHE", str(tmp_path / "elsewhere"))  # the course's cache is another folder
+    import alpaca_helpers.demo.generate as gen
+
+    monkeypatch.setattr(gen, "default_model", lambda: default_model_dir)  # no conversion into "elsewhere"
+    assert find_models(runs) == [tuned]
+    assert [label for label, _ in model_choices(runs)] == ["base: SmolLM2-135M-Instruct", "fine-tuned: 04_train/final"]
+    # a converted copy anywhere (not only in a folder named like a cache) is the base model too
+    moved = runs / "old" / "model"
+    moved.mkdir(parents=True)
+    for f in default_model_dir.iterdir():
+        os.symlink(f, moved / f.name)
+    assert find_models(runs) == [tuned]
+
+
 def test_response_perplexity_prefers_the_models_own_answer(lm):
     model, tokenizer = lm
     own = generate(model, tokenizer, "What is the capital of Tanzania?", temperature=0, max_new_tokens=20)

@@ -185,3 +185,12 @@ def test_checks_load_no_pickle_and_touch_no_network(monkeypatch):
     assert not [p for p in seen["open"] if p.endswith((".pickle", ".pkl"))]
     punkt_files = [p for p in seen["open"] if "punkt" in p]
     assert punkt_files and all(p.startswith(str(punkt_data_dir())) for p in punkt_files)
+
+
+def test_drop_caveat_explains_a_drop_and_stays_silent_otherwise():
+    from alpaca_helpers.evaluate.ifeval import DROP_NOTE, drop_caveat
+
+    note = drop_caveat({"mean": -0.125, "se": 0.09, "n": 16}, 128)
+    assert DROP_NOTE in note and "128 tokens" in note and "ChatML" in note and "may be noise" in note
+    assert "may be noise" not in drop_caveat({"mean": -0.3, "se": 0.05, "n": 16}, 128)
+    assert drop_caveat({"mean": 0.0, "se": 0.0, "n": 16}, 128) is None and drop_caveat({"mean": None}, 128) is None

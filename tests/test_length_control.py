@@ -39,3 +39,17 @@ def test_soft_preferences_are_fitted_exactly_and_few_items_are_refused():
     assert few["lc_win_rate"] is None and few["n"] == MIN_ITEMS - 1 and "too few" in few["note"]
     same = length_controlled_win_rate([1.0, 0.0] * 10, [100] * 20, [50] * 20)
     assert same["lc_win_rate"] == pytest.approx(0.5, abs=1e-3) and "same length difference" in same["note"]
+
+
+def test_win_rate_report_rounds_labels_and_words_lengths_sensibly():
+    from alpaca_helpers.evaluate.length_control import length_difference_text, win_rate_report
+
+    assert length_difference_text(-2348.4, 6, "gpt4") == ("the model's answers are 2348 characters shorter than "
+                                                          "gpt4's on average (mean over the n = 6 judged items)")
+    assert "120 characters longer than" in length_difference_text(120.0, 3, "gpt4")
+    assert "as long as" in length_difference_text(0.2, 3, "gpt4")
+    lc = length_controlled_win_rate([0.4846877003976047] * 6, [100] * 6, [2448] * 6)
+    text = win_rate_report(lc, 0.5, "gpt4")
+    assert "raw win rate 0.48: the mean of the judge's preference" in text and "n = 6" in text
+    assert "0.4846877" not in text and "shorter than gpt4's" in text and "tally's win rate (0.50)" in text
+    assert "tally's" not in win_rate_report(lc, 0.48, "gpt4")

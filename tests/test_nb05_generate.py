@@ -8,6 +8,13 @@ import os
 import nbformat
 
 BASE = "base: SmolLM2-135M-Instruct"
+
+
+def _printed(executed) -> str:
+    """Everything the executed notebook's cells printed (stdout and stderr)."""
+    cells = nbformat.read(executed, as_version=4).cells
+    return "".join(o.get("text", "") for c in cells if c.cell_type == "code" for o in c.outputs)
+
 TUNED = "fine-tuned: 04_train/final"
 
 
@@ -15,10 +22,15 @@ def test_notebook_05_generates_with_every_model_and_serves(execute_notebook, tmp
     tuned = tmp_path / "runs" / "04_train" / "final"  # stands in for notebook 04's output: same weights as base
     tuned.mkdir(parents=True)
     for f in default_model_dir.iterdir():
-        os.symlink(f, tuned / f.name)
+        if f.name != "alpaca_conversion.json":  # a fine-tuned save has no model-cache manifest
+            os.symlink(f, tuned / f.name)
+    cache_copy = tmp_path / "runs" / "ci-cache" / default_model_dir.name  # what `make test` leaves under runs/
+    cache_copy.mkdir(parents=True)
+    for f in default_model_dir.iterdir():
+        os.symlink(f, cache_copy / f.name)
     summary, executed = execute_notebook("05_generate", models_root=str(tmp_path / "runs"), max_new_tokens=16,
-                                         serve_max_tokens=16)
-    assert summary["models"] == [BASE, TUNED]
+                                         serve_max_tokens=16, watermark_cost_items=3)
+    assert summary["models"] == [BASE, TUNED]  # the model cache's copy of the base model is not offered
     runs = summary["runs"]
     assert set(runs) == {BASE, TUNED, "side by side", "blocked example"}
     for label in (BASE, TUNED):
@@ -28,6 +40,17 @@ def test_notebook_05_generates_with_every_model_and_serves(execute_notebook, tmp
     side = runs["side by side"]
     assert set(side) == {BASE, TUNED} and side[BASE]["text"] == side[TUNED]["text"]  # same weights, same seed
     assert summary["watermark_z"]["watermarked"] > 4 > summary["watermark_z"]["plain"]
+    # The watermark's perplexity cost: both sides scored, the paired change over the 3 instructions, labelled.
+    cost = summary["watermark_cost"]
+    assert cost["log_change"]["n"] == 3 and cost["tokens"] == 96 and cost["ratio"] > 0
+    printed = _printed(executed)
+    assert "perplexity under the model without the watermark, over all 3 x 96 answer tokens" in printed
+    change = cost["log_change"]
+    if change["se"] is None or abs(change["mean"]) < 2 * change["se"]:  # within noise: the note says so, right there
+        from alpaca_helpers.demo.watermark_reach import COST_NOISE_NOTE
+
+        assert COST_NOISE_NOTE in printed
+    assert "Writing:" not in printed and "converting to" not in printed  # the GGUF export prints no progress bars
     assert summary["stream_pieces"] > 1 and summary["greedy_answer"]
     assert summary["served_model"] == TUNED
     assert summary["served_answers"]["alpaca prompt"] and summary["served_answers"]["chat"]

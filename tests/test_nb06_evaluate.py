@@ -15,7 +15,7 @@ def test_notebook_06_scores_the_teacher_ifeval_and_checks_the_judge_against_vote
         votes.add(item_id, choice)
     votes.add("not-in-this-subset", "B")
 
-    summary, _ = execute_notebook("06_evaluate", subset_size=3, judge_items=2, max_new_tokens=24, agreement_items=4,
+    summary, executed = execute_notebook("06_evaluate", subset_size=3, judge_items=2, max_new_tokens=24, agreement_items=4,
                                   ifeval_items=4)
     assert summary["n_items"] == 3 and summary["n_judged"] == 2 and summary["reference"] == "gpt4_1106_preview"
     # Teacher agreement: model_path "default" is the base model, so the two are one set of numbers.
@@ -71,3 +71,48 @@ def test_notebook_06_scores_the_teacher_ifeval_and_checks_the_judge_against_vote
     assert all(set(r) == {"instruction", "output", "generator", "dataset"} for r in model_rows + reference_rows)
     assert {r["generator"] for r in reference_rows} == {"gpt4_1106_preview"}
     assert [r["output"] for r in model_rows] == [a["output"] for a in answers]
+    _notes_sit_under_their_degenerate_outputs(summary, executed)
+
+
+def _outputs_by_cell(executed) -> list[str]:
+    import nbformat
+
+    cells = [c for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code"]
+    return ["".join(o.get("text", "") for o in c.outputs) for c in cells]
+
+
+def _cell_printing(outputs: list[str], text: str) -> str:
+    found = [o for o in outputs if text in o]
+    assert found, f"no cell printed {text!r}"
+    return found[0]
+
+
+def _notes_sit_under_their_degenerate_outputs(summary, executed):
+    """Each degenerate laptop result the summary shows gets its note, printed by the cell that shows the result."""
+    from alpaca_helpers.evaluate.absolute import SCORES_NOTE
+    from alpaca_helpers.evaluate.agreement import SAME_MODEL_NOTE
+    from alpaca_helpers.evaluate.ifeval import DROP_NOTE
+    from alpaca_helpers.evaluate.raters import JUDGE_POSITION_NOTE
+
+    outputs = _outputs_by_cell(executed)
+    teacher = _cell_printing(outputs, "change per answer (fine-tuned - base)")
+    assert "loss per token" in teacher and "per answer" in teacher and "over n = 4 text-davinci-003 answers" in teacher
+    assert summary["teacher_pool"] == 252
+    if summary["teacher_agreement_change"]["mean"] == 0:
+        assert SAME_MODEL_NOTE in teacher
+    bias, judge = summary["position_bias"]["judge"], summary["judge"]
+    judge_cell = _cell_printing(outputs, "items judged in both orders")
+    if (bias["n"] >= 2 and bias["first_position_share"] >= 0.9) or judge["ties"] == judge["n"]:
+        assert JUDGE_POSITION_NOTE in judge_cell
+    ifeval_cell = _cell_printing(outputs, "prompt-level strict change")
+    assert (DROP_NOTE in ifeval_cell) == (summary["ifeval"]["change_prompt_strict"]["mean"] < 0)
+    scores = summary["absolute_judge"]
+    score_cell = _cell_printing(outputs, "change of the score") if scores["base"]["n"] else ""
+    given = scores["base"]["n"] + scores["fine_tuned"]["n"]
+    if scores["base"]["unparsed"] + scores["fine_tuned"]["unparsed"] >= given or scores["base"]["se"] in (0, None):
+        assert SCORES_NOTE in (score_cell or "".join(outputs))
+    win = _cell_printing(outputs, "raw win rate")
+    assert "characters longer than" not in win or "-" not in win.split("characters longer than")[0][-8:]
+    assert "characters shorter than" in win or "characters longer than" in win or "as long as" in win
+    printed = "".join(outputs)
+    assert "0.4846877" not in printed and not any(len(t) > 8 for t in __import__("re").findall(r"\d+\.\d+", win))

@@ -43,3 +43,14 @@ def test_position_bias_of_a_judge_and_of_people():
     people = human_position_bias(rows)  # ann's last vote on a (A) and bob's (B); the tie is not decisive
     assert people["first_position_share"] == 0.5 and people["n"] == 2
     assert human_position_bias(rows, item_ids=["a"])["n"] == 2 and human_position_bias(rows, ["b"])["n"] == 0
+
+
+def test_judge_caveat_only_for_a_judge_stuck_on_one_position_or_all_ties():
+    from alpaca_helpers.evaluate.raters import JUDGE_POSITION_NOTE, judge_caveat
+
+    stuck = position_bias([("1", "1")] * 6)
+    assert stuck["first_position_share"] == 1.0
+    assert JUDGE_POSITION_NOTE in judge_caveat(stuck, {"n": 6, "ties": 6})
+    fair = position_bias([("1", "2"), ("2", "1"), ("1", "2"), ("2", "2")])
+    assert judge_caveat(fair, {"n": 4, "ties": 1}) is None
+    assert JUDGE_POSITION_NOTE in judge_caveat(fair, {"n": 4, "ties": 4})  # all ties: the note still explains them

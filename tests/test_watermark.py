@@ -45,6 +45,16 @@ def test_processor_adds_delta_to_exactly_the_green_logits():
     assert torch.allclose(out[green], scores[green] + 2.0) and torch.equal(out[~green], scores[~green])
 
 
+def test_processor_marks_only_the_rows_it_is_given():
+    scores = torch.randn(3, 1000)
+    input_ids = torch.tensor([[5, 9], [5, 11], [7, 42]])
+    out = WatermarkLogitsProcessor(WM, rows=[True, False, True])(input_ids, scores.clone())
+    every = WatermarkLogitsProcessor(WM)(input_ids, scores.clone())
+    assert torch.equal(out[[0, 2]], every[[0, 2]]) and torch.equal(out[1], scores[1])
+    with pytest.raises(ValueError, match="rows marks 2 rows"):
+        WatermarkLogitsProcessor(WM, rows=[True, False])(input_ids, scores.clone())
+
+
 def test_z_score_and_p_value_follow_the_one_proportion_test():
     assert z_score(50, 100, 0.25) == pytest.approx((50 - 25) / math.sqrt(100 * 0.25 * 0.75))
     assert z_score(0, 0, 0.25) == 0.0

@@ -133,6 +133,19 @@ def _hf_to_gguf_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
     return weights.reshape(n_head, 2, half, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
 
 
+def _tensor_count(folder: Path, config: dict[str, Any]) -> int:
+    """How many tensors `_tensors` yields (read from the safetensors headers, no weights loaded)."""
+    from safetensors import safe_open
+
+    tied = config.get("tie_word_embeddings", False)
+    count = 0
+    for path in _weight_files(folder):
+        with safe_open(str(path), framework="pt") as f:
+            count += sum(not (name == "lm_head.weight" and tied) and not name.endswith("rotary_emb.inv_freq")
+                         for name in f.keys())
+    return count
+
+
 def _tensors(folder: Path, config: dict[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
     """(Hugging Face name, float32 array) for every weight to write, rotary rows already reordered."""
     from safetensors import safe_open
@@ -319,9 +332,12 @@ def modelfile_text(gguf_name: str) -> str:
 
 
 def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype: str = "f16",
-                progress: bool = True) -> GGUFExport:
+                progress: bool = False) -> GGUFExport:
     """Write `model_dir` (a LLaMA Hugging Face folder with safetensors) as one GGUF file of `dtype` (f16, bf16
-    or q8_0) at `out_path`, and an Ollama `Modelfile` beside it. Raises `ExportError` with a one-line reason."""
+    or q8_0) at `out_path`, and an Ollama `Modelfile` beside it. Raises `ExportError` with a one-line reason.
+
+    Quiet by default (a notebook prints the result's size and time); `progress=True` (the command line) shows one
+    bar over the tensors converted. Writing the file is a few seconds even for 7B, so it has no bar of its own."""
     import gguf
     from tqdm.auto import tqdm
 
@@ -342,7 +358,8 @@ def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype
         _add_tokenizer(writer, folder, config["vocab_size"])
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
         count = 0
-        bar = tqdm(desc=f"converting to {dtype}", unit=" tensors", disable=not progress)
+        bar = tqdm(desc=f"converting to {dtype}", unit=" tensors", total=_tensor_count(folder, config) if progress else None,
+                   disable=not progress)
         for hf_name, array in _tensors(folder, config):
             gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if gguf_name is None:
@@ -355,7 +372,7 @@ def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype
         bar.close()
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=progress)
+        writer.write_tensors_to_file(progress=False)
         writer.close()
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -376,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model_dir", help="a LLaMA-architecture Hugging Face folder ('default' = the embedded model)")
     parser.add_argument("out", help="the .gguf file to write (a Modelfile for Ollama goes beside it)")
     parser.add_argument("--dtype", choices=DTYPES, default="f16", help="weight type (default: f16)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         result = export_gguf(args.model_dir, args.out, dtype=args.dtype, progress=not args.no_progress)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria
 
+from ..models import _MANIFEST as CONVERSION_MANIFEST
 from ..models import DEFAULT_MODEL_NAME, default_model, resolve_model
 from ..paths import cache_dir, resolve, runs_dir
 from ..precision import inference_choice
@@ -108,10 +109,19 @@ def _not_found(name_or_path: str | os.PathLike, reason: str) -> FileNotFoundErro
                              f"could be loaded ({reason}); models found: {available}")
 
 
+def _is_model_cache(folder: Path) -> bool:
+    """Whether `folder` was written by the model cache (`models.default_model`, `models.vocabulary_folder`): it
+    holds their conversion manifest, or it is a cache root (the converted default model or `vocabularies/` in it)."""
+    return ((folder / CONVERSION_MANIFEST).is_file() or (folder / DEFAULT_MODEL_NAME / CONVERSION_MANIFEST).is_file()
+            or (folder / "vocabularies").is_dir() and any((folder / "vocabularies").glob(f"*/{CONVERSION_MANIFEST}")))
+
+
 def find_models(root: str | os.PathLike | None = None) -> list[Path]:
     """Every Hugging Face model folder (config.json + safetensors weights) under `root` (default `runs/`).
 
-    The converted default model is left out (it is the base model), as are hidden folders.
+    Left out: the model cache (`ALPACA_CACHE` or `paths.cache_dir()`, and any other cache folder, such as the
+    tests' `runs/ci-cache`, recognised by the conversion manifest it writes), so the base model's converted copy
+    is never offered as a fine-tuned model; and hidden folders (half-written saves).
     """
     root = resolve(root) if root is not None else runs_dir()
     skip = {default_model().resolve(), cache_dir().resolve()}
@@ -123,6 +133,8 @@ def find_models(root: str | os.PathLike | None = None) -> list[Path]:
         parts = folder.relative_to(root).parts
         if any(p.startswith(".") for p in parts) or any(s == folder.resolve() or s in folder.resolve().parents
                                                          for s in skip):
+            continue
+        if any(_is_model_cache(root.joinpath(*parts[:k])) for k in range(len(parts) + 1)):
             continue
         found.append(folder)
     return found
@@ -162,7 +174,8 @@ class _StopAtMarkers(StoppingCriteria):
 
 def _generation_kwargs(tokenizer, prompt_length: int, temperature: float, top_p: float, top_k: int,
                        max_new_tokens: int, num_beams: int, repetition_penalty: float,
-                       watermark: Watermark | None, min_new_tokens: int, stop_at_markers: bool = True) -> dict[str, Any]:
+                       watermark: Watermark | None, min_new_tokens: int, stop_at_markers: bool = True,
+                       watermark_rows: Sequence[bool] | None = None) -> dict[str, Any]:
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "num_beams": num_beams,
@@ -176,7 +189,7 @@ def _generation_kwargs(tokenizer, prompt_length: int, temperature: float, top_p:
     else:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     if watermark is not None:
-        kwargs["logits_processor"] = LogitsProcessorList([WatermarkLogitsProcessor(watermark)])
+        kwargs["logits_processor"] = LogitsProcessorList([WatermarkLogitsProcessor(watermark, watermark_rows)])
     return kwargs
 
 
@@ -203,9 +216,9 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence
                     num_beams: int = DECODING_DEFAULTS["num_beams"],
                     repetition_penalty: float = DECODING_DEFAULTS["repetition_penalty"], seed: int | None = None,
                     watermark: Watermark | None = None, min_new_tokens: int = 0,
-                    stop_at_markers: bool = True) -> list[list[int]]:
+                    stop_at_markers: bool = True, watermark_rows: Sequence[bool] | None = None) -> list[list[int]]:
     """Continue several raw prompts (or prompts as token ids) in one `generate` call (left padding); returns
-    each one's new token ids.
+    each one's new token ids. `watermark_rows` (one bool per prompt) watermarks only those rows.
 
     A row ends at the end-of-sequence token (left out), just after a stop marker (kept; unless
     `stop_at_markers` is false), or at `max_new_tokens`.
@@ -213,7 +226,7 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence
     batch = prompt_batch(tokenizer, prompts).to(model.device)
     kwargs = _generation_kwargs(tokenizer, batch["input_ids"].shape[1], temperature, top_p, top_k,
                                 max_new_tokens, num_beams, repetition_penalty, watermark, min_new_tokens,
-                                stop_at_markers)
+                                stop_at_markers, watermark_rows)
     if seed is not None:
         torch.manual_seed(seed)
     with torch.inference_mode():
@@ -306,16 +319,12 @@ def generate_stream(model, tokenizer, instruction: str, input: str = "", **decod
         yield final[sent:]
 
 
-def response_perplexity(model, tokenizer, instructions: Sequence[str], responses: Sequence[str],
-                        inputs: Sequence[str] | None = None, batch_size: int = 8) -> float:
-    """Perplexity of `responses` given their Alpaca prompts under `model`, over all response tokens together."""
-    inputs = list(inputs) if inputs is not None else [""] * len(instructions)
-    rows = []
-    for ins, inp, resp in zip(instructions, inputs, responses, strict=True):
-        prompt = encode_prompt(tokenizer, format_prompt({"instruction": ins, "input": inp}))
-        answer = encode_continuation(tokenizer, [resp])[0]
-        rows.append((prompt + answer, [-100] * len(prompt) + answer))
-    total_nll, total_tokens = 0.0, 0
+def continuation_nlls(model, tokenizer, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                      batch_size: int = 8) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, token count) of each continuation's tokens given its prompt's, under
+    `model` (prompts and continuations as token ids; the prompt's own tokens are not scored)."""
+    rows = [(list(p) + list(c), [-100] * len(p) + list(c)) for p, c in zip(prompts, continuations, strict=True)]
+    out = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         width = max(len(ids) for ids, _ in chunk)
@@ -324,7 +333,20 @@ def response_perplexity(model, tokenizer, instructions: Sequence[str], responses
         mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk])
         with torch.inference_mode():
             logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()
-        total_nll += float(torch.nn.functional.cross_entropy(
-            logits[:, :-1].transpose(1, 2), labels[:, 1:].to(model.device), ignore_index=-100, reduction="sum"))
-        total_tokens += int((labels[:, 1:] != -100).sum())
-    return math.exp(total_nll / max(total_tokens, 1))
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:].to(model.device),
+                                                ignore_index=-100, reduction="none").sum(dim=1)
+        counts = (labels[:, 1:] != -100).sum(dim=1)
+        out.extend((float(n), int(c)) for n, c in zip(nll, counts))
+    return out
+
+
+def response_perplexity(model, tokenizer, instructions: Sequence[str], responses: Sequence[str],
+                        inputs: Sequence[str] | None = None, batch_size: int = 8) -> float:
+    """Perplexity of `responses` given their Alpaca prompts under `model`, over all response tokens together."""
+    inputs = list(inputs) if inputs is not None else [""] * len(instructions)
+    prompts, answers = [], []
+    for ins, inp, resp in zip(instructions, inputs, responses, strict=True):
+        prompts.append(encode_prompt(tokenizer, format_prompt({"instruction": ins, "input": inp})))
+        answers.append(encode_continuation(tokenizer, [resp])[0])
+    scored = continuation_nlls(model, tokenizer, prompts, answers, batch_size=batch_size)
+    return math.exp(sum(n for n, _ in scored) / max(sum(t for _, t in scored), 1))

@@ -68,16 +68,24 @@ class Watermark:
 
 
 class WatermarkLogitsProcessor(LogitsProcessor):
-    """Adds `delta` to the logits of the green list chosen by each row's last token (pass it to `generate`)."""
+    """Adds `delta` to the logits of the green list chosen by each row's last token (pass it to `generate`).
 
-    def __init__(self, watermark: Watermark):
+    `rows` (one bool per batch row) marks only some rows, so that watermarked and plain answers of the same
+    prompts come from one batched `generate` call; by default every row is marked."""
+
+    def __init__(self, watermark: Watermark, rows: Sequence[bool] | None = None):
         self.watermark = watermark
+        self.rows = None if rows is None else torch.tensor([bool(r) for r in rows])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # numpy on the CPU: torch's small integer kernels are slow there (and fight for threads on busy machines)
         previous = input_ids[:, -1:].cpu().numpy()
-        green = self.watermark.is_green(previous, np.arange(scores.shape[-1])[None, :])
-        return scores + self.watermark.delta * torch.from_numpy(green).to(scores.device, scores.dtype)
+        green = torch.from_numpy(self.watermark.is_green(previous, np.arange(scores.shape[-1])[None, :]))
+        if self.rows is not None:
+            if len(self.rows) != green.shape[0]:
+                raise ValueError(f"rows marks {len(self.rows)} rows, the batch has {green.shape[0]}")
+            green &= self.rows[:, None]
+        return scores + self.watermark.delta * green.to(scores.device, scores.dtype)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""The watermark's reach: how often the detector finds it, and how often it flags unmarked text, by answer length.
+"""The watermark's reach: how often the detector finds it, and how often it flags unmarked text, by answer length;
+and its cost: how much less likely the watermarked answers are under the model without the watermark.
 
     marked, unmarked = generate_for_reach(model, tokenizer, instructions, Watermark(), max_new_tokens=200)
     rows = detection_by_length(marked, unmarked, Watermark(), [8, 16, 32, 64, 128])
@@ -8,18 +9,23 @@ A length counts the tokens the detector scores: each distinct (previous, token) 
 does not repeat itself one less than its tokens. An answer is measured at length L on its shortest beginning
 with L scored tokens; answers that never reach L are left out of that length. `benchmarks/bench_watermark_reach.py`
 measures the default model (`watermark.MIN_WATERMARK_TOKENS` records the result).
+
+    cost = perplexity_cost(model, tokenizer, instructions, Watermark(), max_new_tokens=48)
+    cost["perplexity"], cost["ratio"], cost["log_change"]   # plain vs marked, and the paired change per answer
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .generate import generate_batch
+from ..prompts import format_prompt
+from .generate import continuation_nlls, extract_response, generate_batch, generate_tokens, prompt_batch
 from .watermark import Watermark, detect_ids
 
 
@@ -100,3 +106,61 @@ def generate_for_reach(model, tokenizer, instructions: Sequence[str], watermark:
                                    watermark=mark, **decoding)
             out.extend(tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts)
     return marked, unmarked
+
+
+def perplexity_cost(model, tokenizer, instructions: Sequence[str], watermark: Watermark, max_new_tokens: int = 96,
+                    seed: int = 0, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0) -> dict[str, Any]:
+    """What the watermark costs in perplexity. Every instruction is answered twice, without and with `watermark`,
+    in one batched `generate` call (the watermark only on the second copy of each prompt), with the same sampling
+    settings and exactly `max_new_tokens` tokens each (no early end, so both sides have the same length). Both
+    answers are then scored under the same model *without* the watermark (Kirchenbauer et al. score under a
+    larger model; here the model itself judges how natural the text is).
+
+    Returns `perplexity` {plain, marked}: exp(mean loss per token) over all answer tokens of each side, and their
+    `ratio` (marked / plain); `log_change`: the paired per-answer change of log-perplexity (marked - plain),
+    {mean, se, n} over the n instructions; `tokens`: answer tokens per answer; `texts` {plain, marked}: the
+    answers' text, in instruction order. The default sampling (temperature 1, no top-p or top-k cut) is the
+    paper's: the watermark shows most there, and costs most.
+    """
+    prompts = [format_prompt({"instruction": i}) for i in instructions] * 2
+    rows = generate_tokens(model, tokenizer, prompts, temperature=temperature, top_p=top_p, top_k=top_k,
+                           max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, seed=seed,
+                           stop_at_markers=False, watermark=watermark,
+                           watermark_rows=[False] * len(instructions) + [True] * len(instructions))
+    batch = prompt_batch(tokenizer, prompts)
+    prompt_rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]
+    scored = continuation_nlls(model, tokenizer, prompt_rows, rows)
+    n = len(instructions)
+    sides = {"plain": slice(0, n), "marked": slice(n, 2 * n)}
+    perplexity = {side: math.exp(sum(x for x, _ in scored[part]) / max(sum(t for _, t in scored[part]), 1))
+                  for side, part in sides.items()}
+    changes = [m / tm - p / tp for (p, tp), (m, tm) in zip(scored[:n], scored[n:]) if tp and tm]
+    return {"perplexity": perplexity, "ratio": perplexity["marked"] / perplexity["plain"],
+            "log_change": {"mean": statistics.fmean(changes) if changes else None,
+                           "se": statistics.stdev(changes) / math.sqrt(len(changes)) if len(changes) > 1 else None,
+                           "n": len(changes)},
+            "tokens": max_new_tokens,
+            "texts": {side: [extract_response(t) for t in tokenizer.batch_decode(rows[part], skip_special_tokens=True)]
+                      for side, part in sides.items()}}
+
+
+COST_NOISE_NOTE = "too few answers to tell the cost from sampling noise"
+
+
+def cost_report(cost: dict[str, Any]) -> str:
+    """`perplexity_cost`'s result as lines to read: both perplexities and their ratio, the paired change per answer,
+    and a note when that change is within two standard errors of zero (too few answers to tell)."""
+    ppl, change = cost["perplexity"], cost["log_change"]
+    n = change["n"]
+    lines = [f"perplexity under the model without the watermark, over all {n} x {cost['tokens']} answer tokens "
+             f"of each side: plain {ppl['plain']:.1f}, watermarked {ppl['marked']:.1f} "
+             f"({cost['ratio']:.2f} times as high)"]
+    if change["mean"] is not None:
+        se = f" ± {change['se']:.2f}" if change["se"] is not None else ""
+        lines.append(f"change of log-perplexity per answer (watermarked - plain): {change['mean']:+.2f}{se} "
+                     f"(mean ± one standard error over n = {n} instructions, each answered both ways)")
+    if change["se"] is None or change["mean"] is None or abs(change["mean"]) < 2 * change["se"]:
+        lines.append(f"Note: with n = {n} this is within two standard errors of zero: {COST_NOISE_NOTE} (at "
+                     "temperature 1 one answer's perplexity varies a lot). More instructions narrow it; "
+                     "Kirchenbauer et al., on hundreds of texts, find the cost grows with delta.")
+    return "\n".join(lines)

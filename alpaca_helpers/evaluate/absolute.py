@@ -82,3 +82,20 @@ def score_by_model(judge: Any, items_by_model: Mapping[str, Sequence[Mapping[str
         same = next((k for k in out if items_by_model[k] == items), None)
         out[name] = out[same] if same is not None else run_absolute_judge(judge, items, progress=progress)
     return out
+
+
+SCORES_NOTE = "this judge cannot grade"
+
+
+def scores_caveat(summaries: Mapping[str, Mapping[str, Any]], scores: Mapping[str, Sequence[float | None]]) -> str | None:
+    """A note for degenerate 0-100 scores (None otherwise): most replies unparsed, or every parsed score the same."""
+    given = [v for s in scores.values() for v in s if v is not None]
+    total = sum(len(s) for s in scores.values())
+    unparsed = total - len(given)
+    if total and unparsed * 2 < total and len(set(given)) > 1:
+        return None
+    values = ", ".join(f"{v:g}" for v in sorted(set(given))) or "none"
+    return (f"Note: {SCORES_NOTE}: {unparsed} of {total} replies held no score in 0-100, and the scores given "
+            f"take {len(set(given))} distinct value(s) ({values}). A 135M judge echoes a number from the prompt "
+            "or writes prose; read the change above as no evidence either way. A strong judge at `judge_base_url` "
+            "spreads its scores across the scale.")

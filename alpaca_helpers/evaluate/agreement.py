@@ -42,7 +42,16 @@ def response_losses(model: Any, tokenizer: Any, records: Sequence[Mapping[str, A
     import torch
     from tqdm.auto import tqdm
 
-    built = build_dataset(records, tokenizer, max_length=max_length)
+    import datasets
+
+    quiet = not datasets.are_progress_bars_disabled()  # the tokenizing pass over a few records needs no bar
+    if quiet:
+        datasets.disable_progress_bars()
+    try:
+        built = build_dataset(records, tokenizer, max_length=max_length)
+    finally:
+        if quiet:
+            datasets.enable_progress_bars()
     rows = built.dataset.to_list()
     collate = AlpacaCollator(pad_token_id=ensure_pad_token(tokenizer))
     out = [{"index": i, "nll": None, "tokens": 0, "truncated": False} for i in range(len(records))]
@@ -72,7 +81,8 @@ def response_losses(model: Any, tokenizer: Any, records: Sequence[Mapping[str, A
 def agreement(losses: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Mean loss per response token over the given rows, its perplexity, the number of items and tokens.
 
-    `loss_se` is the standard error of the per-item mean loss (a guide to the spread across items; None for
+    `mean_item_loss` is the mean over items of each item's own loss per token (every answer counts once, however
+    long); `loss_se` is its standard error (a guide to the spread across items; None for
     fewer than 2 items). Rows with nll None (dropped by the length policy) are counted in `dropped`.
     """
     rows = list(losses)
@@ -82,7 +92,8 @@ def agreement(losses: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     per_item = [r["nll"] / r["tokens"] for r in kept]
     se = statistics.stdev(per_item) / math.sqrt(len(per_item)) if len(per_item) > 1 else None
     return {"loss": loss, "perplexity": math.exp(loss) if loss is not None else None, "n": len(kept),
-            "tokens": tokens, "loss_se": se, "dropped": len(rows) - len(kept),
+            "tokens": tokens, "mean_item_loss": statistics.fmean(per_item) if per_item else None,
+            "loss_se": se, "dropped": len(rows) - len(kept),
             "truncated": sum(bool(r["truncated"]) for r in kept)}
 
 
@@ -132,3 +143,44 @@ def score_models(model_paths: Mapping[str, str], records: Sequence[Mapping[str, 
             by_source[source] = response_losses(model, tokenizer, records, progress=progress, **kwargs)
         out[name] = by_source[source]
     return out
+
+
+SAME_MODEL_NOTE = "the fine-tuned model is the base model here"
+
+
+def agreement_report(results: Mapping[str, Mapping[str, Any]], change: Mapping[str, Any], teacher: str) -> str:
+    """Teacher agreement as lines to read: per model the loss per token (pooled over all answer tokens) with its
+    perplexity, and the mean per answer with its standard error; the paired change per answer; and what makes
+    the two kinds of figure differ (or a note when both sides are one model)."""
+    lines = []
+    for name, r in results.items():
+        if r["loss"] is None:
+            lines.append(f"{name:>10}: no answer scored")
+            continue
+        se = f" ± {r['loss_se']:.3f}" if r["loss_se"] is not None else ""
+        lines.append(f"{name:>10}: loss per token {r['loss']:.3f} (pooled over {r['tokens']} tokens, perplexity "
+                     f"{r['perplexity']:.2f}); per answer {r['mean_item_loss']:.3f}{se} (mean ± one standard error "
+                     f"over n = {r['n']} {teacher} answers)")
+    if change["mean"] is None:
+        return "\n".join(lines)
+    se = f" ± {change['se']:.3f}" if change["se"] is not None else ""
+    lines.append(f"change per answer (fine-tuned - base): {change['mean']:+.3f}{se} (mean ± one paired standard "
+                 f"error over the same n = {change['n']} answers)")
+    base, tuned = (results.get(k) for k in ("base", "fine_tuned"))
+    if change["mean"] == 0 and (change["se"] or 0) == 0:
+        lines.append(f"Note: {SAME_MODEL_NOTE} (model_path = base_model_path), so there is nothing to compare. "
+                     "After notebook 04, set model_path to its model: a full run lowers the loss of the teacher's answers.")
+    elif base and tuned and base["loss"] is not None and tuned["loss"] is not None:
+        pooled = tuned["loss"] - base["loss"]
+        lines.append(f"The change is per answer: each answer's own loss per token, averaged with every answer counting "
+                     f"once, so it is the difference of the per-answer means ({tuned['mean_item_loss']:.3f} - "
+                     f"{base['mean_item_loss']:.3f}). The pooled losses weigh each answer by its length; their "
+                     f"difference is {pooled:+.3f}.")
+        if abs(pooled - change["mean"]) > 0.05 and abs(change["mean"]) > abs(pooled):
+            lines.append("They differ because in these answers the short ones moved more than the long ones: a short "
+                         "answer's loss is mostly its first tokens and its end-of-sequence token, where the Alpaca "
+                         "format is decided, and that format is what a short fine-tune teaches first.")
+        elif abs(pooled - change["mean"]) > 0.05:
+            lines.append("They differ because in these answers the long ones moved more than the short ones, and the "
+                         "pooled loss weighs long answers more.")
+    return "\n".join(lines)

@@ -239,3 +239,19 @@ def generate_responses(model_paths: Mapping[str, str], prompts: Sequence[Mapping
         out[name] = {r["instruction"]: rows[r["id"]]["output"] for r in records}
         write_responses(Path(folder) / f"ifeval_responses_{name}.jsonl", prompts, out[name])
     return out
+
+
+DROP_NOTE = "fine-tuning cost the model some constraint-following"
+
+
+def drop_caveat(change: Mapping[str, Any], max_new_tokens: int) -> str | None:
+    """A note when the fine-tuned model follows fewer prompts' constraints than the base model (None otherwise)."""
+    if change.get("mean") is None or change["mean"] >= 0:
+        return None
+    se = change.get("se") or 0
+    noise = " (within two standard errors: it may be noise)" if abs(change["mean"]) < 2 * se else ""
+    return (f"Note: {DROP_NOTE}{noise}. SmolLM2-135M-Instruct was already tuned, in its own ChatML format, to follow "
+            "instructions like these; a short fine-tune on Alpaca's prompt format and answers, which almost never "
+            "carry constraints such as 'no commas' or 'all lowercase', overwrites some of that. Answers are also cut "
+            f"at {max_new_tokens} tokens, so 'at least N words' fails for both models. Alpaca's own base model "
+            "(a LLaMA never tuned to follow instructions) could only gain here.")

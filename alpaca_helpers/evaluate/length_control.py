@@ -23,7 +23,7 @@ below `MIN_ITEMS` nothing is reported. It corrects for length only, not for any 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 MIN_ITEMS = 10  # fewer items: no LC win rate (the length coefficient cannot be told from noise)
@@ -87,3 +87,30 @@ def length_controlled_win_rate(preferences: Sequence[float | None], model_length
     if fit["length_scale"] == 0:
         out["note"] = "every answer pair has the same length difference: length cannot be adjusted for"
     return out
+
+
+def length_difference_text(mean_delta: float | None, n: int, reference: str) -> str:
+    """The mean length difference in words people read: "2348 characters shorter than X's" (not "-2348 longer")."""
+    if mean_delta is None:
+        return "no judged items: no length difference"
+    size = round(abs(mean_delta))
+    how = "as long as" if size == 0 else ("longer than" if mean_delta > 0 else "shorter than")
+    amount = "" if size == 0 else f"{size} characters "
+    return f"the model's answers are {amount}{how} {reference}'s on average (mean over the n = {n} judged items)"
+
+
+def win_rate_report(lc: Mapping[str, Any], tally_win_rate: float | None, reference: str) -> str:
+    """The raw and length-controlled win rates and the length difference as lines to read, saying what each is
+    over and why the raw one can differ from the tally's."""
+    if lc["win_rate"] is None:
+        return "no judged items"
+    lc_text = lc["note"] or f"{lc['lc_win_rate']:.2f} ± {lc['lc_win_rate_se']:.2f} (n = {lc['n']})"
+    lines = [f"raw win rate {lc['win_rate']:.2f}: the mean of the judge's preference for the model over n = {lc['n']} "
+             f"items (both orders averaged; the weighted win rate)",
+             f"length-controlled win rate: {lc_text}", length_difference_text(lc["mean_length_delta"], lc["n"], reference)]
+    if tally_win_rate is not None and round(tally_win_rate, 2) != round(lc["win_rate"], 2):
+        lines.append(f"The tally's win rate ({tally_win_rate:.2f}) counts each item as a win, tie or loss (a tie is half); "
+                     "the raw one keeps how strongly the judge leaned, so ties where it leaned slightly towards "
+                     f"{'the reference' if lc['win_rate'] < tally_win_rate else 'the model'} pull it "
+                     f"{'below' if lc['win_rate'] < tally_win_rate else 'above'} the tally's.")
+    return "\n".join(lines)

@@ -64,3 +64,19 @@ def human_position_bias(rows: Iterable[Mapping[str, str]], item_ids: Iterable[st
     keep = None if item_ids is None else set(item_ids)
     return position_bias([[{"A": "1", "B": "2"}.get(choice)] for (_, item), choice in last_votes(rows).items()
                           if keep is None or item in keep])
+
+
+JUDGE_POSITION_NOTE = "it picks the first position whatever the answers"
+
+
+def judge_caveat(bias: Mapping[str, Any], tally: Mapping[str, Any]) -> str | None:
+    """A note for a degenerate pairwise judge (None otherwise): one whose decisive verdicts nearly all chose the
+    first position (at least 90% of at least 2), or whose both-order tally is all ties."""
+    share, n = bias.get("first_position_share"), bias.get("n") or 0
+    all_ties = bool(tally.get("n")) and tally.get("ties") == tally.get("n")
+    if not ((share is not None and n >= 2 and share >= 0.9) or all_ties):
+        return None
+    return (f"Note: {JUDGE_POSITION_NOTE} (first position in {share or 0:.0%} of {n} decisive verdicts), so asked "
+            "in both orders it contradicts itself and the tally is all or mostly ties. Expected of the default judge: "
+            "a 135M model always says '1'. A strong judge at `judge_base_url` (AlpacaEval uses GPT-4 Turbo) "
+            "gives decisive, order-independent verdicts.")
