@@ -29,6 +29,7 @@ DECODING = dict(temperature=0.7, max_tokens=128)
 def server(tmp_path_factory, default_model_dir):
     log = tmp_path_factory.mktemp("server") / "server.log"
     with serve(default_model_dir, continuous_batching=True, log_path=log) as s:
+        make_teacher(s, max_tokens=1).complete("Hello")  # warm up: a fresh server's first answer is slow
         yield s
 
 
