@@ -679,24 +679,30 @@ def test_prompt_format_chat_trains_the_same_answers_behind_the_chat_template(tmp
         make_config(prompt_format="chatml")
 
 
-def test_the_step_by_hand_is_the_recipes_first_step(tmp_path, tiny_model):
+@pytest.mark.parametrize("kind", ["smollm2", "llama"])
+def test_the_step_by_hand_is_the_recipes_first_step(tmp_path, tiny_model, kind):
     """Notebook 04's one training step written out (`train_step_by_hand`, on the step's examples collated as one
     batch) gives the recipe's step 1: the same loss, and the same weights after the update. The recipe cuts the
-    batch into 2 micro-batches, computes logits at trained positions only and accumulates gradients."""
+    batch into 2 micro-batches, computes logits at trained positions only and accumulates gradients. With
+    LLaMA's real tokenizer (no pad token) both add one and grow the embeddings the same way."""
     from transformers import AutoModelForCausalLM
 
     from alpaca_helpers.train.config import check_run
     from alpaca_helpers.train.distributed import dist_env
-    from alpaca_helpers.train.recipe import Recipe, first_global_batch, make_optimizer, train_step_by_hand
+    from alpaca_helpers.train.recipe import Recipe, first_step_inputs, make_optimizer, train_step_by_hand
+    from alpaca_helpers.train.rehearsal import small_llama
 
+    if kind == "llama":
+        tiny_model = small_llama(tmp_path / "llama")
     cfg = make_config(model_name_or_path=str(tiny_model), output_dir=str(tmp_path), max_examples=24,
                       val_set_size=0, global_batch_size=8, per_device_train_batch_size=4, num_train_epochs=1,
                       learning_rate=1e-3, warmup_ratio=0.0, weight_decay=0.1, max_grad_norm=0.5, bf16=False)
     recipe = Recipe(cfg, dist_env(force_cpu=True), check_run(cfg, 1, on_gpu=False))
     recipe.setup()
     assert recipe.plan.batch.accumulation == 2 and recipe.scheduler.get_last_lr()[0] == pytest.approx(1e-3)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    by_hand = train_step_by_hand(model, first_global_batch(cfg), make_optimizer(model, cfg), cfg.max_grad_norm)
+    model, batch = first_step_inputs(cfg)
+    assert model.get_input_embeddings().weight.shape == recipe.model.get_input_embeddings().weight.shape
+    by_hand = train_step_by_hand(model, batch, make_optimizer(model, cfg), cfg.max_grad_norm)
     recipe.model.train()
     row = recipe.train_step(1)
     assert by_hand == pytest.approx(row["loss"], rel=1e-5)
@@ -706,5 +712,6 @@ def test_the_step_by_hand_is_the_recipes_first_step(tmp_path, tiny_model):
     moved = 0
     for name, weight in model.state_dict().items():
         torch.testing.assert_close(weight, theirs[name], atol=1e-5, rtol=1e-4)
-        moved += int((weight - start[name]).abs().max() > 1e-4)
+        rows = len(start[name])  # grown embeddings (LLaMA's pad): their original rows
+        moved += int((weight[:rows] - start[name]).abs().max() > 1e-4)
     assert moved >= len(start) - 1  # every tensor moved (lr 1e-3), but possibly a norm with no gradient

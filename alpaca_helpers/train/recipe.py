@@ -146,22 +146,28 @@ def train_step_by_hand(model: Any, batch: dict[str, Any], optimizer: Any, max_gr
     return loss.item()
 
 
-def first_global_batch(cfg: TrainConfig) -> dict[str, Any]:
-    """The examples of the recipe's step 1 (same records, split, tokenization and seeded order), collated as one
-    batch; `Recipe.train_step` cuts the same examples into micro-batches."""
-    from transformers import AutoTokenizer
+def first_step_inputs(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
+    """The model and the examples of the recipe's step 1, for one step by hand: the model in fp32 on the CPU,
+    its embeddings grown as `Recipe.setup_model` grows them when a pad token is added (LLaMA has none); the
+    examples are the same records, split, tokenization and seeded order, collated as one batch
+    (`Recipe.train_step` cuts them into micro-batches)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..models import load_model_config
-    from .distributed import dist_env
-
     from .config import plan_batch
+    from .distributed import dist_env
+    from .tokenize import resize_embeddings_mean
 
     batch = plan_batch(cfg.global_batch_size, cfg.per_device_train_batch_size, 1, cfg.gradient_accumulation_steps)
     recipe = Recipe(cfg, dist_env(force_cpu=True), RunPlan(batch, False, None))  # only the data is set up
     recipe.model_path = load_model_config(cfg.model_name_or_path)[0]
     recipe.tokenizer = AutoTokenizer.from_pretrained(recipe.model_path)
     recipe.setup_data()
-    return recipe.data.collate(recipe.global_batch(1))
+    model = AutoModelForCausalLM.from_pretrained(recipe.model_path, dtype=torch.float32)
+    if recipe.pad_added:
+        resize_embeddings_mean(model, len(recipe.tokenizer))
+    return model, recipe.data.collate(recipe.global_batch(1))
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
