@@ -38,6 +38,8 @@ def test_notebook_07_runs_an_ablation_and_reads_it_honestly(execute_notebook, tm
     run_lines = [line for line in run_output.splitlines() if line.strip()]
     assert sum(line.startswith("[") for line in run_lines) == 6 and len(run_lines) <= 6 + 3, run_lines  # one per run
     assert "step 1/1" not in run_output and "console.log" in run_output
+    shown = json.dumps(cells["nb07-run"].outputs, ensure_ascii=False)  # streams, and the widgets' text of tqdm.auto's bars
+    assert "arm × seed runs" in shown and "train:" not in shown  # one bar over the runs, no step bar per run
     conclusions_output = "".join(o.get("text", "") for o in cells["nb07-conclusions"].outputs)
     assert "0 of 10 comparisons are told apart" in conclusions_output and "seeds=[0, 1, 2, 3, 4]" in conclusions_output
     out = tmp_path / "course" / "07_understand"

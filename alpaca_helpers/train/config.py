@@ -71,6 +71,7 @@ class TrainConfig:
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "all-linear, or layer names such as q_proj,v_proj"})
     logits_on_trained_only: bool = field(default=True, metadata={"help": "compute the LM head's logits only where a label is trained (same loss, less work); false = every position"})
+    progress_bar: bool = field(default=True, metadata={"help": "a bar over the steps on rank 0 (false: the console lines only, as when the ablation runner sends a run's console to a file)"})
     logging_steps: int = field(default=1, metadata={"help": "console line every N steps (the JSONL log has every step)"})
     report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | a comma list (rank 0; train_log.jsonl is always written)"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final model)"})

@@ -637,7 +637,7 @@ class Recipe:
                      f"({self.n_trainable / self.n_params:.2%})" if cfg.lora else "")
                   + (f", FSDP over {self.env.world_size} ({self.layer_cls.__name__} units)" if self.plan.fsdp else ""),
                   flush=True)
-        self.bar = tqdm(total=self.steps, initial=self.start, disable=None if self.env.is_main else True,
+        self.bar = tqdm(total=self.steps, initial=self.start, disable=None if self.env.is_main and self.cfg.progress_bar else True,
                         desc="train", dynamic_ncols=True)
         self.run_start = time.perf_counter()
         self.model.train()

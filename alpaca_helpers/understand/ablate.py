@@ -38,7 +38,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -262,15 +262,16 @@ def finished_rows(prepared: Prepared) -> dict[tuple[str, int], dict[str, Any]]:
     return done
 
 
-def train_job(job: Job, spec: AblationSpec, echo: Callable[[str], Any]) -> dict[str, Any]:
+def train_job(job: Job, spec: AblationSpec, echo: Callable[[str], Any], verbose: bool = True) -> dict[str, Any]:
     """Train one arm × seed: in this process on one CPU process, else as its own `accelerate launch` (the plan
-    and the command printed first). Returns the run's `train_summary.json`."""
+    and the command printed first). Unless `verbose`, an in-process run shows no step bar (its console goes to a
+    file). Returns the run's `train_summary.json`."""
     from ..train.config import train_args
     from ..train.launch import launch_command, launch_plan, run_streaming, show_command
     from ..train.recipe import SUMMARY_FILE, train
 
     if spec.gpus == 0 and spec.cpu_processes == 1:
-        return train(job.config)
+        return train(replace(job.config, progress_bar=verbose))
     import yaml
 
     run_dir = Path(job.config.output_dir)
@@ -321,7 +322,7 @@ def run_job(job: Job, prepared: Prepared, echo: Callable[[str], Any], verbose: b
     shutil.rmtree(run_dir, ignore_errors=True)  # what an interrupted attempt left
     started = time.perf_counter()
     with console_log(run_dir / CONSOLE_FILE, verbose, echo) as say:
-        summary = train_job(job, spec, say)
+        summary = train_job(job, spec, say, verbose)
         trained = time.perf_counter()
         model, tokenizer = load_model(run_dir / MODEL_DIR, cached=False)
         metrics = measure(model, tokenizer, prepared.sets, run_dir, spec.evaluation.metrics)
