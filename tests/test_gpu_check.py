@@ -31,10 +31,13 @@ def report(tmp_path_factory):
 def test_every_check_runs_and_passes(report):
     result, table, stdout = report
     assert result["mode"] == "cpu" and result["ok"]
-    assert list(result["checks"]) == ["full_fsdp_bf16", "lora_7b", "checkpoint_resume", "notebook_04", "two_processes"]
+    assert list(result["checks"]) == ["full_fsdp_bf16", "full_fsdp_bf16_compiled", "lora_7b", "checkpoint_resume",
+                                      "notebook_04", "two_processes"]
     assert all(check["ok"] and "error" not in check for check in result["checks"].values())
     assert table in stdout and table.count("| ok |") == 5  # the table it prints is the one it writes
-    assert "| check | model | micro-batch × accumulation | tokens/s | MFU | peak GiB | plan GiB |" in table
+    assert "| full_fsdp_bf16_compiled |" in table and "skipped on CPU" in table  # said in the table
+    assert ("| check | model | micro-batch × accumulation | tokens/s | MFU | peak allocated GiB | peak reserved GiB "
+            "| plan GiB | reserved / plan |") in table
 
 
 def test_the_checks_measure_what_they_say(report):
@@ -44,6 +47,7 @@ def test_the_checks_measure_what_they_say(report):
     assert lora["lora"] and lora["bf16"] and lora["trainable_parameters"] < lora["parameters"] / 10
     for run in (full, lora):
         assert run["tokens_per_s"] > 0 and run["planned_gib"] > 0 and run["mfu"] is None  # no MFU on CPU
+        assert run["peak_reserved_gib"] is None and run["peak_over_plan"] is None  # no caching allocator on CPU
     assert checks["notebook_04"]["steps"] == 2 and checks["notebook_04"]["models_released"] == 2
     two = checks["two_processes"]
     assert two["world_size"] == 2 and two["ranks_that_loaded_full_weights"] == 1 and two["finite"]
@@ -98,3 +102,22 @@ def test_the_wheel_list_pins_one_version_of_each():
     names = [line.split("==")[0].lower() for line in lines]
     assert all("==" in line for line in lines) and len(names) == len(set(names))
     assert {"datasets", "dill", "multiprocess", "gguf", "papermill", "nbclient", "ipykernel", "pyzmq", "tornado"} <= set(names)
+
+
+def test_the_table_sets_the_reserved_peak_against_the_plan_and_the_compiled_run_beside_the_eager_one():
+    """The layout of a GPU report (stand-in figures, not measurements: no GPU here): the ratio column is the
+    reserved peak over the plan, and a line compares the run with `torch_compile` on and off."""
+    from alpaca_helpers.train.gpu_check import markdown
+
+    eager = {"parameters": 1.1e9, "micro_batch": 8, "accumulation": 8, "tokens_per_s": 20000.0, "mfu": 0.40,
+             "peak_memory_gib": 50.0, "peak_reserved_gib": 55.0, "planned_gib": 50.0, "peak_over_plan": 1.1,
+             "check_seconds": 60.0, "ok": True}
+    report = {"mode": "cuda", "seconds": 120.0, "checks": {
+                  "full_fsdp_bf16": eager, "full_fsdp_bf16_compiled": {**eager, "tokens_per_s": 25000.0, "mfu": 0.5}},
+              "environment": {"device": "stand-in", "gpus": 1, "versions": {"torch": "2.13", "transformers": "5.25"}}}
+    table = markdown(report)
+    assert "| full_fsdp_bf16 | 1.10B | 8 × 8 | 20,000 | 40.0% | 50.00 | 55.00 | 50.00 | 1.10 | 60 | ok |" in table
+    assert ("torch_compile (each decoder layer compiled): 25,000 tokens/s against 20,000 without (× 1.25), "
+            "MFU 50.0% against 40.0%") in table
+    del report["checks"]["full_fsdp_bf16_compiled"]
+    assert "torch_compile" not in markdown(report)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 
 import pytest
@@ -224,7 +225,7 @@ def test_llama_7b_full_fine_tuning_needs_more_than_one_80gb_gpu(tmp_path, capsys
     assert "--fsdp full_shard --cpu_offload true" in changes and any("--lora true" in c for c in changes)
     assert main(["--model", folder, "--gpus", "8", "--gpu_memory_gb", "80", "--json"]) == 0
     eight = json.loads(capsys.readouterr().out)
-    assert eight["fits"] is True and eight["per_device_gb"] < 80 and eight["accumulation"] == 4
+    assert eight["fits"] is True and eight["per_device_gb"] < 80 and (eight["per_device"], eight["accumulation"]) == (16, 1)
     assert 80 < eight["disk"]["checkpoint_gib"] * 2**30 / 1e9 < 82  # ~81 GB: fp32 weights + AdamW moments
     assert main(["--model", folder, "--gpus", "1", "--lora", "true", "--json"]) == 0
     lora = json.loads(capsys.readouterr().out)
@@ -251,7 +252,9 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
     folder = str(write_config(tmp_path / "llama-7b", LLAMA_7B))
     for argv, message in ((["--model", str(tmp_path / "nope")], "no such model folder"),
                           (["--model", folder, "--gpus", "0"], "--gpus and --num_machines must be >= 1"),
-                          (["--model", folder, "--gpus", "3"], "not divisible by per_device_train_batch_size 4 × 3"),
+                          (["--model", folder, "--gpus", "3"], "not divisible by per_device_train_batch_size 1 × 3"),
+                          (["--model", folder, "--gpus", "3", "--per_device_train_batch_size", "4"],
+                           "not divisible by per_device_train_batch_size 4 × 3"),
                           (["--model", folder, "--mfu", "2"], "mfu is a fraction"),
                           (["--model", folder, "--gpus", "8", "--lora", "true"], "lora runs on a single process"),
                           (["--model", folder, "--config", "nope"], "no such preset")):
@@ -270,6 +273,45 @@ def test_gpu_peaks_tell_the_pcie_h100_apart():
     assert peak_bf16_flops("Tesla V100-SXM2-32GB") is None  # no bf16
 
 
+def test_device_names_match_exactly_never_by_a_part():
+    """The device table is looked up by the exact name `torch.cuda.get_device_name` gives (case, spacing, "-" and
+    a leading NVIDIA/Tesla aside): the H100 NVL is not the SXM, the L40S is not the L4, an L40 or an unknown card
+    has no peak (so no MFU), and T4 and V100 have an fp16 peak but no bf16 one. Main matched parts of names: "H100
+    NVL" got the SXM's 989 TFLOP/s and "NVIDIA L40" the L4's."""
+    from alpaca_helpers.train.plan import GPUS, link_bandwidth, normalise_gpu_name, peak_fp16_flops
+
+    assert peak_bf16_flops("NVIDIA H100 NVL") == 835e12 != peak_bf16_flops("NVIDIA H100 80GB HBM3")
+    assert peak_bf16_flops("NVIDIA L40S") == 362e12 and peak_bf16_flops("NVIDIA L4") == 121e12
+    for unknown in ("NVIDIA L40", "NVIDIA B200", "NVIDIA H100 80GB HBM3 (MIG 1g.10gb)", "NVIDIA GeForce RTX 4090 D",
+                    "A100-SXM4", "H1"):
+        assert peak_bf16_flops(unknown) is None and peak_fp16_flops(unknown) is None and link_bandwidth(unknown) is None
+    assert peak_bf16_flops("  nvidia a100-sxm4-80gb ") == 312e12 == peak_bf16_flops("NVIDIA A100 80GB PCIe")
+    assert peak_bf16_flops("Tesla T4") is None and peak_fp16_flops("Tesla T4") == 65e12
+    assert peak_fp16_flops("Tesla V100-SXM2-16GB") == 125e12 and peak_fp16_flops("Tesla V100-PCIE-32GB") == 112e12
+    assert peak_bf16_flops("NVIDIA GeForce RTX 4090") == 165.2e12 and peak_bf16_flops("NVIDIA A10G") == 125e12
+    assert peak_bf16_flops("NVIDIA H200") == 989e12 and peak_bf16_flops("NVIDIA A100-PCIE-40GB") == 312e12
+    assert link_bandwidth("NVIDIA H100 NVL")[1].startswith("PCIe")  # its NVLink bridge joins pairs only
+    owners = {}
+    for spec in GPUS:
+        for name in {normalise_gpu_name(n) for n in spec.names}:
+            assert owners.setdefault(name, spec) is spec, name  # no name in two entries
+
+
+def test_an_unknown_gpu_gives_no_mfu_and_says_so_once(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from alpaca_helpers.train import recipe
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Imaginary X1")
+    cuda = SimpleNamespace(type="cuda")
+    assert recipe.peak_flops(cuda) is None and recipe.peak_flops(cuda) is None
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and "'NVIDIA Imaginary X1' is not in the plan's device table" in lines[0]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L40S")
+    assert recipe.peak_flops(cuda) == 362e12 and recipe.peak_flops(cuda, "fp16") == 362e12
+    assert capsys.readouterr().out == ""  # a known GPU: nothing to say
+
+
 def test_time_projection_counts_fsdps_communication_at_the_links_bandwidth(tmp_path):
     """Per GPU and step: two all-gathers of the bf16 weights per micro-batch and an fp32 reduce-scatter per
     sync, each (ranks - 1) / ranks of the model, at NVLink's nominal 300 GB/s on one A100 machine and one
@@ -284,7 +326,9 @@ def test_time_projection_counts_fsdps_communication_at_the_links_bandwidth(tmp_p
     assert communication_bytes(every) == pytest.approx(7 / 8 * (2 * 4 * n * 2 + 4 * n * 4))
     assert link_bandwidth("NVIDIA A100-SXM4-80GB") == (300e9, "NVLink 300 GB/s per direction")
     assert link_bandwidth("NVIDIA H100 80GB HBM3", num_machines=2)[0] == 50e9
-    assert link_bandwidth("NVIDIA H100 PCIe")[1].startswith("PCIe") and link_bandwidth("Tesla T4") is None
+    assert link_bandwidth("NVIDIA H100 PCIe")[1].startswith("PCIe") and link_bandwidth("NVIDIA B200") is None
+    assert link_bandwidth("Tesla T4") == (16e9, "PCIe 16 GB/s per direction")
+    assert link_bandwidth("Tesla T4", num_machines=2) is None  # its network between machines is not known
     t = time_plan(shape, once, 52_002, 3, 0.35, "A100")
     assert t["communication_hours"] == round(t["steps"] * communication_bytes(once) / 300e9 / 3600, 2)
     assert t["hours"] == pytest.approx(t["compute_hours"] + t["communication_hours"], abs=0.011)
@@ -366,3 +410,112 @@ def test_fsdp_is_explained_with_the_plans_own_numbers(tmp_path):
     with pytest.raises(PlanError, match="2 or more processes"):
         explain_fsdp(shape, memory_plan(shape, world_size=1, gpu_memory_gb=16, per_device=2, global_batch_size=8,
                                         model_max_length=64))
+
+
+def test_auto_micro_batch_on_8_h100_chooses_16_for_the_least_traffic_and_says_why(tmp_path, capsys):
+    """`per_device_train_batch_size: auto` (the 7B preset's): on 8 × H100 80 GB the plan picks 16 × 1, which fits
+    with 10% free and all-gathers the weights 2 times per step instead of 4 × 2 (47.2 GB of traffic per GPU per
+    step instead of 117.9 at 4 × 4), and prints the choice and the runner-up with memory and traffic. A number
+    given still wins, and the plan then says what auto would choose."""
+    from alpaca_helpers.train.plan import AUTO_MEMORY_MARGIN, choose_micro_batch, communication_bytes
+
+    folder = str(write_config(tmp_path / "llama-7b", LLAMA_7B))
+    assert main(["--model", folder, "--gpus", "8", "--gpu", "H100"]) == 0
+    text = capsys.readouterr().out
+    assert "batch: 128 = 16 per device × 1 accumulation × 8 GPU(s)" in text
+    assert re.search(r"micro-batch \(per_device_train_batch_size auto\): 16 × 1 accumulation: 69\.\d GiB, 47\.2 GB "
+                     r"FSDP traffic per GPU per step ≈ 0\.10 s; runner-up 8 × 2 accumulation: 68\.\d GiB, 70\.8 GB FSDP "
+                     r"traffic per GPU per step ≈ 0\.16 s; chosen: the least traffic of the micro-batches that fit in "
+                     r"72\.0 of 80 GiB \(10% kept free\); seconds at NVLink 450 GB/s per direction, nominal", text), text
+    assert main(["--model", folder, "--gpus", "8", "--gpu", "H100", "--per_device_train_batch_size", "4", "--json"]) == 0
+    given = json.loads(capsys.readouterr().out)
+    assert (given["per_device"], given["accumulation"]) == (4, 4)  # the number given wins
+    assert given["micro_batch_reason"].startswith("micro-batch 4 × 4 accumulation: 56.2 GiB, 117.9 GB FSDP traffic")
+    assert "auto would choose 16 × 1 accumulation" in given["micro_batch_reason"]
+    # Less memory: the largest that fits with the margin, and every larger one does not
+    shape = load_model_shape(folder)
+    settings = dict(world_size=8, gpu_memory_gb=70, global_batch_size=128, model_max_length=512)
+    chosen = choose_micro_batch(shape, **settings)
+    assert chosen.per_device_gb <= 70 * (1 - AUTO_MEMORY_MARGIN) and chosen.per_device < 16
+    for larger in (m for m in (8, 16) if m > chosen.per_device):
+        assert memory_plan(shape, per_device=larger, **settings).per_device_gb > 70 * (1 - AUTO_MEMORY_MARGIN)
+    assert communication_bytes(chosen) < communication_bytes(memory_plan(shape, per_device=1, **settings))
+    nothing = choose_micro_batch(shape, **{**settings, "world_size": 1, "gpu_memory_gb": 40})
+    assert not nothing.fits and nothing.per_device == 1 and "none fits in 36.0 of 40 GiB" in nothing.micro_batch_reason
+
+
+def test_auto_micro_batch_on_cpu_is_at_most_4_and_a_number_wins(tmp_path):
+    """On CPU (no GPU, no link) auto takes the largest of 4, 2, 1 that splits the batch and fits the process's
+    share of RAM; `check_run` holds that split until the plan decides; "auto" parses like the other auto
+    settings; a number given is the plan's and the run's."""
+    from alpaca_helpers.train.config import check_run, make_config, parse_config
+    from alpaca_helpers.train.recipe import memory_plan_for_run
+
+    shape = load_model_shape(str(write_config(tmp_path / "tiny", TINY)))
+    auto = make_config(per_device_train_batch_size="auto", global_batch_size=16)
+    assert auto.per_device_train_batch_size is None
+    assert parse_config(["--per_device_train_batch_size", "auto"]).per_device_train_batch_size is None
+    run = check_run(auto, 2, on_gpu=False)
+    assert (run.batch.per_device, run.batch.accumulation) == (4, 2)  # until the plan decides: the largest of 4, 2, 1
+    plan = memory_plan_for_run(auto, shape, run, 2, 1, 15.0, device="cpu")
+    assert (plan.per_device, plan.accumulation) == (4, 2) and "up to 4" in plan.micro_batch_reason
+    assert "s at" not in plan.micro_batch_reason  # no link on CPU: traffic in bytes only
+    six = make_config(per_device_train_batch_size="auto", global_batch_size=6)
+    assert memory_plan_for_run(six, shape, check_run(six, 1, on_gpu=False), 1, 1, 15.0, device="cpu").per_device == 2
+    given = make_config(per_device_train_batch_size=8, global_batch_size=16)
+    fixed = memory_plan_for_run(given, shape, check_run(given, 2, on_gpu=False), 2, 1, 15.0, device="cpu")
+    assert (fixed.per_device, fixed.micro_batch_reason) == (8, "")
+    with pytest.raises(Exception, match="per_device_train_batch_size: cannot read 'big'"):
+        make_config(per_device_train_batch_size="big")
+
+
+def test_auto_micro_batch_trains_on_cpu(tmp_path, capsys):
+    """A real run with the auto micro-batch on CPU: the plan's choice (4 of a global batch of 8) is the run's."""
+    from alpaca_helpers.train.config import make_config
+    from alpaca_helpers.train.recipe import train
+    from alpaca_helpers.train.rehearsal import small_llama
+
+    model = small_llama(tmp_path / "llama")
+    summary = train(make_config(model_name_or_path=str(model), data_path="seed", output_dir=str(tmp_path / "run"),
+                                max_examples=16, global_batch_size=8, per_device_train_batch_size="auto", max_steps=1,
+                                model_max_length=128, device="cpu"))
+    out = capsys.readouterr().out
+    assert summary["finished"] and "micro-batch 4 (per_device_train_batch_size auto" in out
+    assert "steps of 8 = 4 per device × 2 accumulation × 1 process(es)" in out
+
+
+def test_a_run_the_plan_rejects_stops_before_loading_unless_ignore_plan(tmp_path, monkeypatch, capsys):
+    """`python -m alpaca_helpers.train` with a model whose plan cannot fit (LLaMA-65B's shape from its config.json,
+    no weights, fully fine-tuned in one CPU process: about 1 TB against this machine's RAM) stops after the plan,
+    before any data or weights load, in one `error:` line; `--ignore_plan true` goes on to load them. (On a GPU
+    the same check runs against the GPU's memory; the GPU case is tested at `launch_plan`, test_train_launch.py.)"""
+    from alpaca_helpers.models import load_vocabulary
+    from alpaca_helpers.train import recipe
+    from alpaca_helpers.train.rehearsal import llama_7b_config
+
+    folder = tmp_path / "llama-65b"
+    folder.mkdir()
+    size = dict(hidden_size=8192, intermediate_size=22016, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=64)
+    (folder / "config.json").write_text(json.dumps({**llama_7b_config(**size), "vocab_size": 32000}))
+    load_vocabulary("llama-spm").save_pretrained(folder)
+    loaded = []
+
+    class Loading(Exception):
+        pass
+
+    def setup_data(self):
+        loaded.append(True)
+        raise Loading
+
+    monkeypatch.setattr(recipe.Recipe, "setup_data", setup_data)
+    argv = ["--model_name_or_path", str(folder), "--data_path", "seed", "--output_dir", str(tmp_path / "run"),
+            "--device", "cpu", "--global_batch_size", "8", "--per_device_train_batch_size", "auto"]
+    assert recipe.main(argv) == 1 and not loaded
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.match(r"error: the memory plan needs [\d,.]+ GiB per process but each of the 1 process\(es\) has "
+                    r"[\d.]+ GiB of this machine's RAM: the run does not fit; (first suggestion|no single change)", err), err
+    with pytest.raises(Loading):
+        recipe.main(argv + ["--ignore_plan", "true"])
+    assert loaded and "starting anyway (ignore_plan=true)" in capsys.readouterr().out

@@ -50,15 +50,18 @@ def preset(name: str, **values):
 
 
 def test_13b_builds_for_8_gpus_with_fsdp():
-    run = check_run(preset("alpaca_13b"), 8, on_gpu=True)
+    cfg = preset("alpaca_13b")
+    run = check_run(cfg, 8, on_gpu=True)
     assert run.fsdp and run.precision.bf16 and run.precision.tf32
+    # per_device_train_batch_size auto: 4 until the memory plan picks the micro-batch (in the run, before loading)
+    assert cfg.per_device_train_batch_size is None
     assert (run.batch.per_device, run.batch.accumulation, run.batch.global_batch_size) == (4, 4, 128)
 
 
 def test_7b_lora_builds_for_one_gpu_and_refuses_eight():
     cfg = preset("alpaca_7b_lora")
     run = check_run(cfg, 1, on_gpu=True)
-    assert cfg.lora and cfg.lora_r == 16 and not run.fsdp and (run.batch.per_device, run.batch.accumulation) == (8, 16)
+    assert cfg.lora and cfg.lora_r == 16 and not run.fsdp and cfg.per_device_train_batch_size is None
     with pytest.raises(TrainConfigError, match="single process"):
         check_run(cfg, 8, on_gpu=True)
 
@@ -67,7 +70,9 @@ def test_7b_lora_builds_for_one_gpu_and_refuses_eight():
 
 
 def test_13b_plan_fits_8x80gb_only_by_syncing_every_micro_batch(tmp_path, tokenizer):
-    """The preset's comment: about 51 GiB per GPU with a reduce-scatter after every micro-batch, about 100 without."""
+    """The preset's comment: its auto micro-batch is 8 × 2 on 8 × 80 GB (about 71 GiB per GPU, half the FSDP
+    traffic of 4 × 4), and fits only with a reduce-scatter after every micro-batch; at 4 × 4 about 51 GiB with
+    it, about 100 without."""
     from alpaca_helpers.train.plan import load_model_shape
     from alpaca_helpers.train.recipe import memory_plan_for_run
 
@@ -76,10 +81,14 @@ def test_13b_plan_fits_8x80gb_only_by_syncing_every_micro_batch(tmp_path, tokeni
     assert 12.9e9 < shape.parameters < 13.1e9
     cfg = preset("alpaca_13b")
     run = check_run(cfg, 8, on_gpu=True)
-    plan = memory_plan_for_run(cfg, shape, run, 8, 1, 80.0)
+    auto = memory_plan_for_run(cfg, shape, run, 8, 1, 80.0, gpu_name="NVIDIA A100-SXM4-80GB")
+    assert (auto.per_device, auto.accumulation) == (8, 2) and auto.fits and auto.sync_every_micro_batch
+    assert 65 < auto.per_device_gb <= 72 and "runner-up 4 × 4 accumulation" in auto.micro_batch_reason
+    four = make_config(**{**vars(cfg), "per_device_train_batch_size": 4})
+    plan = memory_plan_for_run(four, shape, check_run(four, 8, on_gpu=True), 8, 1, 80.0)
     assert plan.fits and plan.sync_every_micro_batch and 45 < plan.per_device_gb < 58
-    without = memory_plan_for_run(make_config(**{**vars(cfg), "reduce_scatter_every_micro_batch": False}), shape, run,
-                                  8, 1, 80.0)
+    without = memory_plan_for_run(make_config(**{**vars(four), "reduce_scatter_every_micro_batch": False}), shape,
+                                  check_run(four, 8, on_gpu=True), 8, 1, 80.0)
     assert not without.fits and 90 < without.per_device_gb < 110
 
 
@@ -91,6 +100,9 @@ def test_7b_lora_plan_fits_one_80gb_gpu(tmp_path, tokenizer):
     cfg = preset("alpaca_7b_lora")
     plan = memory_plan_for_run(cfg, shape, check_run(cfg, 1, on_gpu=True), 1, 1, 80.0)
     assert plan.fits and plan.mode.startswith("LoRA") and plan.trainable_parameters < plan.parameters / 100
+    assert plan.per_device == 8  # auto: the largest micro-batch that fits 80 GB with 10% free (alpaca-lora's size)
+    small = memory_plan_for_run(cfg, shape, check_run(cfg, 1, on_gpu=True), 1, 1, 24.0)
+    assert small.fits and small.per_device < 8  # a 24 GB card: a smaller one, chosen before loading
 
 
 # --- tokenizer and data ------------------------------------------------------------------------------------
@@ -125,7 +137,9 @@ def one_step(name: str, model, out, **values):
     shipped seed tasks."""
     from alpaca_helpers.train.recipe import train
 
-    micro = load_preset(name)["per_device_train_batch_size"]
+    from alpaca_helpers.train.config import CPU_AUTO_MICRO_BATCH
+
+    micro = load_preset(name)["per_device_train_batch_size"] or CPU_AUTO_MICRO_BATCH  # auto on CPU: 4
     cfg = preset(name, model_name_or_path=str(model), data_path="seed", output_dir=str(out), max_steps=1,
                  device="cpu", tf32="auto", global_batch_size=2 * micro, **values)
     return cfg, train(cfg)
@@ -179,7 +193,7 @@ def test_ablation_spec_prepares_every_arm_and_trains_one(name, arm, tiny, tmp_pa
 
     arms = {"graded_n": None, "cleaned": None} if name == "alpaca_7b" else {}
     spec = spec_on_tiny(name, tiny, arms=arms, select_n=64 if name == "alpaca_7b" else None)
-    assert spec.base_config().learning_rate == 2e-5 and spec.base_config().per_device_train_batch_size == 4
+    assert spec.base_config().learning_rate == 2e-5 and spec.base_config().per_device_train_batch_size is None  # auto
     prepared = prepare(spec, tmp_path / "ablation", progress=False, echo=lambda line: None)
     job = next(j for j in prepared.jobs if j.arm.name == arm and j.seed == 0)
     assert job.config.model_max_length == 512 and job.config.save_steps == 0 and job.config.max_steps == 1

@@ -138,8 +138,9 @@ def test_the_run_is_the_alpaca_7b_preset_on_two_sharded_processes(rehearsal):
     state = json.loads((rehearsal["out"] / f"checkpoint-{SAVE_STEPS * 3}" / "trainer_state.json").read_text())
     config, preset = state["config"], load_preset(PRESET)
     changed = {"model_name_or_path", "data_path", "learning_rate", "num_train_epochs", "save_steps", "resume",
-               "output_dir", "device"}
+               "output_dir", "device", "per_device_train_batch_size"}
     assert {k: v for k, v in preset.items() if k not in changed} == {k: config[k] for k in preset if k not in changed}
+    assert preset["per_device_train_batch_size"] is None and config["per_device_train_batch_size"] in (1, 2, 4)  # auto: the plan's choice
     assert config["global_batch_size"] == 128 and config["model_max_length"] == 512 and config["group_by_length"]
     assert run["fsdp"] and run["world_size"] == 2 and run["layer_class"] == "LlamaDecoderLayer"
     assert sum(run["parameters_per_rank"]) == run["parameters"] and min(run["parameters_per_rank"]) > 0.4 * run["parameters"]

@@ -53,6 +53,14 @@ def tiny_model(tmp_path_factory, default_model_dir):
 # --- presets and flags -------------------------------------------------------------------------------
 
 
+def test_the_command_line_help_shows_every_setting():
+    """`python -m alpaca_helpers.train --help` prints every TrainConfig field (argparse formats help with %)."""
+    from alpaca_helpers.train.config import FIELDS, build_parser
+
+    text = build_parser().format_help()
+    assert all(f"--{name}" in text for name in FIELDS) and "10% of" in text
+
+
 def test_presets_are_the_alpaca_recipes_and_name_their_command():
     assert {"alpaca_7b", "alpaca_13b", "cpu_default"} <= set(list_presets())
     for name in list_presets():
@@ -684,7 +692,9 @@ def test_the_step_by_hand_is_the_recipes_first_step(tmp_path, tiny_model, kind):
     """Notebook 04's one training step written out (`train_step_by_hand`, on the step's examples collated as one
     batch) gives the recipe's step 1: the same loss, and the same weights after the update. The recipe cuts the
     batch into 2 micro-batches, computes logits at trained positions only and accumulates gradients. With
-    LLaMA's real tokenizer (no pad token) both add one and grow the embeddings the same way."""
+    LLaMA's real tokenizer (no pad token) both add one and grow the embeddings the same way. Each micro-batch
+    comes with its trained positions, found on the CPU before the copy (`batches.trained_positions`); the copy
+    without a host wait (pinned, non_blocking) and the overlap it buys only show on a GPU."""
     from transformers import AutoModelForCausalLM
 
     from alpaca_helpers.train.config import check_run
@@ -702,9 +712,13 @@ def test_the_step_by_hand_is_the_recipes_first_step(tmp_path, tiny_model, kind):
     assert recipe.plan.batch.accumulation == 2 and recipe.scheduler.get_last_lr()[0] == pytest.approx(1e-3)
     model, batch = first_step_inputs(cfg)
     assert model.get_input_embeddings().weight.shape == recipe.model.get_input_embeddings().weight.shape
-    by_hand = train_step_by_hand(model, batch, make_optimizer(model, cfg), cfg.max_grad_norm)
+    by_hand = train_step_by_hand(model, batch, make_optimizer(model, cfg), cfg.max_grad_norm, rows_at_once=3)
     recipe.model.train()
+    real_loss, seen = recipe.loss, []
+    recipe.loss = lambda inputs, num_items: seen.append(inputs) or real_loss(inputs, num_items)
     row = recipe.train_step(1)
+    assert len(seen) == 2 and all(len(x["trained_labels"]) == len(x["trained_index"]) > 0 for x in seen)
+    assert sum(len(x["trained_labels"]) for x in seen) == row["trained_tokens"]
     assert by_hand == pytest.approx(row["loss"], rel=1e-5)
     assert row["grad_norm"] > cfg.max_grad_norm  # the clipping was part of the step
     start = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()

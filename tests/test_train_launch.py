@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 from datetime import timedelta
@@ -204,9 +205,39 @@ def test_the_headline_command_is_alpacas_7b_run_and_plans_it(tmp_path, monkeypat
                        num_examples=52_002)
     first = text.splitlines()[0]
     assert first.startswith("huggyllama/llama-7b: 6.74B parameters") and "FSDP over 8 GPU(s); bf16 compute" in first
-    assert "batch: 128 = 4 per device × 4 accumulation × 8 GPU(s)" in text and "fits" in text
-    assert "gradient sync: reduce-scatter once per step" in text  # the 7B unsharded gradients fit 80 GB
+    # per_device_train_batch_size auto: one micro-batch of 16 per step fits 80 GB and all-gathers the weights
+    # twice per step instead of 4 × 2 times
+    assert "batch: 128 = 16 per device × 1 accumulation × 8 GPU(s)" in text and "fits" in text
+    assert "micro-batch (per_device_train_batch_size auto): 16 × 1 accumulation" in text
+    assert "runner-up 8 × 2 accumulation" in text
     assert "time: 1218 steps" in text and "NVLink 300 GB/s" in text  # 52,002 // 128 × 3 epochs
+
+
+def test_a_run_the_plan_rejects_stops_in_one_line_before_launching(tmp_path, monkeypatch):
+    """Notebook 04 with `gpus=1` and the 7B preset (full fine-tuning): `launch_plan`, the cell before the launch,
+    refuses in one line with the planned figure, the GPU's memory and the first change that fits, unless
+    `ignore_plan`. Tested at this function: on a machine without a GPU the notebook stops earlier, at
+    `check_gpus` (tests/test_nb04_train.py); the GPU's memory, name and bf16 are given as when planning ahead."""
+    from dataclasses import replace
+
+    from alpaca_helpers.train.config import choose_preset, load_preset, make_config
+    from alpaca_helpers.train.launch import launch_plan
+
+    folder = tmp_path / "huggyllama" / "llama-7b"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(LLAMA_7B))
+    monkeypatch.chdir(tmp_path)
+    config = make_config(**load_preset(choose_preset("auto", 1, False)))
+    gpu = dict(gpu_memory_gb=80, gpu_name="NVIDIA H100 80GB HBM3", gpu_bf16=True)
+    with pytest.raises(LaunchError) as refused:
+        launch_plan(config, 1, **gpu)
+    message = str(refused.value)
+    assert len(message.splitlines()) == 1, message
+    assert re.fullmatch(r"the memory plan needs 1\d\d\.\d GiB per GPU but each of the 1 GPU\(s\) has 80 GiB: the run "
+                        r"does not fit; first suggestion: 2 GPUs \(\d+\.\d GiB per GPU\); ignore_plan=true starts it "
+                        r"anyway", message), message
+    text = launch_plan(replace(config, ignore_plan=True), 1, **gpu)  # who knows better goes on
+    assert "does NOT fit" in text
 
 
 def test_a_missing_model_or_data_set_is_one_line_naming_the_parameter(tmp_path, monkeypatch, default_model_dir):

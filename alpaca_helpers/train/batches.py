@@ -16,6 +16,8 @@ from typing import Any
 from .config import BatchPlan, validation_count
 from .tokenize import IGNORE_INDEX, micro_batches
 
+TRAINED_KEYS = ("trained_index", "trained_labels")  # what `trained_positions` adds to a batch
+
 
 def load_records(data_path: str, max_examples: int | None = None, seed: int = 42,
                  columns: str | Mapping[str, str] | None = None) -> list[dict[str, Any]]:
@@ -85,6 +87,26 @@ def eval_micro_batches(num_examples: int, lengths: Sequence[int], size: int, ran
     return mine + [[] for _ in range(rounds - len(mine))]
 
 
+def trained_positions(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The positions whose next token is trained, for `recipe.TrainedPositionsHead`: `trained_index`, flat
+    (row * length + position) indices, and `trained_labels`, the tokens they predict. Computed where `batch`
+    is: on the CPU before the copy, `nonzero` costs no wait for the GPU."""
+    labels = batch["labels"]
+    targets = labels[:, 1:]  # position p predicts token p + 1
+    rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
+    return {"trained_index": rows * labels.shape[1] + cols, "trained_labels": targets[rows, cols]}
+
+
+def to_device(batch: Mapping[str, Any], device: Any) -> dict[str, Any]:
+    """A collated batch on `device`. On CUDA its tensors are pinned and copied with `non_blocking=True`: the
+    copy is queued behind the GPU's running work and the CPU goes on to queue the forward, where a plain
+    `.to` from pageable memory waits for the previous backward to end. Elsewhere a plain `.to` (nothing to
+    pin for; the overlap itself only shows on a GPU)."""
+    if getattr(device, "type", device) != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
 class TrainData:
     """Tokenized examples held as Python lists, and micro-batch collation (padding or packing)."""
 
@@ -112,3 +134,11 @@ class TrainData:
         if self.packing:  # one row per micro-batch: no padding; position_ids keep examples apart
             features = pack_features(features, sum(len(f["input_ids"]) for f in features))
         return self.collator(features)
+
+    def device_batch(self, ids: Sequence[int], device: Any, trained: bool = False) -> dict[str, Any]:
+        """Micro-batch `ids` collated, with its trained positions (`trained`: for the trained-positions head)
+        computed on the CPU, then on `device` without a host wait (`to_device`)."""
+        batch = self.collate(ids)
+        if trained:
+            batch |= trained_positions(batch)
+        return to_device(batch, device)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import REPO_ROOT, resolve
-from ..precision import NativeBf16, PrecisionError, choose_bf16
+from ..precision import NativeBf16, PrecisionError, choose_training_precision
 from ..prompts import PROMPT_FORMATS
 
 CONFIGS_DIR = REPO_ROOT / "configs"
@@ -43,7 +43,7 @@ class TrainConfig:
     num_train_epochs: int = field(default=3, metadata={"help": "passes over the data"})
     max_steps: int = field(default=-1, metadata={"help": "optimizer steps; overrides epochs when > 0"})
     global_batch_size: int = field(default=128, metadata={"help": "examples per optimizer step, whatever the number of processes"})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "examples per micro-batch on each process"})
+    per_device_train_batch_size: int | None = field(default=4, metadata={"help": "examples per micro-batch on each process, or auto: the memory plan picks it before the weights load (GPUs: of 32, 16, 8, 4, 2, 1, the one with the least FSDP traffic per step among those that fit with 10% of the GPU's memory free, i.e. the largest; CPU: the largest of 4, 2, 1 that fits the process's share of RAM; where the plan cannot model the run, the largest of 4, 2, 1 that splits the batch); the GPU presets' default"})
     gradient_accumulation_steps: int | None = field(default=None, metadata={"help": "derived from the global batch when unset"})
     learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases and norms)"})
@@ -54,14 +54,17 @@ class TrainConfig:
     adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     device: str = field(default="auto", metadata={"help": "auto (GPUs when present) | cpu"})
+    ignore_plan: bool = field(default=False, metadata={"help": "start even where the memory plan says the run does not fit its devices (false: it stops before loading, in one line with the plan's figure and the first change that fits); for who knows better than the plan, which is an estimate"})
     bf16: bool | None = field(default=None, metadata={"help": "auto (on where the device has native bf16: GPUs of compute capability 8.0+, CPUs with avx512_bf16 or AMX; ALPACA_BF16=false turns auto off) | true | false: bf16 compute, fp32 master weights"})
+    fp16: bool | None = field(default=None, metadata={"help": "auto (on where bf16 is off by auto on a GPU with fp16 tensor cores but no bf16: compute capability 7.x, T4 and V100) | true | false: fp16 compute with a dynamic loss scale, fp32 master weights; a step whose gradients overflow is skipped and logged. Not with bf16=true"})
     tf32: bool | None = field(default=None, metadata={"help": "auto (on with GPUs) | true | false: TF32 matmuls on GPUs"})
     fsdp: str = field(default="auto", metadata={"help": "auto (full_shard with > 1 process) | full_shard | off"})
     fsdp_transformer_layer_cls_to_wrap: str | None = field(default=None, metadata={"help": "layer class to shard as a unit; found from the model when unset"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory)"})
     cpu_offload: bool = field(default=False, metadata={"help": "FSDP: keep parameters and optimizer state in CPU memory"})
     reduce_scatter_every_micro_batch: bool | None = field(default=None, metadata={"help": "FSDP: auto | true | false: reduce-scatter gradients after every micro-batch (false: only after the last, keeping an unsharded fp32 gradient of the whole model per rank meanwhile; auto: false where the memory plan says that fits)"})
-    dist_timeout_minutes: float = field(default=120.0, metadata={"help": "timeout of collectives (rank 0 loads and saves alone while the others wait)"})
+    dist_timeout_minutes: float = field(default=120.0, metadata={"help": "the long timeout of collectives: start-up, loading, the first step, checkpoints and the final save (rank 0 loads and saves alone while the others wait)"})
+    step_timeout_minutes: float = field(default=5.0, metadata={"help": "the short timeout of collectives from the second step on (training, evaluation, logging): a rank that stops answering ends the run after this long, not after dist_timeout_minutes; fractions allowed"})
     group_by_length: bool = field(default=True, metadata={"help": "micro-batches of similar length inside each global batch"})
     packing: bool = field(default=False, metadata={"help": "concatenate each micro-batch into one row (no padding)"})
     prompt_format: str = field(default="alpaca", metadata={"help": "alpaca: Alpaca's prompt template (the recipe) | chat: the model's own chat template (apply_chat_template; ChatML for SmolLM2-Instruct)"})
@@ -70,6 +73,7 @@ class TrainConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "all-linear, or layer names such as q_proj,v_proj"})
+    torch_compile: bool = field(default=False, metadata={"help": "torch.compile each decoder layer (as torchtitan does): fused kernels after a compile in the first steps; off until its speed-up is measured on a GPU (scripts/gpu_check.sh measures MFU with it on and off)"})
     logits_on_trained_only: bool = field(default=True, metadata={"help": "compute the LM head's logits only where a label is trained (same loss, less work); false = every position"})
     progress_bar: bool = field(default=True, metadata={"help": "a bar over the steps on rank 0 (false: the console lines only, as when the ablation runner sends a run's console to a file)"})
     logging_steps: int = field(default=1, metadata={"help": "console line every N steps (the JSONL log has every step)"})
@@ -86,6 +90,7 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TYPES = typing.get_type_hints(TrainConfig)
+AUTO_NUMBERS = {"per_device_train_batch_size"}  # number settings that also take auto (None)
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -96,8 +101,10 @@ def _convert(name: str, value: Any) -> Any:
     args = typing.get_args(kind)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), kind) if args else kind
-    if optional and base is bool and isinstance(value, str) and value.lower() == "auto":
-        return None  # bf16/tf32: None means "decide from the device"; reduce_scatter_every_micro_batch: "from the plan"
+    if optional and (base is bool or name in AUTO_NUMBERS) and isinstance(value, str) and value.lower() == "auto":
+        # bf16/tf32: None means "decide from the device"; reduce_scatter_every_micro_batch and
+        # per_device_train_batch_size: "from the memory plan"
+        return None
     if value is None or (optional and isinstance(value, str) and value.lower() in {"none", "null", ""}):
         if optional:
             return None
@@ -156,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, f in FIELDS.items():
         default = f.default
         parser.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=name.upper(),
-                            help=f"{f.metadata.get('help', '')} (default: {default})")
+                            help=f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%"))  # argparse formats help with %
     return parser
 
 
@@ -229,6 +236,28 @@ def plan_batch(global_batch_size: int, per_device: int, world_size: int,
     return BatchPlan(global_batch_size, per_device, global_batch_size // per_step, world_size)
 
 
+CPU_AUTO_MICRO_BATCH = 4  # per_device_train_batch_size auto: the largest on CPU, and where the memory plan cannot decide
+
+
+def micro_batch_is_auto(cfg: TrainConfig) -> bool:
+    """per_device_train_batch_size auto, left to the memory plan (a gradient_accumulation_steps fixes it instead)."""
+    return cfg.per_device_train_batch_size is None and cfg.gradient_accumulation_steps is None
+
+
+def split_batch(cfg: TrainConfig, world_size: int) -> BatchPlan:
+    """`plan_batch` of `cfg` over `world_size` processes. With per_device_train_batch_size auto: the micro-batch
+    that gradient_accumulation_steps gives where set; else, until the memory plan picks one (in the run before the
+    weights load, `Recipe.make_plan`), the largest of 4, 2, 1 that splits the batch."""
+    per_device = cfg.per_device_train_batch_size
+    if per_device is None:
+        per_step = cfg.global_batch_size // max(1, world_size)
+        if cfg.gradient_accumulation_steps:
+            per_device = max(1, per_step // max(1, cfg.gradient_accumulation_steps))
+        else:
+            per_device = next((m for m in (CPU_AUTO_MICRO_BATCH, 2, 1) if m <= per_step and per_step % m == 0), 1)
+    return plan_batch(cfg.global_batch_size, per_device, world_size, cfg.gradient_accumulation_steps)
+
+
 TRACKERS = ("tensorboard", "wandb")
 
 
@@ -240,12 +269,14 @@ def report_targets(report_to: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Precision:
-    """How the run computes: `bf16` (bf16 matmuls, fp32 master weights) and `tf32` (GPU matmuls in TF32);
-    `reason` says why bf16 is on or off (`precision.choose_bf16`)."""
+    """How the run computes: `bf16` (bf16 matmuls, fp32 master weights), `fp16` (fp16 matmuls with a dynamic
+    loss scale, fp32 master weights) and `tf32` (GPU matmuls in TF32); `reason` says why
+    (`precision.choose_training_precision`)."""
 
     bf16: bool
     tf32: bool
     reason: str = ""
+    fp16: bool = False
 
 
 @dataclass(frozen=True)
@@ -255,6 +286,11 @@ class RunPlan:
     batch: BatchPlan
     fsdp: bool
     precision: Precision
+
+    def with_micro_batch(self, per_device: int) -> "RunPlan":
+        """The same run with another micro-batch (what per_device_train_batch_size auto decides)."""
+        batch = plan_batch(self.batch.global_batch_size, per_device, self.batch.world_size)
+        return dataclasses.replace(self, batch=batch)
 
 
 def check_lora(cfg: TrainConfig, world_size: int) -> None:
@@ -277,11 +313,11 @@ def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool, native: NativeBf1
     """Every check that needs the process count or the device, run before any model loads.
 
     `bf16` left unset (auto) is on where the device computes bf16 natively (`native`, read by
-    `precision.native_bf16`: GPUs of compute capability 8.0+, CPUs with avx512_bf16 or AMX); `tf32` auto is on
-    with GPUs. bf16=true is also allowed on a CPU without native bf16 (emulated, slow), refused on such a GPU.
+    `precision.native_bf16`: GPUs of compute capability 8.0+, CPUs with avx512_bf16 or AMX); `fp16` auto is on
+    where bf16 auto is off on a GPU of compute capability 7.x; `tf32` auto is on with GPUs. bf16=true is also
+    allowed on a CPU without native bf16 (emulated, slow), refused on such a GPU; bf16=true with fp16=true is refused.
     """
-    batch = plan_batch(cfg.global_batch_size, cfg.per_device_train_batch_size, world_size,
-                       cfg.gradient_accumulation_steps)
+    batch = split_batch(cfg, world_size)
     check_lora(cfg, world_size)
     fsdp = cfg.fsdp == "full_shard" or (cfg.fsdp == "auto" and world_size > 1)
     if world_size > 1 and not fsdp:
@@ -290,11 +326,16 @@ def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool, native: NativeBf1
         raise TrainConfigError("cpu_offload is an FSDP option: it needs fsdp on")
     if not cfg.dist_timeout_minutes > 0:
         raise TrainConfigError(f"dist_timeout_minutes must be > 0, got {cfg.dist_timeout_minutes}")
+    if not cfg.step_timeout_minutes > 0:
+        raise TrainConfigError(f"step_timeout_minutes must be > 0, got {cfg.step_timeout_minutes}")
     try:
-        bf16 = choose_bf16(cfg.bf16, native, on_gpu)
+        chosen = choose_training_precision(cfg.bf16, cfg.fp16, native, on_gpu)
     except PrecisionError as e:
         raise TrainConfigError(str(e)) from None
-    precision = Precision(bf16=bf16.bf16, tf32=on_gpu if cfg.tf32 is None else cfg.tf32, reason=bf16.reason)
+    if chosen.fp16 and cfg.cpu_offload:
+        raise TrainConfigError("fp16 with cpu_offload is not supported here: use fp16=false (fp32) with cpu_offload")
+    precision = Precision(bf16=chosen.bf16, tf32=on_gpu if cfg.tf32 is None else cfg.tf32, reason=chosen.reason,
+                          fp16=chosen.fp16)
     if precision.tf32 and not on_gpu:
         raise TrainConfigError("tf32 is a GPU setting: use tf32=auto or false on CPU")
     return RunPlan(batch, fsdp, precision)

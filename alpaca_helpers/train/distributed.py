@@ -13,6 +13,8 @@ import re
 import shutil
 import socket
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -59,6 +61,7 @@ def dist_env(force_cpu: bool = False) -> DistEnv:
 
 # Ranks 1..N wait in their first collective while rank 0 alone loads (or downloads) the weights, and in
 # the final barrier while it writes the fp32 folder (27 GB for LLaMA-7B): NCCL's 10-minute default is short.
+# The process group starts with this long timeout; `collective_phase` lowers it for training steps.
 DEFAULT_TIMEOUT_MINUTES = 120.0
 
 
@@ -68,7 +71,8 @@ def process_group_args(env: DistEnv, cpu_offload: bool = False,
 
     GPUs: nccl bound to this process's device (`device_id`); with `cpu_offload` also gloo for the CPU
     tensors (the offloaded gradients' clip-norm all-reduce has no NCCL path: pytorch/pytorch#148532).
-    CPU: gloo. Always a long timeout (training's `dist_timeout_minutes`, checked > 0 by `check_run`).
+    CPU: gloo. The long timeout (training's `dist_timeout_minutes`, checked > 0 by `check_run`): start-up
+    and loading; training steps then run under the short one (`collective_phase`).
     """
     kwargs: dict[str, Any] = {"rank": env.rank, "world_size": env.world_size,
                               "timeout": timedelta(minutes=minutes)}
@@ -95,6 +99,52 @@ def init_distributed(env: DistEnv, cpu_offload: bool = False, minutes: float = D
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
     dist.init_process_group(**args)
+
+
+class RankTimeoutError(RuntimeError):
+    """A collective waited longer than its phase's limit: another rank stopped answering (hung or dead)."""
+
+
+def set_collective_timeout(minutes: float) -> None:
+    """Every later collective, in every process group (NCCL and gloo alike), times out after `minutes`.
+
+    Collectives already started keep the timeout they started with: callers lower it only after a barrier
+    (`collective_phase`), so no rank waits under the short limit for a rank still working alone.
+    """
+    if not dist.is_initialized():
+        return
+    from torch.distributed.distributed_c10d import _set_pg_timeout, _world
+
+    # FSDP's 1-D mesh reuses the default group, but a gloo run on a machine with CUDA gets its own group.
+    for group in list(_world.pg_map):
+        _set_pg_timeout(timedelta(minutes=minutes), group)
+
+
+def _is_timeout(error: BaseException) -> bool:
+    """A collective's timeout, as gloo raises it (NCCL's watchdog ends the process itself)."""
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("timed out" in text or "timeout" in text)
+
+
+@contextmanager
+def collective_phase(what: str, minutes: float, setting: str, rank: int, barrier_after: bool = False) -> Iterator[None]:
+    """Run a phase of training with its collectives limited to `minutes` (the `setting`'s value).
+
+    A collective that waits longer ends the phase with a one-line `RankTimeoutError` naming the phase, this
+    rank and the setting, and no further collective (the launcher stops the other ranks). `barrier_after`
+    (long phases, where one rank works alone): every rank leaves together, under the long limit, before
+    any lowers it for the next phase.
+    """
+    set_collective_timeout(minutes)
+    try:
+        yield
+        if barrier_after:
+            barrier()
+    except RuntimeError as e:
+        if isinstance(e, RankTimeoutError) or not dist.is_initialized() or not _is_timeout(e):
+            raise
+        raise RankTimeoutError(f"rank {rank} waited more than {minutes:g} min for the other ranks during {what} "
+                               f"({setting}): a rank stopped answering") from e
 
 
 def close_process_group() -> None:
@@ -151,17 +201,19 @@ def find_layer_class(model: nn.Module, name: str | None = None) -> type[nn.Modul
 
 
 def shard_model(model: nn.Module, layer_cls: type[nn.Module], device: torch.device, world_size: int,
-                bf16: bool, cpu_offload: bool) -> int:
+                bf16: bool, cpu_offload: bool, fp16: bool = False) -> int:
     """FSDP2 full shard: every `layer_cls` module is a unit, then the root (embeddings, norm, head).
 
-    Parameters stay fp32 (the optimizer's master weights); with `bf16` they are gathered and computed in
-    bf16 and gradients are reduced in fp32. Returns the number of layer units.
+    Parameters stay fp32 (the optimizer's master weights); with `bf16` (or `fp16`, loss-scaled by the recipe)
+    they are gathered and computed in bf16 (fp16) and gradients are reduced in fp32. Returns the number of
+    layer units.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (world_size,))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
+    half = torch.bfloat16 if bf16 else torch.float16 if fp16 else None
+    mp = MixedPrecisionPolicy(param_dtype=half, reduce_dtype=torch.float32) if half is not None \
         else MixedPrecisionPolicy()
     # Pinned host memory speeds the copies to a GPU; without CUDA there is nothing to pin for.
     offload = CPUOffloadPolicy(pin_memory=device.type == "cuda") if cpu_offload else OffloadPolicy()

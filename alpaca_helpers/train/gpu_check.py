@@ -9,12 +9,15 @@ weights (throughput and memory do not depend on the weights), and the real LLaMA
 data/tokenizers (SentencePiece, 32,000 tokens, no pad token: the recipe adds one, as for huggyllama/llama-7b).
 The data are Alpaca-format records made from the seed tasks' words, each about `EXAMPLE_TOKENS` tokens, half
 of them trained (the plan's assumption). Before anything is built, every package the checks import is
-imported once (`missing_packages`): a missing one is one line, in seconds. Five checks, each recorded even
+imported once (`missing_packages`): a missing one is one line, in seconds. Six checks, each recorded even
 when another fails:
 
 - `full_fsdp_bf16`: a 1B-class model (TinyLlama's shape) fine-tuned in full through the FSDP path
-  (`fsdp=full_shard`, bf16 compute, fp32 master weights): tokens/s, MFU, and peak `max_memory_allocated`
-  against the plan's per-device figure (without its CUDA-context allowance);
+  (`fsdp=full_shard`, bf16 compute, fp32 master weights): tokens/s, MFU, peak `max_memory_allocated` and
+  `max_memory_reserved`, the reserved peak (what an OOM is decided by) against the plan's per-device figure
+  (without its CUDA-context allowance);
+- `full_fsdp_bf16_compiled`: the same with `torch_compile` (each decoder layer compiled), its compile steps
+  left out: MFU with it on, beside the line above's with it off;
 - `lora_7b`: LoRA on a LLaMA-7B-shaped model with its frozen base in bf16: peak memory against the plan;
 - `checkpoint_resume`: a small model trained through FSDP (fp32) with `save_steps`, stopped after a checkpoint
   (`stop_after_steps`), resumed (`resume`) to the end and its final full-state save: the log must continue
@@ -182,23 +185,39 @@ def micro_batch_that_fits(model_dir: Path, values: dict[str, Any], largest: int)
     return 1
 
 
-def steady(out: Path) -> dict[str, Any]:
-    """Throughput, MFU and peak memory of a finished run's log, its first step (warm-up) left out."""
+def steady(out: Path, warmup: int = 1) -> dict[str, Any]:
+    """`steady_figures` of a finished run's log."""
     from .recipe import read_train_log
 
-    log = read_train_log(out / "train_log.jsonl")
-    rows = log[1:] if len(log) > 1 else log
+    return steady_figures(read_train_log(out / "train_log.jsonl"), warmup)
+
+
+def steady_figures(log: list[dict[str, Any]], warmup: int = 1) -> dict[str, Any]:
+    """Throughput and MFU of log rows, the first `warmup` steps left out (kept where no other step is); peak
+    memory over every row: allocated, and reserved by CUDA's caching allocator (None on CPU)."""
+    rows = log[warmup:] if len(log) > warmup else log
     seconds = sum(r["seconds"] for r in rows)
     mfu = [r["mfu"] for r in rows if r.get("mfu") is not None]
+    reserved = [r["peak_reserved_gb"] for r in log if r.get("peak_reserved_gb") is not None]
     return {"steps": len(log), "tokens_per_s": sum(r["tokens"] for r in rows) / seconds,
             "trained_tokens_per_s": sum(r["trained_tokens"] for r in rows) / seconds,
             "step_seconds": seconds / len(rows), "mfu": sum(mfu) / len(mfu) if mfu else None,
-            "peak_memory_gib": max(r["peak_memory_gb"] for r in log), "final_loss": log[-1]["loss"],
+            "peak_memory_gib": max(r["peak_memory_gb"] for r in log),
+            "peak_reserved_gib": max(reserved) if reserved else None, "final_loss": log[-1]["loss"],
             "finite": all(r["loss"] == r["loss"] for r in log)}
 
 
-def measured_run(model_dir: Path, out: Path, values: dict[str, Any], steps: int) -> dict[str, Any]:
-    """Train in this process (`recipe.train`) for `steps` steps (no final save) and compare with the plan."""
+def peak_over_plan(figures: dict[str, Any], planned_gib: float) -> float | None:
+    """Peak reserved memory over the plan's per-device figure. Reserved, not allocated: what the caching
+    allocator holds, free blocks left by fragmentation included, is what an OOM is decided by. None without a
+    reserved figure (CPU, whose peak is the whole process's resident memory: no match for the plan)."""
+    reserved = figures.get("peak_reserved_gib")
+    return None if reserved is None else reserved / planned_gib
+
+
+def measured_run(model_dir: Path, out: Path, values: dict[str, Any], steps: int, warmup: int = 1) -> dict[str, Any]:
+    """Train in this process (`recipe.train`) for `steps` steps (no final save) and compare with the plan; the
+    first `warmup` steps are left out of the speed."""
     import torch
 
     from .config import make_config
@@ -215,21 +234,48 @@ def measured_run(model_dir: Path, out: Path, values: dict[str, Any], steps: int)
     free_memory()
     result = {"parameters": summary["parameters"], "trainable_parameters": summary["trainable_parameters"],
               "micro_batch": plan.per_device, "accumulation": plan.accumulation, "bf16": summary["bf16"],
-              "fsdp": summary["fsdp"], "lora": summary["lora"], **steady(out),
-              "planned_gib": plan.per_device_gb - CUDA_OVERHEAD_GIB, "plan_mode": plan.mode}
-    # On CPU the peak is the whole process's resident memory (Python, libraries): no match for the plan
-    on_gpu = torch.cuda.is_available() and cfg.device != "cpu"
-    result["peak_over_plan"] = result["peak_memory_gib"] / result["planned_gib"] if on_gpu else None
+              "fsdp": summary["fsdp"], "lora": summary["lora"], "torch_compile": cfg.torch_compile,
+              **steady(out, warmup), "planned_gib": plan.per_device_gb - CUDA_OVERHEAD_GIB, "plan_mode": plan.mode}
+    result["peak_over_plan"] = peak_over_plan(result, result["planned_gib"])
     result["ok"] = result["finite"] and result["steps"] == steps
     return result
 
 
+def full_values(sizes: Sizes, data: Path, device: str) -> dict[str, Any]:
+    """The settings of the 1B-class full fine-tune (the micro-batch is the plan's)."""
+    return dict(data_path=str(data), model_max_length=sizes.model_max_length, global_batch_size=sizes.full_batch,
+                fsdp="full_shard", bf16="true", device="auto" if device == "cuda" else "cpu")
+
+
 def check_full(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
     model = build_model(sizes.full, work / "full_model", device)
-    values = dict(data_path=str(data), model_max_length=sizes.model_max_length, global_batch_size=sizes.full_batch,
-                  fsdp="full_shard", bf16="true", device="auto" if device == "cuda" else "cpu")
+    values = full_values(sizes, data, device)
     micro = micro_batch_that_fits(model, values, sizes.full_micro)
     return measured_run(model, work / "full_run", {**values, "per_device_train_batch_size": micro}, sizes.full_steps)
+
+
+COMPILE_WARMUP_STEPS = 2  # step 1 compiles (dynamic shapes: once for all lengths); step 2 in case a new case recompiles
+
+
+def check_full_compiled(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
+    """`full_fsdp_bf16` again with `torch_compile` (each decoder layer compiled), same model, data and
+    micro-batch: its MFU beside the eager run's. The steps that compile are left out of the speed. Skipped on
+    CPU: inductor's C++ compile takes a minute or more on CI's 2 cores, for no MFU (tests/test_train_compile.py
+    checks the compiled run's losses on CPU)."""
+    import torch
+
+    if device == "cpu":
+        return {"skipped": "skipped on CPU (a minute of C++ compile, no MFU): tests/test_train_compile.py checks it",
+                "ok": True}
+    model = work / "full_model" if (work / "full_model").is_dir() else build_model(sizes.full, work / "full_model", device)
+    values = full_values(sizes, data, device)
+    micro = micro_batch_that_fits(model, values, sizes.full_micro)
+    try:
+        return measured_run(model, work / "full_compiled_run",
+                            {**values, "per_device_train_batch_size": micro, "torch_compile": True},
+                            sizes.full_steps, warmup=COMPILE_WARMUP_STEPS)
+    finally:
+        torch._dynamo.reset()  # the compiled graphs, and the memory they hold, go before the next check
 
 
 def check_lora(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
@@ -340,8 +386,8 @@ def check_two_processes(sizes: Sizes, work: Path, tokenizer: Any, data: Path, de
     return result
 
 
-CHECKS = {"full_fsdp_bf16": check_full, "lora_7b": check_lora, "checkpoint_resume": check_resume,
-          "notebook_04": check_notebook, "two_processes": check_two_processes}
+CHECKS = {"full_fsdp_bf16": check_full, "full_fsdp_bf16_compiled": check_full_compiled, "lora_7b": check_lora,
+          "checkpoint_resume": check_resume, "notebook_04": check_notebook, "two_processes": check_two_processes}
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -374,20 +420,33 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [f"`scripts/gpu_check.sh{' --cpu' if report['mode'] == 'cpu' else ''}` on {env['device']} "
              f"({env['gpus']} GPU), torch {env['versions']['torch']}, transformers {env['versions']['transformers']}, "
              f"{report['seconds']:.0f} s in all", "",
-             "| check | model | micro-batch × accumulation | tokens/s | MFU | peak GiB | plan GiB | peak / plan | seconds | result |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| check | model | micro-batch × accumulation | tokens/s | MFU | peak allocated GiB | peak reserved GiB "
+             "| plan GiB | reserved / plan | seconds | result |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in report["checks"].items():
         if "error" in r or "skipped" in r:
-            lines.append(f"| {name} | | | | | | | | {r['check_seconds']:.0f} | {r.get('error') or r.get('skipped')} |")
+            lines.append(f"| {name} | | | | | | | | | {r['check_seconds']:.0f} | {r.get('error') or r.get('skipped')} |")
             continue
         count = r.get("parameters")
         model = "" if count is None else f"{count / 1e9:.2f}B" if count >= 1e8 else f"{count / 1e6:.1f}M"
         batch = f"{r['micro_batch']} × {r['accumulation']}" if "micro_batch" in r else ""
         lines.append(f"| {name} | {model} | {batch} | {_cell(r.get('tokens_per_s'), ',.0f')} | "
                      f"{_cell(r.get('mfu'), '.1%')} | {_cell(r.get('peak_memory_gib'), '.2f')} | "
-                     f"{_cell(r.get('planned_gib'), '.2f')} | {_cell(r.get('peak_over_plan'), '.2f')} | "
-                     f"{r['check_seconds']:.0f} | {'ok' if r['ok'] else 'FAILED'} |")
-    return "\n".join(lines) + "\n"
+                     f"{_cell(r.get('peak_reserved_gib'), '.2f')} | {_cell(r.get('planned_gib'), '.2f')} | "
+                     f"{_cell(r.get('peak_over_plan'), '.2f')} | {r['check_seconds']:.0f} | {'ok' if r['ok'] else 'FAILED'} |")
+    compiled = compile_line(report["checks"].get("full_fsdp_bf16"), report["checks"].get("full_fsdp_bf16_compiled"))
+    return "\n".join(lines + ([""] + [compiled] if compiled else [])) + "\n"
+
+
+def compile_line(eager: dict[str, Any] | None, compiled: dict[str, Any] | None) -> str | None:
+    """One sentence comparing the full fine-tune with and without `torch_compile`, when both ran."""
+    if not (eager and compiled and "tokens_per_s" in eager and "tokens_per_s" in compiled):
+        return None
+    mfu = (f"MFU {compiled['mfu']:.1%} against {eager['mfu']:.1%}" if compiled.get("mfu") is not None
+           and eager.get("mfu") is not None else "no MFU (a device without a known peak)")
+    return (f"torch_compile (each decoder layer compiled): {compiled['tokens_per_s']:,.0f} tokens/s against "
+            f"{eager['tokens_per_s']:,.0f} without (× {compiled['tokens_per_s'] / eager['tokens_per_s']:.2f}), "
+            f"{mfu}; the first {COMPILE_WARMUP_STEPS} steps (the compile) left out.")
 
 
 def describe(error: Exception) -> str:
@@ -439,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/gpu_check", help="folder for gpu_check.json, gpu_check.md and the runs")
     parser.add_argument("--only", help=f"a comma list of checks ({', '.join(CHECKS)})")
     args = parser.parse_args(argv)
+    from .launch import allocator_default
+
+    os.environ.update(allocator_default(os.environ))  # as every launch has it (in-process runs here); before CUDA starts
     only = [c.strip() for c in args.only.split(",")] if args.only else None
     if only and not set(only) <= set(CHECKS):
         print(f"error: unknown check(s) {sorted(set(only) - set(CHECKS))}; checks: {', '.join(CHECKS)}", file=sys.stderr)

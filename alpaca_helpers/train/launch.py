@@ -14,7 +14,7 @@ import shlex
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +166,29 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+# group_by_length gives every micro-batch a new shape, so CUDA's caching allocator keeps carving blocks of new
+# sizes out of its segments: memory reserved but unused grows (fragmentation) until an OOM that
+# max_memory_allocated does not foresee. Expandable segments grow one mapping instead of adding fixed-size
+# segments; torchtitan's run_train.sh sets the same. torch 2.13 reads both names (the older one first for CUDA).
+ALLOCATOR_SETTING = "expandable_segments:True"
+ALLOCATOR_VARIABLES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+
+
+def allocator_default(env: Mapping[str, str]) -> dict[str, str]:
+    """`{"PYTORCH_ALLOC_CONF": "expandable_segments:True"}`, or nothing where `env` already has an allocator
+    setting under either name (the user's, kept as it is)."""
+    return {} if any(name in env for name in ALLOCATOR_VARIABLES) else {"PYTORCH_ALLOC_CONF": ALLOCATOR_SETTING}
+
+
+def launch_environment(overrides: Mapping[str, str] | None = None,
+                       base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The training processes' environment: `base` (this process's by default), then unbuffered output and no
+    tokenizer threads, then `overrides`; plus the allocator's expandable segments unless set (`allocator_default`)."""
+    env = {**(os.environ if base is None else base), "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           **(overrides or {})}
+    return {**env, **allocator_default(env)}
+
+
 def launch_command(train_args: Sequence[str], gpus: int = 0, cpu_processes: int = 1,
                    gpus_present: int | None = None, main_process_port: int | None = None,
                    num_machines: int = 1, machine_rank: int = 0, main_process_ip: str | None = None) -> list[str]:
@@ -222,10 +245,11 @@ def run_streaming(cmd: Sequence[str], echo: Callable[[str], Any] = print, tail_l
                   env: dict[str, str] | None = None, cwd: str | os.PathLike = REPO_ROOT) -> list[str]:
     """Run `cmd`, passing each output line (stdout and stderr merged) to `echo` as it comes.
 
-    Progress-bar redraws (carriage returns) are dropped so a notebook shows whole lines only. Returns
-    every line; a non-zero exit raises `LaunchError` with the last `tail_lines` lines.
+    Progress-bar redraws (carriage returns) are dropped so a notebook shows whole lines only. The process
+    gets `launch_environment(env)`. Returns every line; a non-zero exit raises `LaunchError` with the last
+    `tail_lines` lines.
     """
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    environment = launch_environment(env)
     lines: list[str] = []
     tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
     with subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd,
@@ -280,13 +304,18 @@ def launch_plan(config: Any, gpus: int, cpu_processes: int = 1, num_machines: in
     all processes of all machines. With `num_examples`, on GPUs, also the time projection at `mfu`.
 
     `gpu_memory_gb`, `gpu_name` and `gpu_bf16` describe GPUs this machine does not have (planning ahead);
-    unset, this machine's. Reads only the model's config.json (and its tokenizer when at hand).
+    unset, this machine's. Reads only the model's config.json (and its tokenizer when at hand). With
+    per_device_train_batch_size auto the plan chooses the micro-batch and says why.
+
+    A run the plan says does not fit its devices is refused here, before anything loads: the plan is printed and
+    a one-line `LaunchError` gives the planned figure, the devices' memory and the first change that fits
+    (`plan.refusal`), unless the config's `ignore_plan` is set.
     """
     import torch
 
     from ..precision import NativeBf16, native_bf16
     from .config import check_run
-    from .plan import PlanError, checkpoint_disk, format_plan, load_model_shape, suggestions, time_plan
+    from .plan import PlanError, checkpoint_disk, format_plan, load_model_shape, refusal, suggestions, time_plan
     from .recipe import memory_budget_gib, memory_plan_for_run, plan_fixed
 
     world = total_processes(gpus, cpu_processes, num_machines)
@@ -297,18 +326,25 @@ def launch_plan(config: Any, gpus: int, cpu_processes: int = 1, num_machines: in
     run = check_run(config, world, on_gpu=gpus > 0, native=native)
     if gpu_memory_gb is None:
         gpu_memory_gb = memory_budget_gib(torch.device("cuda", 0) if gpus else torch.device("cpu"), world // num_machines)
+    if gpus and gpu_name is None and torch.cuda.is_available():
+        gpu_name = torch.cuda.get_device_name(0)
     shape = load_model_shape(config.model_name_or_path)
-    memory = memory_plan_for_run(config, shape, run, world, num_machines, gpu_memory_gb, "gpu" if gpus else "cpu")
+    memory = memory_plan_for_run(config, shape, run, world, num_machines, gpu_memory_gb, "gpu" if gpus else "cpu",
+                                 gpu_name if gpus else None)
     advice = suggestions(shape, memory, **plan_fixed(config, run))
     disk = checkpoint_disk(memory, config.save_total_limit, 2 if config.save_dtype == "bfloat16" else 4)
     timing = None
-    if gpus and num_examples:
+    if gpus and num_examples and gpu_name:
         try:
-            timing = time_plan(shape, memory, num_examples, config.num_train_epochs, mfu,
-                               gpu_name or torch.cuda.get_device_name(0))
+            timing = time_plan(shape, memory, num_examples, config.num_train_epochs, mfu, gpu_name)
         except PlanError:  # a GPU whose peak or links the plan does not know: no projection
             timing = None
-    return format_plan(memory, advice, disk, timing)
+    text = format_plan(memory, advice, disk, timing)
+    refused = None if getattr(config, "ignore_plan", False) else refusal(memory, advice)
+    if refused:
+        print(text, flush=True)  # the whole plan above the one-line error
+        raise LaunchError(refused)
+    return text
 
 
 def epoch_mean_loss(log: Any) -> Any:
@@ -350,8 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     print(show_command(cmd), flush=True)
-    os.environ.update({"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
-    os.execv(cmd[0], cmd)  # signals (scancel, Ctrl-C) then reach accelerate directly
+    os.execve(cmd[0], cmd, launch_environment())  # signals (scancel, Ctrl-C) then reach accelerate directly
 
 
 if __name__ == "__main__":

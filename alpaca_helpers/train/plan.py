@@ -18,6 +18,9 @@ reduce-scatter at each micro-batch keeps an unsharded fp32 gradient of the whole
 per step moves fewer bytes. LoRA keeps the frozen base in bf16 on a GPU and the adapters, their gradients and
 AdamW state in fp32. A tokenizer without a pad token gets one, and the embeddings grow to a multiple of 64 rows
 (LLaMA: 32,000 → 32,064); without the tokenizer at hand (only config.json) the plan assumes so.
+fp16 (GPUs of compute capability 7.x) holds what bf16 holds (2-byte compute copies, activations and gradient
+buffers; the loss scaler unscales the fp32 gradients in place) plus the scaler's three scalars
+(`with_loss_scaler`).
 
 Activations are per micro-batch at the full `model_max_length` (the longest micro-batch sets the peak),
 per token and decoder layer (8 × hidden + 2 × key/value width + 4 × intermediate) values in the compute
@@ -28,7 +31,12 @@ input is kept, plus one layer's activations while it is recomputed. The total is
 upper bound, since gradients grow while activations are freed.
 
 The time projection adds FSDP's communication (per micro-batch two all-gathers of the bf16 weights, and a
-reduce-scatter of the fp32 gradients at each sync) at the nominal bandwidth of the GPUs' links, `GPU_LINKS`.
+reduce-scatter of the fp32 gradients at each sync) at the nominal bandwidth of the GPUs' links (`GPUS`, by exact device name).
+
+`per_device_train_batch_size: auto` (the GPU presets' default) is decided here (`choose_micro_batch`): of the
+micro-batches that split the global batch, the one with the least FSDP traffic per step among those whose plan
+fits with 10% of the device's memory free; the plan prints the choice and the runner-up with both figures.
+A run whose plan does not fit is refused before it loads (`refusal`), unless `ignore_plan` is set.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -45,49 +54,130 @@ from torch import nn
 from .config import TrainConfigError, load_preset, make_config, plan_batch
 
 GIB = 2**30
+LOSS_SCALER_BYTES = 12  # fp16's GradScaler: the scale (fp32), its growth tracker (int32), found_inf (fp32)
 CUDA_OVERHEAD_GIB = 2.0  # CUDA context, kernels and allocator slack per process (a round assumption)
-# Dense bf16 peak FLOP/s per GPU, matched in this order against the device name (the PCIe H100 before
-# the SXM one it is a substring of). V100 and older have no bf16.
-GPU_PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12),
-                       ("L40S", 362e12), ("L4", 121e12))
-# Per GPU and direction, in bytes/s: (name key, link inside a machine, InfiniBand between machines), matched like
-# the peaks. Nominal figures (NCCL's ring collectives reach less):
-# - A100 SXM: NVLink 3, 600 GB/s both directions per GPU (NVIDIA A100 datasheet,
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One GPU model: its dense tensor-core peaks (FLOP/s, without sparsity) and the nominal bandwidth of its
+    links (bytes/s per GPU and direction; NCCL's ring collectives reach less)."""
+
+    names: tuple[str, ...]  # exactly as `torch.cuda.get_device_name` reports them, then short names for --gpu
+    bf16_flops: float | None  # None: no bf16 (compute capability 7.x)
+    fp16_flops: float  # fp16 with fp32 accumulation
+    link: float  # inside one machine: NVLink, or PCIe where the GPUs have none
+    between: float | None  # between machines, one InfiniBand port per GPU; None: not known for this card
+
+
+# Matched by the exact device name after `normalise_gpu_name` (case, spacing, "-" and "_", a leading "NVIDIA" or
+# "Tesla"), never by a part of it: "H100 NVL" is not the SXM's 989 TFLOP/s, "L40S" is not "L4". Sources:
+# - A100 SXM4 and PCIe, 40 and 80 GB: 312 TFLOP/s bf16 and fp16 dense; NVLink 3 600 GB/s both directions per GPU,
+#   PCIe Gen4 x16 64 GB/s (NVIDIA A100 datasheet,
 #   https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf);
-# - H100 SXM and H200: NVLink 4, 900 GB/s (NVIDIA H100 datasheet,
-#   https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet; H200: https://www.nvidia.com/en-us/data-center/h200/);
-# - H100 PCIe: PCIe Gen5 x16, 128 GB/s (same H100 datasheet); A100 PCIe, L40S, L4: PCIe Gen4 x16, 64 GB/s;
-# - between machines one InfiniBand port per GPU: HDR 200 Gb/s (25 GB/s) on a DGX A100
+# - H100 SXM 1,979, PCIe 1,513, NVL 1,671 TFLOP/s bf16 and fp16 with sparsity, half of it dense; NVLink 4
+#   900 GB/s (SXM), PCIe Gen5 128 GB/s; the NVL's NVLink bridge joins pairs only, so a ring over more GPUs runs
+#   at PCIe's pace (NVIDIA H100 datasheet, https://resources.nvidia.com/en-us-tensor-core/nvidia-tensor-core-gpu-datasheet);
+# - H200 SXM: 1,979 TFLOP/s with sparsity, NVLink 900 GB/s (https://www.nvidia.com/en-us/data-center/h200/);
+# - L4: 242 TFLOP/s with sparsity, PCIe Gen4 (https://www.nvidia.com/en-us/data-center/l4/);
+# - L40S: 362 TFLOP/s dense, PCIe Gen4 (https://www.nvidia.com/en-us/data-center/l40s/);
+# - A10: 125 TFLOP/s dense, PCIe Gen4 (https://www.nvidia.com/en-us/data-center/products/a10-gpu/); the A10G
+#   (AWS G5) has no NVIDIA datasheet of its own: the A10's figures, an assumption;
+# - T4: 65 TFLOP/s fp16 mixed precision, no bf16, PCIe Gen3 x16 32 GB/s (https://www.nvidia.com/en-us/data-center/tesla-t4/);
+# - V100: 125 TFLOP/s fp16 tensor (SXM2), 112 (PCIe), 130 (V100S PCIe), no bf16; NVLink 2 300 GB/s (SXM2)
+#   (https://images.nvidia.com/content/technologies/volta/pdf/volta-v100-datasheet-update-us-1165301-r5.pdf);
+# - GeForce RTX 4090: 165.2 TFLOP/s bf16 and fp16 with fp32 accumulation, dense; PCIe Gen4, no NVLink (NVIDIA Ada
+#   GPU architecture whitepaper, https://images.nvidia.com/aem-dam/Solutions/geforce/ada/nvidia-ada-gpu-architecture.pdf);
+# - between machines: HDR 200 Gb/s (25 GB/s) per GPU on a DGX A100
 #   (https://docs.nvidia.com/dgx/dgxa100-user-guide/introduction-to-dgxa100.html), NDR 400 Gb/s (50 GB/s) on a
-#   DGX H100/H200 (https://docs.nvidia.com/dgx/dgxh100-user-guide/introduction-to-dgxh100.html).
-GPU_LINKS = (("H100 PCIe", 64e9, 50e9), ("H100", 450e9, 50e9), ("H200", 450e9, 50e9), ("A100 80GB PCIe", 32e9, 25e9),
-             ("A100-PCIE", 32e9, 25e9), ("A100", 300e9, 25e9), ("L40S", 32e9, 25e9), ("L4", 32e9, 25e9))
+#   DGX H100/H200 (https://docs.nvidia.com/dgx/dgxh100-user-guide/introduction-to-dgxh100.html); other
+#   Ampere/Ada data-centre cards as the A100, Hopper PCIe cards as the H100; None for the rest.
+GPUS = (
+    GpuSpec(("NVIDIA A100-SXM4-40GB", "NVIDIA A100-SXM4-80GB", "A100", "A100 SXM"), 312e12, 312e12, 300e9, 25e9),
+    GpuSpec(("NVIDIA A100-PCIE-40GB", "NVIDIA A100 80GB PCIe", "A100 PCIe"), 312e12, 312e12, 32e9, 25e9),
+    GpuSpec(("NVIDIA H100 80GB HBM3", "H100", "H100 SXM"), 989e12, 989e12, 450e9, 50e9),
+    GpuSpec(("NVIDIA H100 PCIe", "H100 PCIe"), 756e12, 756e12, 64e9, 50e9),
+    GpuSpec(("NVIDIA H100 NVL", "H100 NVL"), 835e12, 835e12, 64e9, 50e9),
+    GpuSpec(("NVIDIA H200", "H200"), 989e12, 989e12, 450e9, 50e9),
+    GpuSpec(("NVIDIA L4", "L4"), 121e12, 121e12, 32e9, 25e9),
+    GpuSpec(("NVIDIA L40S", "L40S"), 362e12, 362e12, 32e9, 25e9),
+    GpuSpec(("NVIDIA A10", "A10"), 125e12, 125e12, 32e9, None),
+    GpuSpec(("NVIDIA A10G", "A10G"), 125e12, 125e12, 32e9, None),
+    GpuSpec(("Tesla T4", "T4"), None, 65e12, 16e9, None),
+    GpuSpec(("Tesla V100-SXM2-16GB", "Tesla V100-SXM2-32GB", "V100", "V100 SXM2"), None, 125e12, 150e9, None),
+    GpuSpec(("Tesla V100-PCIE-16GB", "Tesla V100-PCIE-32GB", "V100 PCIe"), None, 112e12, 16e9, None),
+    GpuSpec(("Tesla V100S-PCIE-32GB", "V100S"), None, 130e12, 16e9, None),
+    GpuSpec(("NVIDIA GeForce RTX 4090", "RTX 4090"), 165.2e12, 165.2e12, 32e9, None),
+)
 # Alpaca-like data: tokens per example (prompt template + instruction + response) and the share of them
 # trained (the response). Assumptions, printed as such; measure your data with notebook 03.
 TOKENS_PER_EXAMPLE = 150.0
 TRAINED_FRACTION = 0.5
 MICRO_BATCH_OPTIONS = (32, 16, 8, 4, 2, 1)
+# per_device_train_batch_size auto keeps 10% of a device's memory free: the plan is an estimate, and memory the
+# caching allocator reserves but cannot use (fragmentation) is not in it.
+AUTO_MEMORY_MARGIN = 0.10
+# auto on CPU considers micro-batches of at most 4 (`config.CPU_AUTO_MICRO_BATCH`): a CPU computes no faster on larger ones.
 
 
 class PlanError(ValueError):
     """A plan that cannot be made as asked (a bad flag value, an unknown model); one line, no traceback."""
 
 
+def normalise_gpu_name(name: str) -> str:
+    """A device name made comparable: lower case, runs of spaces, "-" and "_" as one space, without a leading
+    "NVIDIA" or "Tesla" ("NVIDIA A100-SXM4-80GB" -> "a100 sxm4 80gb")."""
+    words = re.sub(r"[\s_-]+", " ", name).strip().lower().split()
+    while words and words[0] in ("nvidia", "tesla"):
+        words.pop(0)
+    return " ".join(words)
+
+
+_GPU_BY_NAME = {normalise_gpu_name(name): spec for spec in GPUS for name in spec.names}
+_UNKNOWN_NOTED: set[str] = set()
+
+
+def gpu_spec(device_name: str) -> GpuSpec | None:
+    """The `GPUS` entry of exactly this device name (`torch.cuda.get_device_name`, or a short name such as
+    "H100"), or None: never a match on part of the name."""
+    return _GPU_BY_NAME.get(normalise_gpu_name(device_name))
+
+
+def known_gpu_names() -> str:
+    """The short names of the GPUs in `GPUS`, for messages."""
+    return ", ".join(spec.names[-1] for spec in GPUS)
+
+
 def peak_bf16_flops(device_name: str) -> float | None:
-    """Dense bf16 peak FLOP/s of a GPU from its name (`torch.cuda.get_device_name`), or None."""
-    return next((flops for key, flops in GPU_PEAK_BF16_FLOPS if key.lower() in device_name.lower()), None)
+    """Dense bf16 peak FLOP/s of a GPU from its exact name, or None (an unknown GPU, or one without bf16)."""
+    spec = gpu_spec(device_name)
+    return spec.bf16_flops if spec else None
+
+
+def peak_fp16_flops(device_name: str) -> float | None:
+    """Dense fp16 peak FLOP/s (fp32 accumulation) of a GPU from its exact name, or None (an unknown GPU)."""
+    spec = gpu_spec(device_name)
+    return spec.fp16_flops if spec else None
+
+
+def note_unknown_gpu(device_name: str) -> None:
+    """Say once per process and name that a GPU is not in `GPUS`, so its MFU is not reported."""
+    if gpu_spec(device_name) is None and device_name not in _UNKNOWN_NOTED:
+        _UNKNOWN_NOTED.add(device_name)
+        print(f"note: GPU {device_name!r} is not in the plan's device table (alpaca_helpers/train/plan.py GPUS): "
+              "no MFU is reported", flush=True)
 
 
 def link_bandwidth(device_name: str, num_machines: int = 1) -> tuple[float, str] | None:
-    """(bytes/s per GPU and direction, the link's name) of FSDP's collectives among GPUs of this name
-    (`GPU_LINKS`): NVLink or PCIe on one machine, InfiniBand across machines (the slower link sets a ring's
-    pace); None for an unknown GPU."""
-    for key, inside, between in GPU_LINKS:
-        if key.lower() in device_name.lower():
-            if num_machines > 1:
-                return between, f"InfiniBand {between * 8 / 1e9:.0f} Gb/s per GPU"
-            return inside, ("PCIe" if inside < 100e9 else "NVLink") + f" {inside / 1e9:.0f} GB/s per direction"
-    return None
+    """(bytes/s per GPU and direction, the link's name) of FSDP's collectives among GPUs of this exact name
+    (`GPUS`): NVLink or PCIe on one machine, InfiniBand across machines (the slower link sets a ring's
+    pace); None for an unknown GPU, or across machines where the card's network is not known."""
+    spec = gpu_spec(device_name)
+    if spec is None:
+        return None
+    if num_machines > 1:
+        return None if spec.between is None else (spec.between, f"InfiniBand {spec.between * 8 / 1e9:.0f} Gb/s per GPU")
+    return spec.link, ("PCIe" if spec.link < 100e9 else "NVLink") + f" {spec.link / 1e9:.0f} GB/s per direction"
 
 
 @dataclass(frozen=True)
@@ -286,6 +376,8 @@ class Plan:
     root_gradient_bytes: int = 0  # the root unit's unsharded gradients + their fp32 reduce-scatter buffer
     layer_gradient_bytes: int = 0  # the same for one decoder layer
     device: str = "gpu"  # "gpu", or "cpu": processes against RAM, no CUDA context
+    fp16: bool = False  # the 2-byte compute (`bf16` True) is fp16 with a loss scaler (`with_loss_scaler`)
+    micro_batch_reason: str = ""  # per_device_train_batch_size auto: what was chosen and why (`choose_micro_batch`)
 
     @property
     def unit(self) -> str:
@@ -429,6 +521,17 @@ def _memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, pe
                 layer_gradient_bytes=int(layer_grads), device=device)
 
 
+def with_loss_scaler(plan: Plan) -> Plan:
+    """An fp16 run's plan, from its 2-byte-compute plan (`bf16=True`): the same tensors plus the loss scaler's
+    `LOSS_SCALER_BYTES` (below the plan's 1/1000 GiB rounding)."""
+    return replace(plan, fp16=True, per_device_gb=round(plan.per_device_gb + LOSS_SCALER_BYTES / GIB, 3))
+
+
+def compute_name(plan: Plan) -> str:
+    """The plan's compute dtype in words: fp16, bf16 or fp32."""
+    return "fp16" if plan.fp16 else "bf16" if plan.bf16 else "fp32"
+
+
 def _settings(plan: Plan) -> dict[str, Any]:
     return dict(world_size=plan.world_size, gpu_memory_gb=plan.gpu_memory_gb, per_device=plan.per_device,
                 global_batch_size=plan.global_batch_size, model_max_length=plan.model_max_length,
@@ -491,6 +594,81 @@ def largest_fitting_micro_batch(shape: ModelShape, *, per_device: int, **setting
     return None
 
 
+def choose_micro_batch(shape: ModelShape, *, link: tuple[float, str] | None = None, largest: int | None = None,
+                       margin: float = AUTO_MEMORY_MARGIN, **settings: Any) -> Plan:
+    """`per_device_train_batch_size: auto`: of the micro-batches in `MICRO_BATCH_OPTIONS` (up to `largest`) that
+    divide the global batch, the one whose plan fits with `margin` of the memory kept free and moves the least
+    FSDP traffic per step (`communication_bytes`: each micro-batch all-gathers the weights twice, so fewer and
+    larger micro-batches move fewer bytes); with equal traffic (one process, no FSDP) the larger. When none fits,
+    the one that needs the least memory (its plan says it does not fit). `link`: the GPUs' (bytes/s, name), to
+    give the traffic in seconds per step. `settings`: the other `memory_plan` arguments.
+
+    The plan returned says in `micro_batch_reason` what was chosen and the runner-up, each with its memory and
+    traffic."""
+    world, global_batch = settings["world_size"], settings["global_batch_size"]
+    sizes = [m for m in MICRO_BATCH_OPTIONS if (largest is None or m <= largest) and global_batch % (m * world) == 0]
+    if not sizes:  # the global batch does not split over the processes: memory_plan's one-line error
+        return memory_plan(shape, per_device=1, **settings)
+    plans = [memory_plan(shape, per_device=m, **settings) for m in sizes]
+    limit = settings["gpu_memory_gb"] * (1 - margin)
+    fitting = sorted((p for p in plans if p.per_device_gb <= limit),
+                     key=lambda p: (communication_bytes(p), -p.per_device))
+    ranked = fitting + sorted((p for p in plans if p.per_device_gb > limit), key=lambda p: p.per_device_gb)
+    chosen, runner_up = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+    return replace(chosen, micro_batch_reason=_micro_batch_reason(chosen, runner_up, limit, margin, link,
+                                                                  bool(fitting), largest))
+
+
+def _micro_batch_option(plan: Plan, link: tuple[float, str] | None) -> str:
+    """A micro-batch's split, memory and FSDP traffic per step, in words."""
+    text = f"{plan.per_device} × {plan.accumulation} accumulation: {plan.per_device_gb:.1f} GiB"
+    if not plan.fsdp or plan.world_size == 1:
+        return text + ", no FSDP traffic"
+    traffic = communication_bytes(plan)
+    seconds = f" ≈ {traffic / link[0]:.2f} s" if link else ""
+    per = "GPU" if plan.device == "gpu" else "process"
+    return text + f", {traffic / 1e9:.1f} GB FSDP traffic per {per} per step{seconds}"
+
+
+def _micro_batch_reason(chosen: Plan, runner_up: Plan | None, limit: float, margin: float,
+                        link: tuple[float, str] | None, any_fits: bool, largest: int | None) -> str:
+    room = f"{limit:.1f} of {chosen.gpu_memory_gb:.3g} GiB ({margin:.0%} kept free)"
+    upto = f" up to {largest}" if largest else ""
+    sharded = chosen.fsdp and chosen.world_size > 1
+    why = (f"none{upto} fits in {room}: the one that needs the least memory" if not any_fits
+           else f"the least traffic of the micro-batches{upto} that fit in {room}" if sharded
+           else f"the largest of the micro-batches{upto} that fit in {room}")
+    text = f"micro-batch (per_device_train_batch_size auto): {_micro_batch_option(chosen, link)}"
+    if runner_up is not None:
+        over = "" if runner_up.per_device_gb <= limit else " (does not fit)"
+        text += f"; runner-up {_micro_batch_option(runner_up, link)}{over}"
+    seconds = f"; seconds at {link[1]}, nominal" if link and sharded else ""
+    return f"{text}; chosen: {why}{seconds}"
+
+
+def set_micro_batch_note(plan: Plan, auto: Plan, link: tuple[float, str] | None = None) -> str:
+    """For a micro-batch given as a number: what auto (`choose_micro_batch`'s plan `auto`) would choose instead,
+    with both figures; empty where auto chooses the same."""
+    if auto.per_device == plan.per_device:
+        return ""
+    return (f"micro-batch {_micro_batch_option(plan, link)} as set; per_device_train_batch_size auto would choose "
+            f"{_micro_batch_option(auto, link)}")
+
+
+def refusal(plan: Plan, advice: list[dict[str, Any]]) -> str | None:
+    """When `plan` does not fit its devices, one line: the planned figure, the devices' memory and the first
+    change that makes it fit (`suggestions`); None when it fits."""
+    if plan.fits:
+        return None
+    per = "GPU" if plan.device == "gpu" else "process"
+    has = (f"each of the {plan.world_size} GPU(s) has {plan.gpu_memory_gb:.3g} GiB" if plan.device == "gpu"
+           else f"each of the {plan.world_size} process(es) has {plan.gpu_memory_gb:.3g} GiB of this machine's RAM")
+    first = (f"first suggestion: {advice[0]['change']} ({advice[0]['per_device_gb']:.1f} GiB per {per})" if advice
+             else "no single change fits: combine them (e.g. more GPUs and activation checkpointing)")
+    return (f"the memory plan needs {plan.per_device_gb:.1f} GiB per {per} but {has}: the run does not fit; {first}; "
+            "ignore_plan=true starts it anyway")
+
+
 def communication_bytes(plan: Plan) -> float:
     """Bytes each GPU sends per optimizer step in FSDP's ring collectives (and receives as many): per micro-batch
     an all-gather of the compute-dtype weights in forward and another in backward, and a reduce-scatter of the
@@ -510,7 +688,7 @@ def explain_fsdp(shape: ModelShape, plan: Plan) -> str:
         raise PlanError(f"explain_fsdp needs a plan sharded over 2 or more processes, not {plan.mode}")
     ranks, unit = plan.world_size, plan.unit
     c = 2 if plan.bf16 else 4
-    dtype = "bf16" if plan.bf16 else "fp32"
+    dtype = compute_name(plan)
     held = plan.weights_bytes // 4  # fp32 master weights: 4 bytes each
     full_gib = shape.parameters * 16 / GIB  # fp32 weights, gradients and two AdamW moments
     mine_gib = (plan.weights_bytes + plan.gradients_bytes + plan.optimizer_bytes) / GIB
@@ -555,10 +733,12 @@ def time_plan(shape: ModelShape, plan: Plan, num_examples: int, num_train_epochs
         raise PlanError("num_examples must be >= 1 and num_train_epochs > 0")
     if not 0 < mfu <= 1:
         raise PlanError(f"mfu is a fraction of the GPU's peak in (0, 1], got {mfu}")
-    peak = peak_bf16_flops(gpu_name)
+    spec = gpu_spec(gpu_name)
+    peak, peak_dtype = (spec.bf16_flops, "bf16") if spec and spec.bf16_flops else \
+        (spec.fp16_flops, "fp16") if spec else (None, "")  # no bf16 (T4, V100): its fp16 peak
     if peak is None:
-        raise PlanError(f"gpu {gpu_name!r}: peak bf16 FLOP/s unknown; known: "
-                        f"{', '.join(k for k, _ in GPU_PEAK_BF16_FLOPS)}")
+        raise PlanError(f"gpu {gpu_name!r}: peak FLOP/s unknown (the exact device name or a short name; "
+                        f"known: {known_gpu_names()})")
     steps = int(num_examples // plan.global_batch_size * num_train_epochs)
     tokens = steps * plan.global_batch_size * tokens_per_example
     per_token = flops_per_token(shape, tokens_per_example, trained_fraction, frozen=plan.mode.startswith("LoRA"))
@@ -572,7 +752,7 @@ def time_plan(shape: ModelShape, plan: Plan, num_examples: int, num_train_epochs
             raise PlanError(f"gpu {gpu_name!r}: link bandwidth unknown; pass --link_gb_s")
         link = (1.0, "none")
     communication = steps * per_step / link[0]
-    return {"steps": steps, "tokens": tokens, "gpu": gpu_name, "peak_flops": peak, "mfu": mfu,
+    return {"steps": steps, "tokens": tokens, "gpu": gpu_name, "peak_flops": peak, "peak_dtype": peak_dtype, "mfu": mfu,
             "tokens_per_example": tokens_per_example, "tokens_per_s": round(tokens_per_s),
             "compute_hours": round(compute / 3600, 2), "communication_gb_per_step": round(per_step / 1e9, 1),
             "link": link[1], "link_bytes_per_s": link[0], "communication_hours": round(communication / 3600, 2),
@@ -592,13 +772,16 @@ def checkpoint_disk(plan: Plan, save_total_limit: int, save_dtype_bytes: int = 4
 def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float], timing: dict[str, Any] | None) -> str:
     """The plan as a few readable lines (what `python -m alpaca_helpers.train.plan` prints)."""
     lines = [f"{plan.model}: {plan.parameters / 1e9:.2f}B parameters ({plan.trainable_parameters / 1e6:,.1f}M trained), "
-             f"{plan.mode}; {'bf16' if plan.bf16 else 'fp32'} compute, "
+             f"{plan.mode}; {compute_name(plan)} compute"
+             + (" with a dynamic loss scale" if plan.fp16 else "") + ", "
              + ("fp32 adapters" if plan.mode.startswith("LoRA") else "fp32 master weights")
              + (", CPU offload" if plan.cpu_offload else ""),
              f"batch: {plan.global_batch_size} = {plan.per_device} per {'device' if plan.device == 'gpu' else 'process'} "
              f"× {plan.accumulation} accumulation × "
              f"{plan.world_size} {plan.unit} ({plan.num_machines} machine(s)); micro-batch {plan.per_device} × "
              f"{plan.model_max_length} tokens"]
+    if plan.micro_batch_reason:
+        lines.append(plan.micro_batch_reason)
     if plan.fsdp and plan.accumulation > 1:
         when = "every micro-batch" if plan.sync_every_micro_batch else f"once per step (after the last of {plan.accumulation} micro-batches)"
         lines.append(f"gradient sync: reduce-scatter {when} ({plan.sync_reason})")
@@ -630,7 +813,7 @@ def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float]
         lines.append(f"time: {timing['steps']} steps, {timing['tokens'] / 1e6:.1f}M tokens (assumed "
                      f"{timing['tokens_per_example']:g} per example) ≈ {timing['hours']:.1f} h: compute "
                      f"{timing['compute_hours']:.1f} h at {timing['mfu']:.0%} MFU of {timing['gpu']} "
-                     f"({timing['peak_flops'] / 1e12:.0f} TFLOP/s bf16)"
+                     f"({timing['peak_flops'] / 1e12:.0f} TFLOP/s {timing.get('peak_dtype', 'bf16')})"
                      + (f" + communication {timing['communication_hours']:.1f} h ({timing['communication_gb_per_step']:g} GB "
                         f"per GPU per step at {timing['link']}, nominal); {timing['hours_overlapped']:.1f} h if FSDP "
                         "overlaps them fully" if timing["communication_gb_per_step"] else ""))
@@ -647,7 +830,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default="A100", help="GPU type for the time projection (A100, H100, H100 PCIe, H200, ...)")
     p.add_argument("--config", help="a training preset (path or name in configs/); default: alpaca_7b or, "
                                     "with --lora true, alpaca_7b_lora")
-    for name in ("per_device_train_batch_size", "model_max_length", "global_batch_size"):
+    p.add_argument("--per_device_train_batch_size", type=_number_or_auto,
+                   help="a number, or auto: the plan chooses (the presets' default for GPUs; see choose_micro_batch)")
+    for name in ("model_max_length", "global_batch_size"):
         p.add_argument(f"--{name}", type=int)
     for name in ("activation_checkpointing", "cpu_offload", "lora"):
         p.add_argument(f"--{name}", choices=["true", "false"])
@@ -655,13 +840,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync_every_micro_batch", choices=["true", "false", "auto"], default="auto",
                    help="reduce-scatter gradients at every micro-batch (false: an unsharded fp32 gradient per rank; "
                         "auto: false where that fits)")
-    p.add_argument("--link_gb_s", type=float, help="GPU link bandwidth per direction, GB/s (default: the GPU's, GPU_LINKS)")
+    p.add_argument("--link_gb_s", type=float, help="GPU link bandwidth per direction, GB/s (default: the GPU's, plan.GPUS)")
     p.add_argument("--num_examples", type=int, default=52_002)
     p.add_argument("--num_train_epochs", type=float, help="default: the preset's")
     p.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation")
     p.add_argument("--tokens_per_example", type=float, default=TOKENS_PER_EXAMPLE)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
+
+
+def _number_or_auto(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number or auto, not {text!r}") from None
 
 
 def make_plan(args: argparse.Namespace) -> dict[str, Any]:
@@ -678,19 +872,28 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
                                 "model_max_length": args.model_max_length, "global_batch_size": args.global_batch_size,
                                 "activation_checkpointing": flag[args.activation_checkpointing],
                                 "cpu_offload": flag[args.cpu_offload], "lora": lora}.items() if v is not None}
+    if values.get("per_device_train_batch_size") == "auto":
+        values["per_device_train_batch_size"] = None
     cfg = replace(cfg, **values)
     for name in ("per_device_train_batch_size", "model_max_length", "global_batch_size"):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise PlanError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     shape = load_model_shape(args.model)
     fixed = {"lora_r": cfg.lora_r, "lora_targets": cfg.lora_target_modules, "lora_dropout": cfg.lora_dropout,
              "trained_fraction": TRAINED_FRACTION, "fsdp": cfg.fsdp, "model": args.model}
-    plan = memory_plan(shape, world_size=args.gpus * args.num_machines, num_machines=args.num_machines,
-                       gpu_memory_gb=args.gpu_memory_gb, per_device=cfg.per_device_train_batch_size,
-                       global_batch_size=cfg.global_batch_size, model_max_length=cfg.model_max_length,
-                       activation_checkpointing=cfg.activation_checkpointing, cpu_offload=cfg.cpu_offload,
-                       lora=cfg.lora, bf16=flag[args.bf16], sync_every_micro_batch=flag[args.sync_every_micro_batch],
-                       **fixed)
+    settings = dict(world_size=args.gpus * args.num_machines, num_machines=args.num_machines,
+                    gpu_memory_gb=args.gpu_memory_gb, global_batch_size=cfg.global_batch_size,
+                    model_max_length=cfg.model_max_length, activation_checkpointing=cfg.activation_checkpointing,
+                    cpu_offload=cfg.cpu_offload, lora=cfg.lora, bf16=flag[args.bf16],
+                    sync_every_micro_batch=flag[args.sync_every_micro_batch], **fixed)
+    link = (args.link_gb_s * 1e9, f"{args.link_gb_s:g} GB/s per direction") if args.link_gb_s else \
+        link_bandwidth(args.gpu, args.num_machines)
+    if cfg.per_device_train_batch_size is None:
+        plan = choose_micro_batch(shape, link=link, **settings)
+    else:  # a number given wins; the plan says what auto would choose instead
+        plan = memory_plan(shape, per_device=cfg.per_device_train_batch_size, **settings)
+        auto = choose_micro_batch(shape, link=link, **settings)
+        plan = replace(plan, micro_batch_reason=set_micro_batch_note(plan, auto, link))
     advice = suggestions(shape, plan, **fixed)
     disk = checkpoint_disk(plan, cfg.save_total_limit)
     epochs = args.num_train_epochs if args.num_train_epochs is not None else cfg.num_train_epochs

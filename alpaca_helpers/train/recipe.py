@@ -53,19 +53,27 @@ SUMMARY_FILE = "train_summary.json"
 MODEL_DIR = "model"
 
 
+FP16_MAX_SKIPS_IN_A_ROW = 20  # the loss scale falls from 2^16 below 1: no gradient overflow is left to explain it
+
+
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step and the batch's example ids."""
+    """The loss became NaN or infinite (in fp16: every step overflowed for `FP16_MAX_SKIPS_IN_A_ROW` steps);
+    the message names the step and the batch's example ids."""
 
 
-def peak_flops(device: Any) -> float | None:
-    """Peak dense bf16 FLOP/s of a CUDA device (`plan.peak_bf16_flops`), or None (CPU or unknown GPU: no MFU)."""
+def peak_flops(device: Any, dtype: str = "bf16", note: bool = True) -> float | None:
+    """Peak dense FLOP/s of a CUDA device by its exact name (`plan.GPUS`): bf16's, or fp16's with `dtype`
+    "fp16"; None on CPU, or for a GPU the table does not have (no MFU then), which `note` says once per process."""
     import torch
 
-    from .plan import peak_bf16_flops
+    from .plan import note_unknown_gpu, peak_bf16_flops, peak_fp16_flops
 
     if getattr(device, "type", "cpu") != "cuda":
         return None
-    return peak_bf16_flops(torch.cuda.get_device_name(device))
+    name = torch.cuda.get_device_name(device)
+    if note:
+        note_unknown_gpu(name)
+    return peak_fp16_flops(name) if dtype == "fp16" else peak_bf16_flops(name)
 
 
 def peak_memory_gb(device: Any) -> float:
@@ -79,6 +87,17 @@ def peak_memory_gb(device: Any) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def peak_reserved_gb(device: Any) -> float | None:
+    """Peak memory CUDA's caching allocator held (`max_memory_reserved`: what it allocated plus the free blocks it
+    kept, which fragmentation grows); this, not the allocated peak, is what runs out. None on CPU, where
+    `peak_memory_gb` is already all the process holds (its resident set)."""
+    import torch
+
+    if getattr(device, "type", "cpu") == "cuda":
+        return torch.cuda.max_memory_reserved(device) / 2**30
+    return None
+
+
 class TrainedPositionsHead:
     """Makes the LM head compute logits only at positions whose next token is trained.
 
@@ -86,6 +105,10 @@ class TrainedPositionsHead:
     (49K wide for SmolLM2, 32K for LLaMA) and the cross-entropy over them. A forward pre-hook on the output
     layer keeps just the trained positions, flattened to one row; the loss is then the same sum over the
     same tokens. A hook rather than a wrapper keeps parameter names, weight tying and FSDP untouched.
+
+    The trained positions come with the batch (`batches.trained_positions`, computed on the CPU before the copy
+    to the device: a `nonzero` on GPU labels would make the CPU wait for the GPU); a batch without them (the
+    held-out loss, notebook cells) has them computed here from its labels.
     """
 
     def __init__(self, model: Any):
@@ -102,17 +125,16 @@ class TrainedPositionsHead:
         """Sum of the trained tokens' cross-entropy / `num_items` (what `labels=` gives, minus the waste)."""
         import torch.nn.functional as F
 
-        from .tokenize import IGNORE_INDEX
+        from .batches import TRAINED_KEYS, trained_positions
 
-        labels = inputs["labels"]
-        targets = labels[:, 1:]  # position p predicts token p + 1
-        rows, cols = (targets != IGNORE_INDEX).nonzero(as_tuple=True)
-        self.index = rows * labels.shape[1] + cols
+        found = inputs if "trained_index" in inputs else trained_positions(inputs)
+        self.index = found["trained_index"]
         try:
-            logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).logits
+            logits = model(**{k: v for k, v in inputs.items() if k not in ("labels", *TRAINED_KEYS)},
+                           use_cache=False).logits
         finally:
             self.index = None
-        return F.cross_entropy(logits[0].float(), targets[rows, cols], reduction="sum") / num_items
+        return F.cross_entropy(logits[0].float(), found["trained_labels"], reduction="sum") / num_items
 
 
 def make_optimizer(model: Any, cfg: TrainConfig) -> Any:
@@ -127,23 +149,52 @@ def make_optimizer(model: Any, cfg: TrainConfig) -> Any:
                              eps=cfg.adam_epsilon)
 
 
-def train_step_by_hand(model: Any, batch: dict[str, Any], optimizer: Any, max_grad_norm: float = 1.0) -> float:
+def compile_layers(model: Any, layer_cls: type) -> int:
+    """`torch.compile` each `layer_cls` module in place (`nn.Module.compile`), as torchtitan compiles each
+    transformer block; returns how many. The layers run the same code with their own weights, so they share
+    compiled graphs: one compile serves every layer, where compiling the whole model would trace all of them.
+    Graph breaks are allowed: any Hugging Face layer compiles, the rest of its code runs eagerly (FSDP2's hooks
+    do so by design)."""
+    layers = [m for m in model.modules() if isinstance(m, layer_cls)]
+    for layer in layers:
+        # dynamic: group_by_length and packing give every micro-batch a new length, so a graph for one shape
+        # (torchtitan's fixed-length case) would be compiled once, then thrown away for a dynamic one
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def train_step_by_hand(model: Any, batch: dict[str, Any], optimizer: Any, max_grad_norm: float = 1.0,
+                       rows_at_once: int = 16) -> float:
     """One optimizer step on one batch, written out; returns its loss. `Recipe.train_step` computes the same
-    loss and update, split into micro-batches and processes (tests/test_train.py checks it)."""
+    loss and update, split into micro-batches and processes (tests/test_train.py checks it). The batch goes
+    through the model `rows_at_once` examples at a time, so that a large batch's logits fit in memory."""
     import torch
     import torch.nn.functional as F
 
     from .tokenize import IGNORE_INDEX
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # forward
     targets = batch["labels"][:, 1:]  # the logits at position p predict the token at p + 1
-    trained = targets != IGNORE_INDEX  # the response and its eos; prompt and padding are -100
-    loss = F.cross_entropy(logits[:, :-1][trained].float(), targets[trained])  # mean over the trained tokens
-    loss.backward()  # a gradient for every weight
+    n_trained = (targets != IGNORE_INDEX).sum()  # the response and its eos; prompt and padding are -100
+    step_loss = 0.0
+    for rows in torch.arange(len(targets)).split(rows_at_once):
+        logits = model(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows]).logits
+        trained = targets[rows] != IGNORE_INDEX
+        loss = F.cross_entropy(logits[:, :-1][trained].float(), targets[rows][trained], reduction="sum") / n_trained
+        loss.backward()  # gradients add up over the chunks: the step's is that of the mean over trained tokens
+        step_loss += loss.item()
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm if max_grad_norm > 0 else float("inf"))
     optimizer.step()  # AdamW moves every weight against its gradient
     optimizer.zero_grad(set_to_none=True)  # the next step starts from zero
-    return loss.item()
+    return step_loss
+
+
+def quiet_library_bars() -> None:
+    """One progress bar per run, ours: no `datasets` map bars or transformers weight-loading bars."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def first_step_inputs(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
@@ -155,11 +206,12 @@ def first_step_inputs(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..models import load_model_config
-    from .config import plan_batch
+    from .config import split_batch
     from .distributed import dist_env
     from .tokenize import resize_embeddings_mean
 
-    batch = plan_batch(cfg.global_batch_size, cfg.per_device_train_batch_size, 1, cfg.gradient_accumulation_steps)
+    quiet_library_bars()
+    batch = split_batch(cfg, 1)
     recipe = Recipe(cfg, dist_env(force_cpu=True), RunPlan(batch, False, None))  # only the data is set up
     recipe.model_path = load_model_config(cfg.model_name_or_path)[0]
     recipe.tokenizer = AutoTokenizer.from_pretrained(recipe.model_path)
@@ -177,6 +229,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     in rank 0's save) `destroy_process_group` would wait for the peers still inside a collective (under NCCL,
     pytorch/pytorch#141510) and keep every GPU idle for `dist_timeout_minutes`; instead the exception ends this
     process and the launcher (torchrun) stops the others, as torchtitan does (pytorch/torchtitan#1342).
+    A rank that hangs rather than fails is caught by the collectives' timeouts (`Recipe.phase`): the long
+    `dist_timeout_minutes` while one rank loads or saves alone, the short `step_timeout_minutes` from the second step.
     """
     from .distributed import close_process_group, dist_env, init_distributed
 
@@ -202,20 +256,24 @@ def device_native_bf16(device: Any) -> NativeBf16:
     return native_bf16(device)
 
 
-def precision_summary(bf16: bool, fsdp: bool, lora: bool) -> str:
-    """How a run computes, in words: what is bf16, what stays fp32, and which mechanism does it."""
-    if not bf16:
+def precision_summary(bf16: bool, fsdp: bool, lora: bool, fp16: bool = False) -> str:
+    """How a run computes, in words: what is bf16 or fp16, what stays fp32, and which mechanism does it."""
+    if not (bf16 or fp16):
         return "fp32"
+    half = "bf16" if bf16 else "fp16"
     how = "FSDP mixed precision, gradients reduced in fp32" if fsdp else "autocast"
-    kept = "frozen base in bf16, fp32 adapters and optimizer state" if lora else \
+    scaler = ", dynamic loss scale (GradScaler; an overflowing step is skipped)" if fp16 else ""
+    kept = f"frozen base in {half}, fp32 adapters and optimizer state" if lora else \
         "fp32 master weights and optimizer state"
-    return f"bf16 compute ({how}), {kept}"
+    return f"{half} compute ({how}){scaler}, {kept}"
 
 
 def plan_fixed(cfg: TrainConfig, plan: RunPlan) -> dict[str, Any]:
-    """The `plan.memory_plan` arguments a run fixes beyond the ones `plan.suggestions` varies."""
+    """The `plan.memory_plan` arguments a run fixes beyond the ones `plan.suggestions` varies. `fsdp` is the
+    setting as given: for the run's own process count `memory_plan` decides as `check_run` did (`plan.fsdp`), and
+    with fsdp auto `suggestions` may try more GPUs (a decided "off" refused every count above 1)."""
     return {"lora_r": cfg.lora_r, "lora_targets": cfg.lora_target_modules, "lora_dropout": cfg.lora_dropout,
-            "fsdp": "full_shard" if plan.fsdp else "off", "model": cfg.model_name_or_path}
+            "fsdp": cfg.fsdp, "model": cfg.model_name_or_path}
 
 
 def memory_budget_gib(device: Any, processes_per_machine: int) -> float:
@@ -228,18 +286,28 @@ def memory_budget_gib(device: Any, processes_per_machine: int) -> float:
 
 
 def memory_plan_for_run(cfg: TrainConfig, shape: Any, plan: RunPlan, world_size: int, num_machines: int,
-                        gpu_memory_gb: float, device: str = "gpu") -> Any:
+                        gpu_memory_gb: float, device: str = "gpu", gpu_name: str | None = None) -> Any:
     """`plan.memory_plan` for this run's settings: what each device holds, as the code does it (including
     `reduce_scatter_every_micro_batch`, which the plan decides when auto). `device` "cpu": processes against
-    their share of RAM (`gpu_memory_gb`), no CUDA context."""
-    from .plan import memory_plan
+    their share of RAM (`gpu_memory_gb`), no CUDA context. With per_device_train_batch_size auto the plan
+    chooses the micro-batch (`plan.choose_micro_batch`; on CPU up to `CPU_AUTO_MICRO_BATCH`), weighing its FSDP
+    traffic at the link of `gpu_name` (`plan.link_bandwidth`)."""
+    from .config import CPU_AUTO_MICRO_BATCH, micro_batch_is_auto
+    from .plan import choose_micro_batch, link_bandwidth, memory_plan, with_loss_scaler
 
-    return memory_plan(shape, world_size=world_size, gpu_memory_gb=gpu_memory_gb,
-                       per_device=plan.batch.per_device, global_batch_size=cfg.global_batch_size,
-                       model_max_length=cfg.model_max_length, activation_checkpointing=cfg.activation_checkpointing,
-                       cpu_offload=cfg.cpu_offload, lora=cfg.lora, bf16=plan.precision.bf16,
-                       sync_every_micro_batch=cfg.reduce_scatter_every_micro_batch, num_machines=num_machines,
-                       device=device, **plan_fixed(cfg, plan))
+    half = plan.precision.bf16 or plan.precision.fp16  # fp16 holds bf16's bytes, plus the loss scaler
+    settings = dict(world_size=world_size, gpu_memory_gb=gpu_memory_gb, global_batch_size=cfg.global_batch_size,
+                    model_max_length=cfg.model_max_length, activation_checkpointing=cfg.activation_checkpointing,
+                    cpu_offload=cfg.cpu_offload, lora=cfg.lora, bf16=half,
+                    sync_every_micro_batch=cfg.reduce_scatter_every_micro_batch, num_machines=num_machines,
+                    device=device, **plan_fixed(cfg, plan))
+    if micro_batch_is_auto(cfg):
+        link = link_bandwidth(gpu_name, num_machines) if gpu_name and device == "gpu" else None
+        memory = choose_micro_batch(shape, link=link, largest=None if device == "gpu" else CPU_AUTO_MICRO_BATCH,
+                                    **settings)
+    else:
+        memory = memory_plan(shape, per_device=plan.batch.per_device, **settings)
+    return with_loss_scaler(memory) if plan.precision.fp16 else memory
 
 
 def explain_fsdp_for_run(config: Any, processes: int, on_gpu: bool, num_machines: int = 1) -> str:
@@ -256,7 +324,8 @@ def explain_fsdp_for_run(config: Any, processes: int, on_gpu: bool, num_machines
     run = check_run(config, ranks, on_gpu=on_gpu, native=native_bf16("cuda" if on_gpu else "cpu"))
     budget = memory_budget_gib(torch.device("cuda", 0) if on_gpu else torch.device("cpu"), ranks // num_machines)
     shape = load_model_shape(config.model_name_or_path)
-    plan = memory_plan_for_run(config, shape, run, ranks, num_machines, budget, "gpu" if on_gpu else "cpu")
+    plan = memory_plan_for_run(config, shape, run, ranks, num_machines, budget, "gpu" if on_gpu else "cpu",
+                               torch.cuda.get_device_name(0) if on_gpu else None)
     return explain_fsdp(shape, plan)
 
 
@@ -284,35 +353,48 @@ class Recipe:
     # --- setup: precision, model source, data, model and sharding, optimizer and schedule, resume ---------
 
     def setup(self) -> None:
-        import datasets
-        import transformers
         from transformers import set_seed
 
-        datasets.disable_progress_bars()  # one progress bar per run: ours
-        transformers.utils.logging.disable_progress_bar()
+        quiet_library_bars()
         set_seed(self.cfg.seed)
-        self.setup_precision()
-        self.setup_model_source()
-        self.setup_data()
-        self.setup_model()
-        self.setup_optimizer()
-        self.setup_resume()
-        self.setup_tracking()
+        with self.phase("setup (rank 0 loads the weights, then any checkpoint loads)", long=True):
+            self.setup_precision()
+            self.setup_model_source()
+            self.setup_data()
+            self.setup_model()
+            self.setup_optimizer()
+            self.setup_resume()
+            self.setup_tracking()
+
+    def phase(self, what: str, long: bool = False) -> Any:
+        """A phase of the run whose collectives time out after the long limit (`dist_timeout_minutes`: where one
+        rank works alone, and ranks may drift apart) or the short one (`step_timeout_minutes`); long phases end
+        with a barrier. A timeout ends the run with one line (`distributed.collective_phase`)."""
+        from .distributed import collective_phase
+
+        setting = "dist_timeout_minutes" if long else "step_timeout_minutes"
+        return collective_phase(what, getattr(self.cfg, setting), setting, self.env.rank, barrier_after=long)
 
     def setup_precision(self) -> None:
-        """bf16 compute with fp32 master weights: FSDP's mixed-precision policy when sharded, autocast in
-        one process. LoRA keeps its frozen base in bf16 (the adapters train in fp32)."""
+        """bf16 or fp16 compute with fp32 master weights: FSDP's mixed-precision policy when sharded, autocast
+        in one process. LoRA keeps its frozen base in bf16 or fp16 (the adapters train in fp32). fp16 adds a
+        dynamic loss scaler (`torch.amp.GradScaler`); torch 2.13's plain scaler serves FSDP2 too: DTensor
+        gradients all-reduce its inf/NaN check over the mesh (`found_inf_reduce_handler` in
+        torch/distributed/tensor/_dispatch.py), so every rank skips the same steps."""
         import torch
 
         precision = self.plan.precision
         if precision.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.base_dtype = torch.bfloat16 if self.cfg.lora and precision.bf16 else torch.float32
-        use_autocast = precision.bf16 and not self.plan.fsdp
-        self.autocast = torch.autocast(self.env.device.type, dtype=torch.bfloat16) if use_autocast else nullcontext()
+        half = torch.bfloat16 if precision.bf16 else torch.float16 if precision.fp16 else None
+        self.base_dtype = half if self.cfg.lora and half is not None else torch.float32
+        use_autocast = half is not None and not self.plan.fsdp
+        self.autocast = torch.autocast(self.env.device.type, dtype=half) if use_autocast else nullcontext()
+        self.scaler = torch.amp.GradScaler(self.env.device.type) if precision.fp16 else None
+        self.skipped_in_a_row = self.skipped_steps = 0
         if self.env.is_main:
-            print(f"precision: {precision_summary(precision.bf16, self.plan.fsdp, self.cfg.lora)} "
+            print(f"precision: {precision_summary(precision.bf16, self.plan.fsdp, self.cfg.lora, precision.fp16)} "
                   f"({precision.reason})", flush=True)
 
     def setup_model_source(self) -> None:
@@ -336,27 +418,64 @@ class Recipe:
         # Off: FSDP2 keeps an unsharded fp32 gradient of the whole model until the last micro-batch.
         setting = self.cfg.reduce_scatter_every_micro_batch
         self.sync_every = self.memory.sync_every_micro_batch if self.memory is not None else setting is not False
-        if self.plan.fsdp:  # every rank must skip the same reduce-scatters: where one rank's memory is short, all sync
+        misfit = self.memory is not None and not self.memory.fits
+        if self.plan.fsdp:  # every rank must decide alike: where one rank's memory is short, all sync (and all stop)
             from .distributed import all_reduce_sum
 
-            self.sync_every = all_reduce_sum([float(self.sync_every)], self.env.device)[0] > 0
+            sync, misfits, micro = all_reduce_sum([float(self.sync_every), float(misfit),
+                                                   float(self.plan.batch.per_device)], self.env.device)
+            self.sync_every, misfit = sync > 0, misfits > 0
+            if micro != self.plan.batch.per_device * self.env.world_size:
+                raise TrainConfigError("per_device_train_batch_size auto: the ranks' memory plans chose different "
+                                       "micro-batches (devices of different memory?); set a number")
         self.print_plan()
+        self.check_fits(misfit)
+
+    def check_fits(self, misfit: bool) -> None:
+        """Stop before the data and weights load where the memory plan says the run does not fit its devices (on
+        any rank), in one line (`plan.refusal`), unless `ignore_plan`."""
+        from .plan import refusal, suggestions
+
+        if not misfit:
+            return
+        if self.cfg.ignore_plan:
+            if self.env.is_main:
+                print("plan: the run does not fit its devices by the plan; starting anyway (ignore_plan=true)", flush=True)
+            return
+        memory = self.memory
+        if memory is None or memory.fits:
+            raise TrainConfigError("another rank's memory plan does not fit its device: the run does not fit; "
+                                   "ignore_plan=true starts it anyway")
+        raise TrainConfigError(refusal(memory, suggestions(self.shape, memory, **plan_fixed(self.cfg, self.plan))))
 
     def make_plan(self) -> Any:
         """The memory plan (`alpaca_helpers.train.plan`) of this run, against this process's memory; None (and a
         note) where the plan does not model a setting."""
+        import dataclasses
+
+        import torch
+
+        from .config import micro_batch_is_auto
         from .plan import PlanError
 
         env = self.env
         machines = max(1, int(os.environ.get("WORLD_SIZE", "1")) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         budget = memory_budget_gib(env.device, env.world_size // machines)
+        on_gpu = env.device.type == "cuda"
         try:
-            return memory_plan_for_run(self.cfg, self.shape, self.plan, env.world_size, machines, budget,
-                                       device="gpu" if env.device.type == "cuda" else "cpu")
+            memory = memory_plan_for_run(self.cfg, self.shape, self.plan, env.world_size, machines, budget,
+                                         device="gpu" if on_gpu else "cpu",
+                                         gpu_name=torch.cuda.get_device_name(env.device) if on_gpu else None)
         except PlanError as e:  # a setting the plan does not model: the run itself decides
             if env.is_main:
-                print(f"plan: not available ({e})", flush=True)
+                auto = (f"; per_device_train_batch_size auto: {self.plan.batch.per_device}"
+                        if micro_batch_is_auto(self.cfg) else "")
+                print(f"plan: not available ({e}){auto}", flush=True)
             return None
+        if micro_batch_is_auto(self.cfg):  # the plan chose the micro-batch: the run uses it from here on
+            self.plan = self.plan.with_micro_batch(memory.per_device)
+            self.cfg = dataclasses.replace(self.cfg, per_device_train_batch_size=memory.per_device)
+        return memory
 
     def print_plan(self) -> None:
         """Rank 0 prints the memory plan; on CPU, one short line."""
@@ -373,8 +492,10 @@ class Recipe:
         if memory.fsdp and memory.accumulation > 1:
             sync = (f"; gradient sync {'every micro-batch' if memory.sync_every_micro_batch else 'once per step'} "
                     f"({memory.sync_reason})")
+        auto = (f"; micro-batch {memory.per_device} (per_device_train_batch_size auto: the largest of at most 4 "
+                "that fits)" if memory.micro_batch_reason else "")
         print(f"plan: {memory.parameters / 1e6:.1f}M parameters, {memory.mode}; about "
-              f"{memory.per_device_gb:.2f} GiB per process{sync}", flush=True)
+              f"{memory.per_device_gb:.2f} GiB per process{sync}{auto}", flush=True)
 
     def setup_data(self) -> None:
         """Records (any source), the held-out split, tokenization, and the step counts."""
@@ -401,7 +522,8 @@ class Recipe:
         self.last_step = min(self.steps, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else self.steps
 
     def setup_model(self) -> None:
-        """Load the weights, add LoRA adapters, shard with FSDP (or move to the device), hook the loss head."""
+        """Load the weights, add LoRA adapters, compile the layers (`torch_compile`), shard with FSDP (or move to the
+        device), hook the loss head."""
         from transformers import AutoModelForCausalLM
 
         from .distributed import broadcast_weights, load_model_for_sharding, per_rank, shard_model
@@ -423,11 +545,17 @@ class Recipe:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.lora:
             model = apply_lora(model, cfg)
+        if cfg.torch_compile:  # after checkpointing and LoRA wrap the layers, before FSDP shards them: torchtitan's order
+            compiled = compile_layers(model, self.layer_cls)
+            if env.is_main:
+                print(f"torch_compile: {compiled} {self.layer_cls.__name__} layers compiled (the first steps include "
+                      "the compile)", flush=True)
         self.n_params = sum(p.numel() for p in model.parameters())
         self.n_trainable = trainable_parameters(model)
         if self.plan.fsdp:
             full_state = model.state_dict() if self.from_rank0 and env.is_main else {}
-            shard_model(model, self.layer_cls, env.device, env.world_size, self.plan.precision.bf16, cfg.cpu_offload)
+            shard_model(model, self.layer_cls, env.device, env.world_size, self.plan.precision.bf16, cfg.cpu_offload,
+                        fp16=self.plan.precision.fp16)
             if self.from_rank0:
                 broadcast_weights(model, full_state, env.device, env.is_main, cfg.cpu_offload)
                 del full_state
@@ -463,7 +591,10 @@ class Recipe:
             ckpt = latest_checkpoint(out)
             if ckpt is None:
                 raise FileNotFoundError(f"--resume: no complete checkpoint in {out}")
-            self.start = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, env.rank)["step"]
+            state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, env.rank)
+            self.start = state["step"]
+            if self.scaler is not None and "grad_scaler" in state:  # fp16: the loss scale it had reached
+                self.scaler.load_state_dict(state["grad_scaler"])
             if env.is_main:
                 print(f"resumed from {ckpt} at step {self.start}", flush=True)
                 truncate_log(self.log_path, self.start)
@@ -486,21 +617,26 @@ class Recipe:
         """Train from `start` to the last step; returns the run summary."""
         self.announce()
         if self.val is not None and self.start == 0:  # where the validation loss starts from
-            self.eval_loss_at_start = self.evaluate()
-            self.tracker.log({"eval_loss": self.eval_loss_at_start}, 0)
+            with self.phase("the evaluation before training", long=True):
+                self.eval_loss_at_start = self.evaluate()
+                self.tracker.log({"eval_loss": self.eval_loss_at_start}, 0)
         row: dict[str, Any] = {}
         for step in range(self.start + 1, self.last_step + 1):
-            # forward and backward over this rank's share of the global batch, then one optimizer step
-            row = self.train_step(step)
-            # the held-out loss: every eval_steps, at each epoch's end and at the run's
-            if self.should_evaluate(step):
-                row["eval_loss"] = self.last_eval_loss = self.evaluate()
-            # train_log.jsonl (the source of truth), the console, the trackers
-            self.log(row)
+            # The first step under the long timeout (lazy initialisation and compilation may keep ranks apart),
+            # every later one under the short one: a rank that stops answering ends the run in minutes.
+            with self.phase(f"training step {step}", long=step == self.start + 1):
+                # forward and backward over this rank's share of the global batch, then one optimizer step
+                row = self.train_step(step)
+                # the held-out loss: every eval_steps, at each epoch's end and at the run's
+                if self.should_evaluate(step):
+                    row["eval_loss"] = self.last_eval_loss = self.evaluate()
+                # train_log.jsonl (the source of truth), the console, the trackers
+                self.log(row)
             # a checkpoint to resume from
             if self.cfg.save_steps > 0 and step % self.cfg.save_steps == 0 and step < self.steps:
                 self.save_checkpoint(step, row)
-        return self.finish(row)
+        with self.phase("the final save", long=True):
+            return self.finish(row)
 
     def global_batch(self, step: int) -> list[int]:
         """Example indices of global batch `step` (1-based), in the epoch's seeded order."""
@@ -534,17 +670,18 @@ class Recipe:
         tokens = padded = 0.0
         loss_sum: Any = 0.0  # a device tensor after the first micro-batch: read once per step
         for k, ids in enumerate(micro):
-            inputs = {key: v.to(env.device) for key, v in data.collate(ids).items()}
+            # pinned and copied without a host wait; the head's trained positions found on the CPU first
+            inputs = data.device_batch(ids, env.device, trained=self.head is not None)
             if self.plan.fsdp:  # chosen by the plan (`setup_model_source`)
                 self.model.set_requires_gradient_sync(self.sync_every or k == len(micro) - 1)
             # Sum over this micro-batch's tokens / (global trained tokens / world): FSDP averages gradients
             # over ranks, so the step's gradient is that of the global token mean.
             loss = self.loss(inputs, trained_total / env.world_size)
-            loss.backward()
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             loss_sum = loss_sum + loss.detach().float()
             tokens += sum(data.lengths[i] for i in ids)
             padded += inputs["input_ids"].numel()
-        grad_norm = _clip(self.model, self.cfg.max_grad_norm)
+        grad_norm = _clip(self.model, self.cfg.max_grad_norm, self.scaler, self.optimizer)
         # One all-reduce: the step's sums, and each rank's tokens and trained tokens (how balanced the ranks are)
         world, mine = env.world_size, sum(data.trained[i] for ids in micro for i in ids)
         per_rank = [0.0] * (2 * world)
@@ -552,13 +689,8 @@ class Recipe:
         sums = all_reduce_sum([float(loss_sum), tokens, padded, *per_rank], env.device)
         (loss_sum, tokens, padded), rank_tokens, rank_trained = sums[:3], sums[3:3 + world], sums[3 + world:]
         step_loss = loss_sum / env.world_size
-        if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
-            ids = sorted(data.example_ids[i] for i in batch)
-            raise NonFiniteLossError(f"step {step}: loss {step_loss} / grad norm {grad_norm} is not finite; "
-                                     f"example ids of the batch: {ids}")
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
+        scaled = self.optimizer_step(step, step_loss, grad_norm, batch)
         self.optimizer.zero_grad(set_to_none=True)
         if env.device.type == "cuda":  # the optimizer's kernels belong to this step's time, not the next one's
             torch.cuda.synchronize(env.device)
@@ -567,21 +699,64 @@ class Recipe:
         self.totals.trained_tokens += trained_total
         self.totals.seconds += seconds
         return {"step": step, "epoch": round(step / self.per_epoch, 4), "loss": step_loss, "lr": lr,
-                "grad_norm": grad_norm, "tokens": int(tokens), "trained_tokens": int(trained_total),
+                "grad_norm": grad_norm, **scaled, "tokens": int(tokens), "trained_tokens": int(trained_total),
                 "rank_tokens": [int(x) for x in rank_tokens], "rank_trained_tokens": [int(x) for x in rank_trained],
                 "padding": round(1 - tokens / padded, 4), "seconds": round(seconds, 4),
                 "cpu_seconds": round(time.process_time() - cpu0, 4),  # this process, all its threads
                 "tokens_per_s": tokens / seconds, "trained_tokens_per_s": trained_total / seconds,
                 "tokens_per_s_per_device": tokens / seconds / env.world_size,
                 "mfu": self.mfu(tokens / len(batch), tokens / seconds, trained_total / max(tokens, 1.0)),
-                "peak_memory_gb": round(peak_memory_gb(env.device), 3)}
+                "peak_memory_gb": round(peak_memory_gb(env.device), 3), **memory_reserved_field(env.device)}
+
+    def optimizer_step(self, step: int, step_loss: float, grad_norm: float, batch: list[int]) -> dict[str, Any]:
+        """The optimizer and schedule step; returns the log row's fp16 fields (`loss_scale`, `skipped`; none
+        without a loss scaler).
+
+        bf16 and fp32: a non-finite loss or gradient norm stops the run (NonFiniteLossError, naming the batch).
+        fp16: the scaler decides. A step whose gradients hold inf or NaN (seen as they were unscaled) is skipped:
+        weights, optimizer state and schedule stay, the scale halves, one console line says so.
+        `FP16_MAX_SKIPS_IN_A_ROW` skipped steps in a row stop the run: then the forward itself overflows fp16.
+        """
+        def stop(why: str) -> NonFiniteLossError:
+            ids = sorted(self.data.example_ids[i] for i in batch)
+            return NonFiniteLossError(f"step {step}: {why}; example ids of the batch: {ids}")
+
+        finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
+        if self.scaler is None:
+            if not finite:
+                raise stop(f"loss {step_loss} / grad norm {grad_norm} is not finite")
+            self.optimizer.step()
+            self.scheduler.step()
+            return {}
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)  # no optimizer step where unscale_ found inf or NaN (on any rank)
+        self.scaler.update()
+        new_scale = self.scaler.get_scale()
+        if new_scale >= scale:  # the step was taken
+            if not finite:
+                raise stop(f"loss {step_loss} / grad norm {grad_norm} is not finite")
+            self.scheduler.step()
+            self.skipped_in_a_row = 0
+            return {"loss_scale": scale, "skipped": False}
+        self.skipped_in_a_row += 1
+        self.skipped_steps += 1
+        if self.skipped_in_a_row >= FP16_MAX_SKIPS_IN_A_ROW:
+            raise stop(f"fp16 gradients overflowed in {self.skipped_in_a_row} steps in a row (loss scale down to "
+                       f"{new_scale:g}): the forward overflows fp16; train in fp32 (fp16=false)")
+        if self.env.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"step {step}: fp16 gradients overflowed (inf/NaN), step skipped; loss scale {scale:g} -> "
+                       f"{new_scale:g}")
+        return {"loss_scale": scale, "skipped": True}
 
     def mfu(self, mean_length: float, tokens_per_s: float, trained_fraction: float) -> float | None:
         """Model FLOPs utilisation on known GPUs (None on CPU): `plan.flops_per_token` (non-embedding
-        parameters, the LM head at trained positions only) against `plan.peak_bf16_flops`."""
+        parameters, the LM head at trained positions only) against `plan.peak_bf16_flops`; an unknown GPU is
+        named once, by rank 0."""
         from .plan import flops_per_token
 
-        device_flops = peak_flops(self.env.device)
+        device_flops = peak_flops(self.env.device, note=getattr(self.env, "is_main", True))
         if device_flops is None:
             return None
         head_fraction = trained_fraction if self.head is not None else 1.0
@@ -608,7 +783,7 @@ class Recipe:
         loss_sum: Any = 0.0  # on the device, read once at the end
         self.model.eval()
         with torch.no_grad():
-            for ids in eval_micro_batches(len(val), val.lengths, self.cfg.per_device_train_batch_size,
+            for ids in eval_micro_batches(len(val), val.lengths, self.plan.batch.per_device,
                                           env.rank, env.world_size):
                 inputs = {key: v.to(env.device) for key, v in val.collate(ids or [0]).items()}
                 loss = self.loss(inputs, 1.0)  # a rank with no share still joins the sharded forward
@@ -656,11 +831,14 @@ class Recipe:
         self.tracker.log(row, row["step"])
 
     def save_checkpoint(self, step: int, row: dict[str, Any]) -> None:
+        """A checkpoint to resume from, under the long timeout (rank 0 alone renames and prunes)."""
         from .distributed import save_checkpoint
 
-        save_checkpoint(self.out, step, self.model, self.optimizer, self.scheduler,
-                        {"epoch": row["epoch"], "world_size": self.env.world_size, "config": vars(self.cfg)},
-                        self.env.rank, self.cfg.save_total_limit)
+        with self.phase(f"the checkpoint of step {step}", long=True):
+            save_checkpoint(self.out, step, self.model, self.optimizer, self.scheduler,
+                            {"epoch": row["epoch"], "world_size": self.env.world_size, "config": vars(self.cfg),
+                             **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {})},
+                            self.env.rank, self.cfg.save_total_limit)
 
     def finish(self, row: dict[str, Any]) -> dict[str, Any]:
         """The final save (when every step ran) and `train_summary.json`; returns the summary."""
@@ -673,6 +851,8 @@ class Recipe:
         cfg, env, out = self.cfg, self.env, self.out
         self.bar.close()
         memory = per_rank(peak_memory_gb(env.device), env.rank, env.world_size, env.device)
+        reserved = peak_reserved_gb(env.device)  # None on CPU on every rank alike
+        reserved_per_rank = None if reserved is None else per_rank(reserved, env.rank, env.world_size, env.device)
         finished = bool(row) and row["step"] == self.steps
         totals = self.totals
         summary = {"steps": row.get("step", self.start), "total_steps": self.steps, "finished": finished,
@@ -680,11 +860,13 @@ class Recipe:
                    "eval_loss_at_start": self.eval_loss_at_start, "data_path": cfg.data_path,
                    "examples": len(self.data), "validation_examples": len(self.val) if self.val is not None else 0,
                    "sources": self.sources, "world_size": env.world_size,
-                   "fsdp": self.plan.fsdp, "bf16": self.plan.precision.bf16, "layer_class": self.layer_cls.__name__,
+                   "fsdp": self.plan.fsdp, "bf16": self.plan.precision.bf16,
+                   "fp16": self.plan.precision.fp16, "skipped_steps": self.skipped_steps, "layer_class": self.layer_cls.__name__,
                    "reduce_scatter_every_micro_batch": self.sync_every,
                    "parameters": self.n_params, "trainable_parameters": self.n_trainable, "lora": cfg.lora,
                    "adapter_dir": None, "ranks_that_loaded_full_weights": 1 if self.from_rank0 else env.world_size,
                    "peak_memory_gb_per_rank": [round(x, 3) for x in memory],
+                   "peak_reserved_gb_per_rank": None if reserved_per_rank is None else [round(x, 3) for x in reserved_per_rank],
                    "parameters_per_rank": self.parameters_per_rank,
                    "train_seconds": round(time.perf_counter() - self.run_start, 2),
                    "tokens_per_s": totals.tokens / totals.seconds if totals.seconds else None,
@@ -725,10 +907,14 @@ def _save_check_logits(model: Any, input_ids: list[int], env: Any, path: Path) -
         save_file({"input_ids": probe.cpu(), "logits": logits.float().cpu().contiguous()}, str(path))
 
 
-def _clip(model: Any, max_norm: float) -> float:
-    """Clip gradients (max_norm > 0) and return the total norm before clipping, on every rank."""
+def _clip(model: Any, max_norm: float, scaler: Any = None, optimizer: Any = None) -> float:
+    """Clip gradients (max_norm > 0) and return the total norm before clipping, on every rank. With an fp16
+    loss `scaler`, the gradients are unscaled first (in place), so the norm and the clipping are the real ones;
+    an overflow makes the norm inf or NaN, and the scaler then skips the step."""
     import torch
 
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     params = [p for p in model.parameters() if p.grad is not None]
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
     if hasattr(norm, "full_tensor"):
@@ -753,14 +939,21 @@ def truncate_log(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
+def memory_reserved_field(device: Any) -> dict[str, float | None]:
+    """The log row's `peak_reserved_gb` field: GiB to 3 decimals, None on CPU."""
+    reserved = peak_reserved_gb(device)
+    return {"peak_reserved_gb": None if reserved is None else round(reserved, 3)}
+
+
 def console_line(row: dict[str, Any], steps: int) -> str:
     """One console line for a log row."""
     mfu = f" mfu {row['mfu']:.1%}" if row.get("mfu") is not None else ""
     val = f" eval_loss {row['eval_loss']:.4f}" if row.get("eval_loss") is not None else ""
+    reserved = f" ({row['peak_reserved_gb']:.2f} reserved)" if row.get("peak_reserved_gb") is not None else ""
     return (f"step {row['step']}/{steps} loss {row['loss']:.4f}{val} lr {row['lr']:.3e} "
             f"grad_norm {row['grad_norm']:.3f} tok/s {row['tokens_per_s']:.0f} "
             f"trained tok/s {row['trained_tokens_per_s']:.0f} padding {row['padding']:.0%}{mfu} "
-            f"peak mem {row['peak_memory_gb']:.2f} GB")
+            f"peak mem {row['peak_memory_gb']:.2f} GB{reserved}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -768,6 +961,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = parse_config(argv)
         train(cfg)
     except (TrainConfigError, NonFiniteLossError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except RuntimeError as e:  # a rank stopped answering; its class is imported once torch is loaded
+        from .distributed import RankTimeoutError
+
+        if not isinstance(e, RankTimeoutError):
+            raise
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     return 0

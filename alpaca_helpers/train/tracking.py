@@ -16,7 +16,8 @@ WANDB_DIR = "wandb"  # W&B puts its own `wandb/` folder inside the directory it 
 # Log-row keys reported as scalars, and their names in the trackers.
 SCALARS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
            "tokens_per_s": "perf/tokens_per_s", "trained_tokens_per_s": "perf/trained_tokens_per_s",
-           "peak_memory_gb": "perf/peak_memory_gb", "mfu": "perf/mfu", "eval_loss": "eval/loss"}
+           "peak_memory_gb": "perf/peak_memory_gb", "peak_reserved_gb": "perf/peak_reserved_gb", "mfu": "perf/mfu",
+           "eval_loss": "eval/loss"}
 
 
 def scalars(row: dict[str, Any]) -> dict[str, float]:
