@@ -190,6 +190,8 @@ def test_per_rank_weights_gradients_and_optimizer_state_are_what_fsdp_ranks_hold
 def test_activation_estimate_is_close_to_what_autograd_saves(tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from alpaca_helpers.train.recipe import enable_activation_checkpointing
+
     config = {**TINY, "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 3}
     folder = write_config(tmp_path / "act", config)
     shape = load_model_shape(str(folder))
@@ -197,7 +199,7 @@ def test_activation_estimate_is_close_to_what_autograd_saves(tmp_path):
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)).train()
     for checkpointing in (False, True):
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         storages: dict[int, int] = {}
 
         def keep(t):
@@ -519,3 +521,13 @@ def test_a_run_the_plan_rejects_stops_before_loading_unless_ignore_plan(tmp_path
     with pytest.raises(Loading):
         recipe.main(argv + ["--ignore_plan", "true"])
     assert loaded and "starting anyway (ignore_plan=true)" in capsys.readouterr().out
+
+
+def test_the_7b_preset_is_planned_offline_from_the_shipped_config(monkeypatch, capsys):
+    """`python -m alpaca_helpers.train.plan --config alpaca_7b --gpus 8 --gpu H100` plans the preset's own model
+    (huggyllama/llama-7b) with no network, from the config.json the project ships (configs/models/), and picks
+    16 × 1 as with the real folder."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["--config", "alpaca_7b", "--gpus", "8", "--gpu", "H100"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("huggyllama/llama-7b: 6.74B parameters") and "16 per device × 1 accumulation" in text

@@ -51,9 +51,10 @@ from typing import Any
 
 from torch import nn
 
-from .config import TrainConfigError, load_preset, make_config, plan_batch
+from .config import CONFIGS_DIR, TrainConfigError, load_preset, make_config, plan_batch
 
 GIB = 2**30
+SHIPPED_CONFIGS = CONFIGS_DIR / "models"  # config.json of Hub models the presets name, for planning offline
 LOSS_SCALER_BYTES = 12  # fp16's GradScaler: the scale (fp32), its growth tracker (int32), found_inf (fp32)
 CUDA_OVERHEAD_GIB = 2.0  # CUDA context, kernels and allocator slack per process (a round assumption)
 
@@ -256,14 +257,18 @@ def load_model_shape(name_or_folder: str) -> ModelShape:
     """The `ModelShape` of a local folder or Hub name, from its config.json, with the embedding rows the run
     gives it (`trained_vocab`)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..models import load_model_config
 
     try:
         resolved, config = load_model_config(name_or_folder)
     except FileNotFoundError as e:
-        raise PlanError(str(e)) from None
+        shipped = SHIPPED_CONFIGS / f"{str(name_or_folder).replace('/', '-')}.json"
+        if not shipped.is_file():
+            raise PlanError(str(e)) from None
+        values = json.loads(shipped.read_text())  # offline, a Hub model whose config.json the project ships
+        resolved, config = str(shipped), AutoConfig.for_model(values.pop("model_type"), **values)
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
@@ -823,7 +828,8 @@ def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float]
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m alpaca_helpers.train.plan", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default", help="HF folder or Hub name (only config.json is read)")
+    p.add_argument("--model", help="HF folder or Hub name (only config.json is read); default: --config's model, "
+                                   "or the embedded default model without --config")
     p.add_argument("--gpus", type=int, default=8, help="GPUs per machine")
     p.add_argument("--num_machines", type=int, default=1)
     p.add_argument("--gpu_memory_gb", type=float, default=80.0, help="memory of one GPU, GiB")
@@ -878,9 +884,10 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("per_device_train_batch_size", "model_max_length", "global_batch_size"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise PlanError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
-    shape = load_model_shape(args.model)
+    model = args.model or (cfg.model_name_or_path if args.config else "default")
+    shape = load_model_shape(model)
     fixed = {"lora_r": cfg.lora_r, "lora_targets": cfg.lora_target_modules, "lora_dropout": cfg.lora_dropout,
-             "trained_fraction": TRAINED_FRACTION, "fsdp": cfg.fsdp, "model": args.model}
+             "trained_fraction": TRAINED_FRACTION, "fsdp": cfg.fsdp, "model": model}
     settings = dict(world_size=args.gpus * args.num_machines, num_machines=args.num_machines,
                     gpu_memory_gb=args.gpu_memory_gb, global_batch_size=cfg.global_batch_size,
                     model_max_length=cfg.model_max_length, activation_checkpointing=cfg.activation_checkpointing,

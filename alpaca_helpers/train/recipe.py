@@ -188,6 +188,16 @@ def train_step_by_hand(model: Any, batch: dict[str, Any], optimizer: Any, max_gr
     return step_loss
 
 
+def enable_activation_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing of every decoder layer. transformers 5.x renamed the switch
+    (`gradient_checkpointing_enable` warns and goes in v6); older 5.x releases only have the old name."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def quiet_library_bars() -> None:
     """One progress bar per run, ours: no `datasets` map bars or transformers weight-loading bars."""
     import datasets
@@ -542,7 +552,7 @@ class Recipe:
             resize_embeddings_mean(model, len(self.tokenizer))
         model.config.use_cache = False
         if cfg.activation_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(model)
         if cfg.lora:
             model = apply_lora(model, cfg)
         if cfg.torch_compile:  # after checkpointing and LoRA wrap the layers, before FSDP shards them: torchtitan's order
