@@ -1,5 +1,5 @@
 """The refusal classifier: its rules on crafted answers, its agreement with the hand-labelled set (the figures the
-README states), and the same question asked of the real local judge."""
+docs/safety.md states), and the same question asked of the real local judge."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_the_rules_agree_with_the_labelled_set_as_the_readme_says():
     labelled = [r["label"] for r in rows]
     predicted = [classify_refusal(r["answer"]).label for r in rows]
     result = label_agreement(labelled, predicted)
-    # The figures README and docs state for the rules on data/refusal_labels.jsonl: change them together.
+    # The figures docs/safety.md states for the rules on data/refusal_labels.jsonl: change them together.
     assert result["n"] == 87 and result["unparsed"] == 0
     assert round(result["percent"], 1) == 86.2 and round(result["kappa"], 3) == 0.733
     assert result["confusion"] == {"complies": {"complies": 49, "refuses": 1, "partial": 0},
