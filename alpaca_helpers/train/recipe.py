@@ -795,7 +795,7 @@ class Recipe:
         with torch.no_grad():
             for ids in eval_micro_batches(len(val), val.lengths, self.plan.batch.per_device,
                                           env.rank, env.world_size):
-                inputs = {key: v.to(env.device) for key, v in val.collate(ids or [0]).items()}
+                inputs = val.device_batch(ids or [0], env.device, trained=self.head is not None)
                 loss = self.loss(inputs, 1.0)  # a rank with no share still joins the sharded forward
                 if ids:
                     loss_sum = loss_sum + loss.detach().float()
