@@ -6,7 +6,7 @@
     python -m alpaca_helpers.course --check notebooks/03_tokenize_and_mask.ipynb   # grade your exercises
     python -m alpaca_helpers.course --check notebooks/03_tokenize_and_mask.ipynb --saved   # the same, in seconds
 
-Each executed notebook is also written as HTML (`<output-dir>/html/`) to hand out, and its `summary.json` is
+Each executed notebook is also written as HTML (`<output_dir>/html/`) to hand out, and its `summary.json` is
 checked against what the notebook says you should see. Kernels talk over local IPC sockets, not TCP ports.
 """
 
@@ -17,12 +17,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import default
+
+from .cli import ArgumentParser
+from .exercises import Grade, grade, grade_saved, with_solutions
+from .expectations import unmet
+from .files import atomic_write_text
 from .paths import REPO_ROOT, resolve
-
-if TYPE_CHECKING:
-    from .exercises import Grade
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
@@ -67,9 +71,6 @@ def ipc_kernel_manager() -> type:
 
     No port is opened, and ipykernel has no reason to warn that its TCP traffic is unencrypted.
     """
-    from jupyter_client.manager import AsyncKernelManager
-    from traitlets import default
-
     class IPCKernelManager(AsyncKernelManager):
         @default("transport")
         def _transport_default(self) -> str:
@@ -107,8 +108,6 @@ def run_notebook(notebook: Path, output_dir: Path, parameters: dict[str, Any] | 
     executed = output_dir / notebook.name
     source: Any = str(notebook)
     if solutions:
-        from .exercises import with_solutions
-
         source = nbformat.read(notebook, as_version=4)
         with_solutions(source, notebook.stem)
     papermill.execute_notebook(source, str(executed), parameters=params, cwd=str(notebook.parent),
@@ -127,8 +126,6 @@ def export_html(executed: Path, html_dir: Path) -> Path:
     import nbformat
     from nbconvert import HTMLExporter
 
-    from .files import atomic_write_text
-
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     path = html_dir / f"{executed.stem}.html"
     atomic_write_text(path, body)
@@ -138,8 +135,6 @@ def export_html(executed: Path, html_dir: Path) -> Path:
 def check_notebook(notebook: Path, output_dir: Path, parameters: dict[str, Any] | None = None,
                    solutions: bool = False) -> list[Grade]:
     """Run a (learner's) notebook and grade its exercises from the numbers it recorded."""
-    from .exercises import grade
-
     run_notebook(notebook, output_dir, parameters, progress=False, solutions=solutions)
     return grade(notebook.stem, notebook_output_dir(notebook, output_dir, parameters))
 
@@ -154,8 +149,6 @@ def _parse_value(text: str) -> Any:
 def _check_main(paths: list[str], out: Path, params: dict[str, Any], solutions: bool, saved: bool = False) -> int:
     """`--check`: run each named notebook (a learner's copy may live anywhere) and print its grades; with
     `saved`, grade the answers its last run saved instead (nothing runs)."""
-    from .exercises import grade_saved
-
     all_right = True
     for name in paths:
         notebook = resolve(name)
@@ -180,8 +173,6 @@ def _check_main(paths: list[str], out: Path, params: dict[str, Any], solutions: 
 
 
 def _run_course(books: list[Path], out: Path, params: dict[str, Any]) -> int:
-    from .expectations import unmet
-
     timings = {}
     for i, book in enumerate(books, 1):
         print(f"[{i}/{len(books)}] {book.name}", flush=True)
@@ -200,9 +191,9 @@ def _run_course(books: list[Path], out: Path, params: dict[str, Any]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="notebook number prefixes to run (default: all)")
-    parser.add_argument("--output-dir", default="runs/course", help="where executed notebooks and outputs go")
+    parser.add_argument("--output_dir", default="runs/course", help="where executed notebooks and outputs go")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a parameter for every notebook that declares it (value parsed as JSON if it can be)")
     parser.add_argument("--check", nargs="+", metavar="NOTEBOOK",

@@ -98,7 +98,8 @@ def parse_columns(columns: str | Mapping[str, str] | None) -> dict[str, str]:
     return dict(columns)
 
 
-def _rows_to_records(rows: Iterable[Mapping[str, Any]], where: str, columns: Mapping[str, str]) -> list[dict[str, Any]]:
+def _rows_to_records(rows: Iterable[Mapping[str, Any]], where: str,
+                     columns: Mapping[str, str]) -> list[dict[str, Any]]:
     records = []
     for i, row in enumerate(rows):
         if columns and isinstance(row, Mapping):

@@ -10,6 +10,7 @@ Solutions live in `solutions/<notebook>.md`, one fenced python block under each 
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -150,8 +151,6 @@ def grade(notebook_stem: str, output_dir: str | os.PathLike) -> list[Grade]:
 
 def saved_output_dir(notebook: str | os.PathLike) -> Path:
     """Where a notebook run as it stands (in Jupyter) writes its files: its `output_dir` parameter's value."""
-    import ast
-
     import nbformat
 
     nb = nbformat.read(resolve(notebook), as_version=4)

@@ -14,6 +14,8 @@ import json
 import os
 from pathlib import Path
 
+from filelock import FileLock
+
 from .files import atomic_folder
 from .paths import REPO_ROOT, cache_dir, data_dir
 
@@ -86,8 +88,6 @@ def default_model(cache: str | os.PathLike | None = None) -> Path:
     takes about 20 s on 2 cores, happens once, is guarded by a file lock (parallel callers wait) and is
     atomic (a crash leaves no half-written folder).
     """
-    from filelock import FileLock
-
     source = gguf_path()
     root = Path(cache) if cache is not None else cache_dir()
     folder = root / DEFAULT_MODEL_NAME
@@ -117,8 +117,6 @@ VOCABULARIES = {
 def vocabulary_folder(name: str, cache: str | os.PathLike | None = None) -> Path:
     """A Hugging Face tokenizer folder of the shipped vocabulary `name` (a `VOCABULARIES` key), converted from
     its GGUF file once (3-25 s) and read from the cache afterwards (under a second)."""
-    from filelock import FileLock
-
     if name not in VOCABULARIES:
         raise ValueError(f"unknown vocabulary {name!r}; shipped: {', '.join(VOCABULARIES)}")
     source = data_dir() / "tokenizers" / f"ggml-vocab-{name}.gguf"

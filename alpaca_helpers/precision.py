@@ -160,7 +160,8 @@ def choose_training_precision(bf16: bool | None, fp16: bool | None, native: Nati
     tests show it); bf16=false alone is always the fp32 run.
     """
     if bf16 and fp16:
-        raise PrecisionError("bf16=true and fp16=true: choose one (fp16 is for GPUs without bf16, such as T4 and V100)")
+        raise PrecisionError("bf16=true and fp16=true: choose one "
+                             "(fp16 is for GPUs without bf16, such as T4 and V100)")
     if fp16:
         return Bf16Choice(False, "fp16=true", fp16=True)
     choice = choose_bf16(bf16, native, on_gpu)

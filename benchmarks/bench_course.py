@@ -21,10 +21,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from alpaca_helpers.cli import ArgumentParser
+from alpaca_helpers.course import course_notebooks
 
-from alpaca_helpers.course import course_notebooks  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 ARMS = {"fp32": {"ALPACA_BF16": "false"}, "bf16": {}}
 
@@ -34,15 +34,15 @@ def run_one(notebook: Path, arm: str, out: Path) -> float:
     env = {k: v for k, v in os.environ.items() if k != "ALPACA_BF16"} | ARMS[arm]
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "alpaca_helpers.course", "--only", notebook.name[:2],
-                    "--output-dir", str(out / arm)], cwd=REPO, env=env, check=True,
+                    "--output_dir", str(out / arm)], cwd=REPO, env=env, check=True,
                    stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="*", help="notebook number prefixes (default: all)")
-    parser.add_argument("--output-dir", default=str(REPO / "runs" / "bench_course"))
+    parser.add_argument("--output_dir", default=str(REPO / "runs" / "bench_course"))
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     out = Path(args.output_dir)

@@ -2,14 +2,14 @@
 teacher agreement.
 
     python benchmarks/bench_precision.py                          # seeds 0,1,2 of the cpu_default preset
-    python benchmarks/bench_precision.py --seeds 0 --agreement-items 16 --json /tmp/bench_precision.json
+    python benchmarks/bench_precision.py --seeds 0 --agreement_items 16 --json /tmp/bench_precision.json
 
 For each seed, both arms run the command notebook 04 runs (`accelerate launch --cpu ... -m alpaca_helpers.train
 --config configs/cpu_default.yaml --seed S`), one after the other (fp32 first on even seeds, bf16 first on odd
 ones, so a change in the machine's load falls on both arms alike). The fp32 arm runs with `ALPACA_BF16=false`,
 the setting that makes a whole course fp32; the bf16 arm with the default (`auto`: bf16 on a CPU with native bf16).
 Then notebook 06's teacher agreement (the loss of text-davinci-003's answers under the trained model, on the same
-`--agreement-items` answers) is measured on each arm's model in that arm's precision: fp32 loads for the fp32
+`--agreement_items` answers) is measured on each arm's model in that arm's precision: fp32 loads for the fp32
 arm, `auto` loads for the bf16 one, as the course does.
 
 Reported per seed and arm: trained tokens/s of the training loop, final training loss, validation loss, teacher
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -29,6 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from alpaca_helpers.cli import ArgumentParser
+from alpaca_helpers.demo.generate import load_model
+from alpaca_helpers.evaluate.agreement import agreement, response_losses
+from alpaca_helpers.evaluate.answers import eval_subset, evaluation_items
+from alpaca_helpers.evaluate.stats import mean_se
 from alpaca_helpers.paths import REPO_ROOT
 from alpaca_helpers.precision import FORCE_ENV, native_bf16
 from alpaca_helpers.train.config import CONFIGS_DIR
@@ -60,17 +64,12 @@ def train_arm(arm: str, seed: int, out: Path) -> dict:
 
 def teacher_records(items: int) -> list[dict]:
     """Notebook 06's teacher-agreement records: text-davinci-003's answers to a seeded subset (seed 0)."""
-    from alpaca_helpers.evaluate.pairwise import eval_subset, evaluation_items
-
     records, reference, _, _ = evaluation_items("user_oriented")
     return [{**records[i], "output": reference[i]} for i in eval_subset(records, items, seed=0)]
 
 
 def agreement_arm(arm: str, model_dir: str, records: list[dict]) -> tuple[float, float]:
     """(teacher agreement loss, seconds to score) of a trained model, loaded in the arm's precision."""
-    from alpaca_helpers.demo.generate import load_model
-    from alpaca_helpers.evaluate.agreement import agreement, response_losses
-
     saved = os.environ.pop(FORCE_ENV, None)
     if arm == "fp32":
         os.environ[FORCE_ENV] = "false"
@@ -85,14 +84,10 @@ def agreement_arm(arm: str, model_dir: str, records: list[dict]) -> tuple[float,
             os.environ[FORCE_ENV] = saved
 
 
-def mean_se(values: list[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    parser.add_argument("--agreement-items", type=int, default=64, help="answers scored per model (notebook 06: 64)")
+    parser.add_argument("--agreement_items", type=int, default=64, help="answers scored per model (notebook 06: 64)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -117,14 +112,17 @@ def main() -> None:
     for seed, arms in rows.items():
         for arm in ARMS:
             r = arms[arm]
-            print(f"| {seed} | {arm} | {r['trained_tokens_per_s']:.1f} | {r['train_seconds']:.1f} | {r['final_loss']:.4f} "
-                  f"| {r['eval_loss']:.4f} | {r['agreement_loss']:.4f} | {r['agreement_seconds']:.1f} |")
-    print("\n| metric | fp32 mean | bf16 mean | bf16 - fp32 (mean ± SE over seeds) | bf16 / fp32 |\n|---|---:|---:|---:|---:|")
+            print(f"| {seed} | {arm} | {r['trained_tokens_per_s']:.1f} | {r['train_seconds']:.1f} "
+                  f"| {r['final_loss']:.4f} | {r['eval_loss']:.4f} | {r['agreement_loss']:.4f} "
+                  f"| {r['agreement_seconds']:.1f} |")
+    print("\n| metric | fp32 mean | bf16 mean | bf16 - fp32 (mean ± SE over seeds) | bf16 / fp32 |\n"
+          "|---|---:|---:|---:|---:|")
     differences = {}
     for metric in METRICS:
         fp32 = [rows[s]["fp32"][metric] for s in seeds]
         bf16 = [rows[s]["bf16"][metric] for s in seeds]
-        diff, se = mean_se([b - f for b, f in zip(bf16, fp32)])
+        change = mean_se([b - f for b, f in zip(bf16, fp32)])
+        diff, se = change["mean"], change["se"]
         ratio = statistics.fmean(b / f for b, f in zip(bf16, fp32))
         differences[metric] = {"fp32": statistics.fmean(fp32), "bf16": statistics.fmean(bf16), "difference": diff,
                                "se": se, "ratio": ratio}

@@ -1,7 +1,7 @@
 """Benchmark: Alpaca's incremental ROUGE-L filter, `rouge_score` reference vs `alpaca_helpers.self_instruct.rouge`.
 
     python benchmarks/bench_rouge.py                 # 20,000 candidates, reference on the first 800
-    python benchmarks/bench_rouge.py --n 2000 --ref-n 200 --workers 2
+    python benchmarks/bench_rouge.py --n 2000 --ref_n 200 --workers 2
 
 Corpus: deterministic, built from the shipped instruction sets (seed tasks + user-oriented eval
 set): each instruction is a recombination of clauses cut from them, 8-24 words; about 10% are
@@ -9,7 +9,7 @@ planted near-duplicates of an earlier one (1-3 word edits). Existing pool = the 
 as in Alpaca. Both filters run in this one process, side by side:
 
 - reference: `rouge_score`'s `_score_lcs` on pre-tokenized instructions, exactly Alpaca's loop but in
-  one process, on the first `--ref-n` candidates; its rate is extrapolated (quadratically, by the
+  one process, on the first `--ref_n` candidates; its rate is extrapolated (quadratically, by the
   number of pairs) to the full run and to a 52K-instruction run;
 - ours: `filter_similar` (decision only, exact pruning) and `filter_similar_detailed` (every pair
   scored, with means and neighbours) on all candidates; both must match the reference's kept mask on
@@ -21,7 +21,6 @@ pruned filter decides many of them without scoring them, and is credited for the
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ import time
 
 from rouge_score import rouge_scorer
 
+from alpaca_helpers.cli import ArgumentParser
 from alpaca_helpers.data import load_eval_set, load_seed_tasks
 from alpaca_helpers.self_instruct.rouge import filter_similar, filter_similar_detailed
 
@@ -111,9 +111,9 @@ def incremental_pairs(kept: list[bool], n_existing: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="candidates in the corpus")
-    parser.add_argument("--ref-n", type=int, default=800, help="candidates the reference scores")
+    parser.add_argument("--ref_n", type=int, default=800, help="candidates the reference scores")
     parser.add_argument("--workers", type=int, default=2, help="rapidfuzz threads (-1: all cores)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from alpaca_helpers.cli import ArgumentParser
 from alpaca_helpers.self_instruct.pipeline import generate
 from alpaca_helpers.self_instruct.server import serve
 from alpaca_helpers.self_instruct.teacher import Teacher, TeacherConfig
@@ -36,16 +37,16 @@ def run_once(server, concurrency: int, args: argparse.Namespace, out: Path) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", type=int, default=6, help="instructions to keep per run")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight in the concurrent runs")
     p.add_argument("--rounds", type=int, default=1, help="(one at a time, concurrent) pairs to run")
-    p.add_argument("--tasks-per-prompt", type=int, default=2)
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--tasks_per_prompt", type=int, default=2)
+    p.add_argument("--max_tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--max-requests", type=int, default=200)
+    p.add_argument("--max_requests", type=int, default=200)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--server-threads", type=int, default=1, help="CPU threads of the local server")
+    p.add_argument("--server_threads", type=int, default=1, help="CPU threads of the local server")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "

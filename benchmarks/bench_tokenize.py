@@ -1,6 +1,6 @@
 """Tokenization: Stanford Alpaca's per-example recipe vs our batched `build_dataset`, side by side.
 
-    python benchmarks/bench_tokenize.py [--n 20000] [--max-length 512] [--num-proc 2] [--repeat 2]
+    python benchmarks/bench_tokenize.py [--n 20000] [--max_length 512] [--num_proc 2] [--repeat 2]
 
 The examples are the shipped seed, evaluation and text-davinci-003 records (679 distinct) repeated to `--n`.
 Prints examples per second for each approach and their ratio, the 52K-scale projection, and how the
@@ -10,11 +10,14 @@ where it is wrong.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import time
 
+from datasets.utils.logging import disable_progress_bar
+from transformers import AutoTokenizer
+
+from alpaca_helpers.cli import ArgumentParser
 from alpaca_helpers.data import load_davinci_predictions, load_eval_set, load_seed_tasks
 from alpaca_helpers.models import default_model
 from alpaca_helpers.train.tokenize import alpaca_original_tokenize, build_dataset, original_recipe_fault
@@ -39,15 +42,13 @@ def timed(fn):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="examples to tokenize")
-    parser.add_argument("--max-length", type=int, default=512, help="token window")
-    parser.add_argument("--num-proc", type=int, default=2, help="processes for our second Dataset.map run")
+    parser.add_argument("--max_length", type=int, default=512, help="token window")
+    parser.add_argument("--num_proc", type=int, default=2, help="processes for our second Dataset.map run")
     parser.add_argument("--repeat", type=int, default=2, help="alternating rounds; the best of each is kept")
     args = parser.parse_args()
 
-    from datasets.utils.logging import disable_progress_bar
-    from transformers import AutoTokenizer
 
     disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(default_model())

@@ -3,15 +3,17 @@
     python benchmarks/bench_train.py                       # default model, 175 seed tasks: 4 steps of 32
     python benchmarks/bench_train.py --examples 120 --json /tmp/bench_train.json
     python benchmarks/bench_train.py --only trainer_random,trl_grouped,ours_grouped   # a subset of the runs
-    python benchmarks/bench_train.py --only trainer_random,trl_padding_free,trl_padding_free_bf16,ours_grouped,ours_grouped_bf16
+    python benchmarks/bench_train.py \\
+        --only trainer_random,trl_padding_free,trl_padding_free_bf16,ours_grouped,ours_grouped_bf16
 
 Baseline = the original recipe's shape: Hugging Face `Trainer`, random order, each micro-batch padded to
-its longest example. Peer = Hugging Face TRL's `SFTTrainer` (`pip install '.[bench]'`; `--no-trl` leaves it
+its longest example. Peer = Hugging Face TRL's `SFTTrainer` (installed with the test extra; `--no_trl` leaves it
 out) with completion-only loss, in the two settings that keep the global batch in examples: padding-free
-(each micro-batch one row) and length-grouped micro-batches (`run_trl` says why not `packing`). Ours = `alpaca_helpers.train`: micro-batches grouped by length inside each global
-batch, first with the LM head on every position (`ours_grouped_full_head`: grouping alone), then with
-logits only where a label is trained (the default), then also with packing. Same model, data, global batch, micro-batch, schedule and number of
-steps. Each TRL and ours run comes in fp32 and, with the suffix `_bf16`, in bf16 mixed precision (fp32 master
+(each micro-batch one row) and length-grouped micro-batches (`run_trl` says why not `packing`). Ours =
+`alpaca_helpers.train`: micro-batches grouped by length inside each global batch, first with the LM head on every
+position (`ours_grouped_full_head`: grouping alone), then with logits only where a label is trained (the default),
+then also with packing. Same model, data, global batch, micro-batch, schedule and number of steps. Each TRL and
+ours run comes in fp32 and, with the suffix `_bf16`, in bf16 mixed precision (fp32 master
 weights and optimizer state, bf16 autocast: TRL's `bf16=True`, ours `bf16: true`), so that each loop is raced at
 its fastest CPU setting as well as in fp32; the `Trainer` baseline is the original recipe's fp32. Reported:
 trained (response) tokens per second of the training loop (wall and process CPU time, the first step left out of
@@ -30,18 +32,19 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-from alpaca_helpers.data import load_seed_tasks
+from alpaca_helpers.cli import ArgumentParser
+from alpaca_helpers.data import load_seed_tasks, save_alpaca
 from alpaca_helpers.models import resolve_model
+from alpaca_helpers.train.batches import AlpacaCollator
 from alpaca_helpers.train.config import make_config, warmup_steps
 from alpaca_helpers.train.recipe import train
-from alpaca_helpers.train.tokenize import IGNORE_INDEX, AlpacaCollator, build_dataset
+from alpaca_helpers.train.tokenize import IGNORE_INDEX, build_dataset
 
 
 def mean_loss(model_dir: str, dataset, pad_id: int, batch: int = 8) -> float:
     """Token-mean loss of a saved model over a tokenized dataset (no grad)."""
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     collate = AlpacaCollator(pad_token_id=pad_id)
     total = count = 0.0
@@ -57,8 +60,6 @@ def mean_loss(model_dir: str, dataset, pad_id: int, batch: int = 8) -> float:
 
 def timed_run(trainer, tokenizer, out: Path) -> dict:
     """Train a Hugging Face `Trainer` (or subclass), counting what it computes on and timing each step."""
-    from transformers import TrainerCallback
-
     padded = real = trained = 0
     collate = trainer.data_collator
 
@@ -105,8 +106,6 @@ def hf_schedule(args, dataset) -> dict:
 
 def run_trainer(model_dir: str, dataset, tokenizer, args, out: Path) -> dict:
     """The original recipe's loop: Trainer, random sampler, pad to the longest in each micro-batch."""
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
-
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     targs = TrainingArguments(**{**hf_schedule(args, dataset), "output_dir": str(out)})
     trainer = Trainer(model=model, args=targs, train_dataset=dataset.select_columns(["input_ids", "labels"]),
@@ -129,11 +128,10 @@ def run_trl(model_dir: str, dataset, tokenizer, args, out: Path, setting: str, b
 
     The dataset goes in pre-tokenized with a `completion_mask` (TRL's completion-only loss: response tokens
     only). TRL's own defaults that would change the comparison are set as ours: the same precision (fp32, or
-    bf16 autocast with fp32 weights when `bf16`), no gradient checkpointing; packing (`packing=True`) is not run: it rebuilds the examples into fixed-length
-    rows, so a global batch would no longer be the same examples.
+    bf16 autocast with fp32 weights when `bf16`), no gradient checkpointing; packing (`packing=True`) is not run:
+    it rebuilds the examples into fixed-length rows, so a global batch would no longer be the same examples.
     """
-    from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig, SFTTrainer  # noqa: PLC0415 - only when raced (--no_trl leaves it out)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     rows = dataset.map(lambda ex: {"completion_mask": [int(t != IGNORE_INDEX) for t in ex["labels"]]},
@@ -164,8 +162,6 @@ def run_ours(model_dir: str, data_file: Path, args, out: Path, packing: bool, tr
 def benchmark_data(tokenizer, args, folder: Path) -> tuple[Path, object]:
     """The first seed tasks that fit `max_length`, cut to whole global batches, saved as one file both
     loops read (so both run the same examples for the same number of steps)."""
-    from alpaca_helpers.data import save_alpaca
-
     records = load_seed_tasks()[:args.examples]
     kept = build_dataset(records, tokenizer, max_length=args.max_length, overflow="drop").dataset["example_id"]
     kept = kept[:len(kept) // args.global_batch * args.global_batch]
@@ -185,19 +181,18 @@ def fastest(results: dict, prefix: str, fp32_only: bool = False) -> tuple[str, d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
     parser.add_argument("--examples", type=int, default=175, help="seed tasks to start from (cut to whole batches)")
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--global-batch", type=int, default=32)
-    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--max_length", type=int, default=256)
+    parser.add_argument("--global_batch", type=int, default=32)
+    parser.add_argument("--micro_batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--no-trl", action="store_true", help="leave out TRL's SFTTrainer (pip install '.[bench]')")
+    parser.add_argument("--no_trl", action="store_true", help="leave out TRL's SFTTrainer")
     parser.add_argument("--only", help=f"comma-separated subset of the runs: {', '.join(RUNS)} (default: all)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers import AutoTokenizer
 
     model_dir = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -207,7 +202,8 @@ def main() -> None:
         data_file, dataset = benchmark_data(tokenizer, args, tmp)
         trained = sum(sum(1 for t in lab[1:] if t != IGNORE_INDEX) for lab in dataset["labels"])
         print(f"{len(dataset)} examples, {trained} trained tokens, global batch {args.global_batch} "
-              f"(micro-batch {args.micro_batch}), max length {args.max_length}, torch threads {torch.get_num_threads()}, "
+              f"(micro-batch {args.micro_batch}), max length {args.max_length}, "
+              f"torch threads {torch.get_num_threads()}, "
               f"load average {os.getloadavg()[0]:.2f}")
         runs = {"trainer_random": lambda: run_trainer(model_dir, dataset, tokenizer, args, tmp / "trainer"),
                 **{f"trl_{setting}{suffix}": (lambda setting=setting, suffix=suffix: run_trl(
@@ -241,7 +237,8 @@ def main() -> None:
         r["speedup"] = r["trained_tokens_per_s"] / base["trained_tokens_per_s"]
         r["speedup_cpu"] = r["trained_tokens_per_cpu_s"] / base["trained_tokens_per_cpu_s"]
         r["vs_trl_best"] = r["trained_tokens_per_s"] / trl_best["trained_tokens_per_s"] if trl_best else None
-        print(f"| {name} | {r['steps']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['trained_tokens_per_s']:.1f} "
+        print(f"| {name} | {r['steps']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} "
+              f"| {r['trained_tokens_per_s']:.1f} "
               f"| {r['trained_tokens_per_cpu_s']:.1f} | {r['padding']:.1%} | {r['last_step_loss']:.4f} "
               f"| {r['final_mean_loss']:.4f} | {r['speedup']:.2f}x | {r['speedup_cpu']:.2f}x | "
               + (f"{r['vs_trl_best']:.2f}x |" if trl_best else "|"))

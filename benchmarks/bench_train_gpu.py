@@ -17,14 +17,14 @@ for `--steps` optimizer steps; the first step is left out of the rates as warm-u
 MFU = model FLOPs per token × tokens/s ÷ the GPU's dense bf16 peak (`alpaca_helpers.train.plan`: 756 TFLOP/s for
 an H100 PCIe, 989 for SXM). FLOPs per token (`plan.flops_per_token`) count 6 per non-embedding parameter,
 attention, and the LM head only at the trained positions it computes (measured share); the embedding
-lookup is no matmul. Each model's micro-batch is the largest of `--micro-batch` and the smaller options that
-fits `--gpu-memory-gb` (default 80: the row must run on an 80 GB card) by the plan
+lookup is no matmul. Each model's micro-batch is the largest of `--micro_batch` and the smaller options that
+fits `--gpu_memory_gb` (default 80: the row must run on an 80 GB card) by the plan
 (`plan.largest_fitting_micro_batch`); the 3B model at 16 would plan 84.3 GiB (8 fits). Peak memory is reset before each
 run and set beside the plan's estimate (`plan.memory_plan`, without its CUDA-context allowance, which
 `max_memory_allocated` does not see).
 On a GPU without bf16 the runs are fp32 and no MFU is given. The projection for Alpaca's run assumes
 LLaMA-7B on 8×A100 reaches the MFU measured here for the largest model, and that Alpaca's examples are as
-long as the seed tasks under LLaMA's tokenizer (`--tokens-per-example` overrides): an estimate, printed as one.
+long as the seed tasks under LLaMA's tokenizer (`--tokens_per_example` overrides): an estimate, printed as one.
 """
 
 from __future__ import annotations
@@ -36,13 +36,15 @@ import tempfile
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, LlamaConfig
 
+from alpaca_helpers.cli import ArgumentParser
 from alpaca_helpers.models import resolve_model
-from alpaca_helpers.train.rehearsal import small_llama
 from alpaca_helpers.precision import native_bf16
 from alpaca_helpers.train.config import make_config
 from alpaca_helpers.train.plan import (
     CUDA_OVERHEAD_GIB,
+    PlanSettings,
     flops_per_token,
     largest_fitting_micro_batch,
     load_model_shape,
@@ -50,6 +52,7 @@ from alpaca_helpers.train.plan import (
     peak_bf16_flops,
 )
 from alpaca_helpers.train.recipe import train
+from alpaca_helpers.train.rehearsal import small_llama
 
 # LLaMA-architecture shapes: hidden, intermediate, layers, heads, kv heads.
 SHAPES = {"tiny": (64, 128, 2, 4, 2), "1b": (2048, 5632, 22, 32, 4), "3b": (3072, 8192, 28, 24, 8)}
@@ -71,13 +74,14 @@ def build_model(shape: str, folder: Path) -> str:
 
 
 def planned(model_dir: str, args, bf16: bool):
-    """The plan of the largest micro-batch (at most `--micro-batch`) that fits `--gpu-memory-gb`, or None."""
+    """The plan of the largest micro-batch (at most `--micro_batch`) that fits `--gpu_memory_gb`, or None."""
     budget = args.gpu_memory_gb
     if torch.cuda.is_available() and args.device != "cpu":
         budget = min(budget, torch.cuda.get_device_properties(0).total_memory / 2**30)
-    return largest_fitting_micro_batch(load_model_shape(model_dir), per_device=args.micro_batch, world_size=1,
-                                       gpu_memory_gb=budget, global_batch_size=args.global_batch, model_max_length=512,
-                                       bf16=bf16, activation_checkpointing=args.activation_checkpointing)
+    settings = PlanSettings(world_size=1, gpu_memory_gb=budget, global_batch_size=args.global_batch,
+                            model_max_length=512, per_device=args.micro_batch, bf16=bf16,
+                            activation_checkpointing=args.activation_checkpointing)
+    return largest_fitting_micro_batch(load_model_shape(model_dir), settings)
 
 
 def run(model_dir: str, args, out: Path, packing: bool, bf16: bool, peak: float | None, plan) -> dict:
@@ -103,15 +107,16 @@ def run(model_dir: str, args, out: Path, packing: bool, bf16: bool, peak: float 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="1b,3b", help=f"comma-separated: default, {', '.join(SHAPES)}")
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--global-batch", type=int, default=64)
-    parser.add_argument("--micro-batch", type=int, default=16, help="the largest tried (the plan picks what fits)")
-    parser.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory the plan must fit (GiB)")
-    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--global_batch", type=int, default=64)
+    parser.add_argument("--micro_batch", type=int, default=16, help="the largest tried (the plan picks what fits)")
+    parser.add_argument("--gpu_memory_gb", type=float, default=80.0, help="memory the plan must fit (GiB)")
+    parser.add_argument("--activation_checkpointing", action="store_true")
     parser.add_argument("--device", default="auto", help="auto (the GPU) or cpu (smoke test)")
-    parser.add_argument("--tokens-per-example", type=float, help="for the projection (default: measured on the seed tasks)")
+    parser.add_argument("--tokens_per_example", type=float,
+                        help="for the projection (default: measured on the seed tasks)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -138,8 +143,8 @@ def main() -> None:
                 except torch.OutOfMemoryError:
                     results[key] = {"error": "out of memory"}
                     torch.cuda.empty_cache()
-    print("\n| model | parameters | micro-batch | packing | tokens/s | trained tokens/s | padding | MFU | peak memory GiB "
-          "| planned GiB |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| model | parameters | micro-batch | packing | tokens/s | trained tokens/s | padding | MFU "
+          "| peak memory GiB | planned GiB |\n|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for key, r in results.items():
         shape, mode = key.split(" ")
         if "error" in r:
@@ -153,16 +158,14 @@ def main() -> None:
     if measured:
         best = max(measured, key=lambda r: (r["parameters"], r["mfu"]))
         length = args.tokens_per_example or best["tokens_per_example"]
-        from transformers import AutoModelForCausalLM, LlamaConfig
-
         with torch.device("meta"):
             llama_7b = model_shape(AutoModelForCausalLM.from_config(LlamaConfig(**LLAMA_7B)))
         per_token_7b = flops_per_token(llama_7b, length, best["trained_fraction"])
         a100_tokens_per_s = best["mfu"] * peak_bf16_flops("A100") / per_token_7b
         hours = ALPACA_EXAMPLES * length / (8 * a100_tokens_per_s) / 3600
         print(f"\nprojection at the measured MFU of the {best['parameters'] / 1e9:.1f}B model ({best['mfu']:.1%}): "
-              f"LLaMA-7B on 8×A100 ≈ {a100_tokens_per_s:,.0f} tokens/s per GPU → 52K × 3 epochs of {length:.0f} tokens "
-              f"in {hours:.1f} h "
+              f"LLaMA-7B on 8×A100 ≈ {a100_tokens_per_s:,.0f} tokens/s per GPU → 52K × 3 epochs of {length:.0f} "
+              f"tokens in {hours:.1f} h "
               f"(Alpaca reported ~3 h); peak of this GPU {peak or 0:.3g} FLOP/s")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "args": vars(args), "results": results}, indent=2))

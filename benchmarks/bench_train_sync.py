@@ -21,6 +21,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from alpaca_helpers.cli import ArgumentParser
 from alpaca_helpers.models import resolve_model
 from alpaca_helpers.paths import REPO_ROOT
 from alpaca_helpers.train.launch import launch_command
@@ -31,7 +32,8 @@ SETTINGS = {"auto": [], "every micro-batch": ["--reduce_scatter_every_micro_batc
 
 def run(model: str, out: Path, args: argparse.Namespace, extra: list[str]) -> dict:
     train_args = ["--model_name_or_path", model, "--output_dir", str(out), "--max_examples", str(args.examples),
-                  "--global_batch_size", str(args.global_batch), "--per_device_train_batch_size", str(args.micro_batch),
+                  "--global_batch_size", str(args.global_batch),
+                  "--per_device_train_batch_size", str(args.micro_batch),
                   "--max_steps", str(args.steps), "--model_max_length", str(args.max_length), "--save_steps", "0",
                   "--val_set_size", "0", "--learning_rate", "1e-4", *extra]
     cmd = launch_command(train_args, gpus=0, cpu_processes=2)
@@ -45,14 +47,14 @@ def run(model: str, out: Path, args: argparse.Namespace, extra: list[str]) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--examples", type=int, default=64)
-    parser.add_argument("--global-batch", type=int, default=8)
-    parser.add_argument("--micro-batch", type=int, default=1)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--global_batch", type=int, default=8)
+    parser.add_argument("--micro_batch", type=int, default=1)
+    parser.add_argument("--max_length", type=int, default=128)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     model = resolve_model(args.model)
@@ -62,10 +64,12 @@ def main() -> None:
         for round_ in range(args.rounds):
             order = list(SETTINGS) if round_ % 2 == 0 else list(SETTINGS)[::-1]
             for name in order:
-                results[name].append(run(model, Path(tmp) / f"{round_}_{name.replace(' ', '_')}", args, SETTINGS[name]))
+                folder = Path(tmp) / f"{round_}_{name.replace(' ', '_')}"
+                results[name].append(run(model, folder, args, SETTINGS[name]))
                 print(f"round {round_ + 1} {name}: steps {results[name][-1]['step_seconds']}", flush=True)
     medians = {name: statistics.median(s for r in runs for s in r["step_seconds"]) for name, runs in results.items()}
-    same = all(abs(a - b) < 1e-4 for a, b in zip(results["auto"][0]["losses"], results["every micro-batch"][0]["losses"]))
+    same = all(abs(a - b) < 1e-4
+               for a, b in zip(results["auto"][0]["losses"], results["every micro-batch"][0]["losses"]))
     print(f"\n{results['auto'][0]['plan']}\n")
     print("| gradient sync | median step s | steps timed | vs every micro-batch |\n|---|---:|---:|---:|")
     for name, median in medians.items():

@@ -1,26 +1,26 @@
 """Benchmark: the watermark's reach on the default model, by answer length (what `MIN_WATERMARK_TOKENS` records).
 
     python benchmarks/bench_watermark_reach.py                         # 44 instructions, answers up to 200 tokens
-    python benchmarks/bench_watermark_reach.py --n 8 --max-new-tokens 64 --lengths 8 16 32
+    python benchmarks/bench_watermark_reach.py --n 8 --max_new_tokens 64 --lengths 8 16 32
     python benchmarks/bench_watermark_reach.py --threads 1          # on a busy shared CPU (see --help)
 
 The first `--n` user-oriented evaluation instructions without input (all 44 by default) are answered twice by the
 embedded SmolLM2-135M-Instruct in float32, with and without notebook 05's watermark (key "alpaca-course", gamma
-0.25, delta 2), sampled with the demo's slider defaults (temperature 0.7, top_p 0.9, top_k 40; `DECODING_DEFAULTS`),
-same seeds for both. Answers end where the demo's would (end of sequence, a new `### Instruction:`, or
-`--max-new-tokens`), so fewer answers reach the longer lengths: `n` says how many did. Lengths count the tokens the
-detector scores (see `alpaca_helpers.demo.watermark_reach`). Detection means z > 4.
+0.25, delta 2), sampled with the demo's slider defaults (temperature 0.7, top_p 0.9, top_k 40;
+`demo.decoding.Decoding()`), same seeds for both. Answers end where the demo's would (end of sequence, a new
+`### Instruction:`, or `--max_new_tokens`), so fewer answers reach the longer lengths: `n` says how many did.
+Lengths count the tokens the detector scores (see `alpaca_helpers.demo.watermark_reach`). Detection means z > 4.
 """
 
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import time
 
 import torch
 
+from alpaca_helpers.cli import ArgumentParser
 from alpaca_helpers.data import load_eval_set
 from alpaca_helpers.demo.generate import BASE_MODEL, load_model
 from alpaca_helpers.demo.watermark import Watermark
@@ -30,18 +30,18 @@ LENGTHS = [8, 16, 24, 32, 48, 64, 96, 128, 160, 192]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=44, help="instructions (default 44: all without input)")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--max_new_tokens", type=int, default=200)
     parser.add_argument("--lengths", type=int, nargs="+", default=LENGTHS)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--key", default="alpaca-course", help="watermark key (notebook 05's by default)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 is far faster on a machine other jobs share")
     args = parser.parse_args(argv)
     if args.n < 1 or args.max_new_tokens < 1 or min(args.lengths) < 1:
-        print("error: --n, --max-new-tokens and every length must be at least 1", file=sys.stderr)
+        print("error: --n, --max_new_tokens and every length must be at least 1", file=sys.stderr)
         return 2
 
     if args.threads:

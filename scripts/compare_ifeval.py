@@ -20,6 +20,7 @@ import sys
 import types
 from pathlib import Path
 
+from alpaca_helpers.cli import ArgumentParser
 from alpaca_helpers.data import load_alpaca_eval
 from alpaca_helpers.evaluate.ifeval import check_response, load_ifeval, prepare_checks, read_responses
 
@@ -42,16 +43,17 @@ def load_lm_eval_ifeval(site: Path) -> types.ModuleType:
         module.__path__ = [str(site / name.replace(".", "/"))]
         sys.modules[name] = module
     sys.path.insert(0, str(site))
-    import lm_eval.tasks.ifeval.utils as utils  # its instructions_util finds our punkt_tab: no download
+    # after the stub parents above; its instructions_util finds our punkt_tab: no download
+    import lm_eval.tasks.ifeval.utils as utils  # noqa: PLC0415
 
     return utils
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lm-eval-site", type=Path, required=True, help="folder holding an unpacked lm-eval wheel")
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lm_eval_site", type=Path, required=True, help="folder holding an unpacked lm-eval wheel")
     parser.add_argument("--responses", type=Path, nargs="*", default=[], help="response files to compare on too")
-    parser.add_argument("--texts-per-prompt", type=int, default=2, help="real texts tried on each prompt")
+    parser.add_argument("--texts_per_prompt", type=int, default=2, help="real texts tried on each prompt")
     args = parser.parse_args(argv)
 
     prepare_checks()
@@ -74,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         ours = check_response(prompt, response)
         theirs = lm_eval.process_results(prompt, [response])
         for mode, key in (("strict", "inst_level_strict_acc"), ("loose", "inst_level_loose_acc")):
-            for instruction, kwargs, a, b in zip(ours["instruction_id_list"], prompt["kwargs"], ours[mode], theirs[key],
-                                                 strict=True):
+            for instruction, kwargs, a, b in zip(ours["instruction_id_list"], prompt["kwargs"], ours[mode],
+                                                 theirs[key], strict=True):
                 if not kwargs.get("letter", "a").isalpha():  # Google's check then tests a random letter: left out
                     random_letter += 1
                     continue

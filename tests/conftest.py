@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from alpaca_helpers.course import NOTEBOOKS_DIR, run_notebook
+from alpaca_helpers.exercises import EXERCISES_FILE, grade, grade_one
+from alpaca_helpers.expectations import unmet
+from alpaca_helpers.models import default_model
 from alpaca_helpers.paths import REPO_ROOT
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -35,14 +38,13 @@ def stderr_warnings(executed: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The embedded default model as a plain Hugging Face folder (converted once per cache)."""
-    from alpaca_helpers.models import default_model
-
     return default_model()
 
 
+# The tokenizer fixtures import transformers inside: every test file loads this conftest, most need no transformers.
 @pytest.fixture(scope="session")
 def default_tokenizer(default_model_dir):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415 - see above
 
     return AutoTokenizer.from_pretrained(default_model_dir)
 
@@ -52,8 +54,8 @@ def boundary_changing_tokenizer():
     """Fault injection: a tokenizer that marks the start of every word (Metaspace "always"), which no
     separate prompt/response tokenization can keep exact. Real tokenizers of every family pass
     (test_tokenizer_families.py)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415 - see above
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 - see above
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
@@ -67,9 +69,6 @@ def boundary_changing_tokenizer():
 def check_exercises_and_expectations(notebook: Path, output_dir: Path, summary: dict) -> None:
     """Every exercise of the run (with its solution) is graded right, and graded wrong once its answer is changed;
     every "You should see" statement of the notebook holds for its summary."""
-    from alpaca_helpers.exercises import EXERCISES_FILE, grade, grade_one
-    from alpaca_helpers.expectations import unmet
-
     grades = grade(notebook.stem, output_dir)
     assert all(g.right for g in grades), [g.line() for g in grades]
     recorded = json.loads((output_dir / EXERCISES_FILE).read_text()) if grades else {}

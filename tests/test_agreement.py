@@ -3,11 +3,15 @@
 import math
 
 import pytest
+import torch
 
 from alpaca_helpers.data import load_davinci_predictions
+from alpaca_helpers.demo.generate import load_model
 from alpaca_helpers.evaluate.agreement import (
+    SAME_MODEL_NOTE,
     agreement,
     agreement_by,
+    agreement_report,
     answer_shape,
     paired_difference,
     response_losses,
@@ -18,14 +22,10 @@ from alpaca_helpers.train.tokenize import tokenize_example
 
 @pytest.fixture(scope="module")
 def lm():
-    from alpaca_helpers.demo.generate import load_model
-
     return load_model("default")
 
 
 def test_losses_match_the_training_loss_and_do_not_depend_on_batching(lm):
-    import torch
-
     model, tokenizer = lm
     records = sorted(load_davinci_predictions()[:20], key=lambda r: len(r["output"]))[:3]  # short: a quick test
     # bf16 (the default load on a CPU with native bf16): padding and batching change the rounding; observed
@@ -76,8 +76,6 @@ def test_answer_shape(default_tokenizer):
 
 
 def test_agreement_report_says_what_each_figure_is_over_and_why_they_differ():
-    from alpaca_helpers.evaluate.agreement import SAME_MODEL_NOTE, agreement_report
-
     # two answers: a short one (2 tokens) that moves a lot, a long one (98 tokens) that hardly moves
     base = [{"nll": 8.0, "tokens": 2, "truncated": False}, {"nll": 98.0, "tokens": 98, "truncated": False}]
     tuned = [{"nll": 2.0, "tokens": 2, "truncated": False}, {"nll": 96.0, "tokens": 98, "truncated": False}]

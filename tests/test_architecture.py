@@ -7,12 +7,14 @@ The rules are shown to bite on small synthetic packages, not by editing the real
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import alpaca_helpers
 
 # The recipe's order; the shared basics (the package's top-level modules) come before every stage.
-STAGES = ("self_instruct", "train", "demo", "evaluate", "understand", "safety")
+STAGES = ("self_instruct", "train", "demo", "evaluate", "understand", "safety", "feedback")
 
 
 def module_name(path: Path, root: Path, package: str) -> str:
@@ -143,3 +145,22 @@ def test_an_upward_import_is_caught(tmp_path: Path) -> None:
                              "paths.py": "import pkg.train.config\n"})
     assert upward_imports(import_graph(root, "pkg"), "pkg", ("train", "demo")) == [
         "pkg.paths -> pkg.train.config", "pkg.train.launch -> pkg.demo.generate"]
+
+
+# Imported inside the functions that use them (pyproject's ruff TID253), so that importing the package is quick.
+HEAVY = ("torch", "transformers", "datasets", "accelerate", "peft")
+
+
+def test_importing_any_module_loads_no_heavy_library() -> None:
+    """A notebook cell or a CLI that refuses a mistake in one line must not wait for torch to load."""
+    modules = sorted(m for m in import_graph(PACKAGE_ROOT, "alpaca_helpers") if not m.endswith(".__main__"))
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}:\n"
+            "    importlib.import_module(name)\n"
+            f"    heavy = [h for h in {HEAVY!r} if h in sys.modules]\n"
+            "    if heavy:\n"
+            "        print(name, 'loads', ', '.join(heavy)); break\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == ""
+

@@ -24,8 +24,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from alpaca_helpers.course import NOTEBOOKS_DIR
+from alpaca_helpers.demo.decoding import Decoding
+from alpaca_helpers.demo.generate import generate, load_model
+from alpaca_helpers.demo.watermark import Watermark
 from alpaca_helpers.paths import runs_dir
 from alpaca_helpers.self_instruct.server import free_port
 
@@ -102,11 +106,6 @@ def jupyterlab(tmp_path):
 
 
 def test_notebook_05_in_a_real_browser(jupyterlab, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
-
-    from alpaca_helpers.demo.generate import generate, load_model
-    from alpaca_helpers.demo.watermark import Watermark
-
     assert CHROMIUM.is_file(), "Debian's chromium is missing: apt-get install -y chromium"
     url, token = jupyterlab
     _notebook_copy(tmp_path)
@@ -143,8 +142,9 @@ def test_notebook_05_in_a_real_browser(jupyterlab, tmp_path):
             browser.close()
     # What the browser shows is what `generate` gives with the widget's settings (seed 42, watermark on).
     model, tokenizer = load_model("default")
-    expected = generate(model, tokenizer, QUESTION, temperature=0.7, seed=42, max_new_tokens=MAX_NEW_TOKENS,
-                        watermark=Watermark(key="alpaca-course"))
+    widget_settings = Decoding(temperature=0.7, seed=42, max_new_tokens=MAX_NEW_TOKENS,
+                               watermark=Watermark(key="alpaca-course"))
+    expected = generate(model, tokenizer, QUESTION, decoding=widget_settings)
     assert shown == expected
     assert verdict.startswith("watermark check: z = ")
     assert screenshot.stat().st_size > 20_000

@@ -1,17 +1,23 @@
 import json
 from pathlib import Path
 
+import datasets
 import pytest
 from conftest import SHARED_DATA
 
 from alpaca_helpers.data import (
     AlpacaFormatError,
+    DataSourceError,
+    check_not_eval_set,
     load_alpaca,
     load_davinci_predictions,
     load_eval_set,
     load_seed_tasks,
+    load_source,
     save_alpaca,
+    source_counts,
 )
+from alpaca_helpers.files import append_durable, atomic_folder, complete_lines, read_complete_jsonl
 from alpaca_helpers.paths import data_dir
 
 
@@ -61,9 +67,11 @@ def _write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 @pytest.mark.parametrize("name,text,expected", [
-    ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c",\n', r"bad\.jsonl: line 2: malformed JSON"),
+    ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c",\n',
+     r"bad\.jsonl: line 2: malformed JSON"),
     ("bad.json", '[{"instruction": "a", "output": "b"},\n {"instruction": }]', r"bad\.json: line 2: malformed JSON"),
-    ("miss.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n', r"miss\.jsonl: line 2: missing field 'output'"),
+    ("miss.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c"}\n',
+     r"miss\.jsonl: line 2: missing field 'output'"),
     ("type.json", '[{"instruction": "a", "output": "b"}, {"instruction": "c", "input": 3, "output": "d"}]',
      r"type\.json: index 1: field 'input' must be a string, got int"),
     ("empty.jsonl", '{"instruction": "  ", "output": "b"}\n', r"empty\.jsonl: line 1: field 'instruction' is empty"),
@@ -100,8 +108,6 @@ def test_json_written_like_alpaca_data(tmp_path):
 
 
 def test_training_data_with_eval_instructions_is_refused():
-    from alpaca_helpers.data import check_not_eval_set
-
     evals = load_eval_set()
     check_not_eval_set(load_seed_tasks())  # the seeds are fine
     leaked = load_seed_tasks()[:3] + [{"instruction": "  " + evals[5]["instruction"].upper(),
@@ -112,8 +118,6 @@ def test_training_data_with_eval_instructions_is_refused():
 
 
 def test_durable_appends_skip_and_repair_a_torn_line(tmp_path):
-    from alpaca_helpers.files import append_durable, complete_lines
-
     path = tmp_path / "sub" / "log.jsonl"
     assert complete_lines(path) == ""
     append_durable(path, '{"a": 1}')
@@ -127,10 +131,6 @@ def test_durable_appends_skip_and_repair_a_torn_line(tmp_path):
 
 def test_jsonl_lines_end_at_newline_only(tmp_path):
     """U+2028 and U+0085 stay raw in JSON written with ensure_ascii=False; str.splitlines would cut there."""
-    import json
-
-    from alpaca_helpers.files import append_durable, read_complete_jsonl
-
     records = [{"instruction": "Split\u2028here?", "input": "", "output": "next\x85line \u2029 end"}]
     assert load_alpaca(save_alpaca(records, tmp_path / "odd.jsonl")) == records
     append_durable(tmp_path / "log.jsonl", json.dumps(records[0], ensure_ascii=False))
@@ -141,8 +141,6 @@ def test_jsonl_lines_end_at_newline_only(tmp_path):
 
 
 def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
-    from alpaca_helpers.files import atomic_folder
-
     target = tmp_path / "model"
     with atomic_folder(target) as tmp:
         (tmp / "a.txt").write_text("first")
@@ -161,8 +159,6 @@ def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
 def local_sources(tmp_path_factory):
     """The first 20 seed tasks as tatsu-lab/alpaca has them (with an extra `text` column), written as a
     Hub-repo layout folder, a save_to_disk folder, and parquet, CSV and JSONL files."""
-    import datasets
-
     root = tmp_path_factory.mktemp("sources")
     rows = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"],
              "text": f"### Instruction:\n{r['instruction']}"} for r in load_seed_tasks()[:20]]
@@ -180,8 +176,6 @@ def local_sources(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["tatsu-lab/alpaca", "saved", "rows.parquet", "rows.csv", "rows.jsonl"])
 def test_load_source_reads_every_local_kind_alike(local_sources, name):
-    from alpaca_helpers.data import load_source
-
     root, rows = local_sources
     records = load_source(str(root / name))
     assert [{k: r[k] for k in ("instruction", "input", "output")} for r in records] == [
@@ -190,8 +184,6 @@ def test_load_source_reads_every_local_kind_alike(local_sources, name):
 
 
 def test_load_source_maps_columns_and_names_bad_rows(local_sources, tmp_path):
-    from alpaca_helpers.data import DataSourceError, load_source
-
     root, rows = local_sources
     mapped = load_source(str(root / "renamed.parquet"), "instruction=prompt,input=context,output=completion")
     assert [r["output"] for r in mapped] == [r["output"] for r in rows]
@@ -208,8 +200,6 @@ def test_load_source_maps_columns_and_names_bad_rows(local_sources, tmp_path):
 
 
 def test_source_counts_count_the_source_field():
-    from alpaca_helpers.data import source_counts
-
     assert source_counts([{"source": "seed"}, {"source": "self-instruct"}, {"source": "seed"}]) == {
         "seed": 2, "self-instruct": 1}
     assert source_counts(load_seed_tasks()) == {}

@@ -8,35 +8,49 @@ import sys
 import time
 
 import pytest
+import torch
+from fault_proxy import FaultProxy
 
 from alpaca_helpers.data import load_davinci_predictions, load_eval_set
-from alpaca_helpers.evaluate.pairwise import (
-    LOSS,
-    TIE,
-    UNPARSED,
-    WIN,
-    LocalJudge,
-    VoteStore,
+from alpaca_helpers.demo.decoding import Decoding
+from alpaca_helpers.demo.generate import generate_batch, load_model
+from alpaca_helpers.evaluate.absolute import (
+    SCORES_NOTE,
+    parse_score,
+    run_absolute_judge,
+    score_by_model,
+    score_prompt,
+    score_summary,
+    scores_caveat,
+)
+from alpaca_helpers.evaluate.answers import (
+    ALPACA_EVAL,
     alpaca_eval_rows,
-    combine_orders,
     eval_subset,
+    evaluation_items,
     generate_answers,
-    judge_item,
-    judge_item_weighted,
+    read_answers,
+    save_alpaca_eval,
+)
+from alpaca_helpers.evaluate.judge import LocalJudge, combine_orders, judge_item, parse_verdict, run_judge
+from alpaca_helpers.evaluate.outcomes import LOSS, TIE, UNPARSED, WIN, format_tally, tally, tally_by
+from alpaca_helpers.evaluate.rating import RatingWidget
+from alpaca_helpers.evaluate.votes import (
+    VoteStore,
     make_blind_pairs,
     outcome_of_choice,
-    parse_verdict,
-    read_answers,
     read_votes,
-    run_weighted_judge,
-    save_alpaca_eval,
     save_blind_pairs,
-    tally,
-    tally_by,
-    verdict_preference,
     vote_outcomes,
+)
+from alpaca_helpers.evaluate.weighted_judge import (
+    judge_item_weighted,
+    run_weighted_judge,
+    verdict_preference,
     weighted_win_rate,
 )
+from alpaca_helpers.self_instruct.server import serve
+from alpaca_helpers.self_instruct.teacher import LogprobsUnavailable, Teacher, TeacherConfig
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +165,7 @@ def test_a_torn_vote_line_is_ignored_then_repaired(tmp_path, eval_records):
 def test_votes_survive_kill_9_while_writing(tmp_path):
     """A real process voting as fast as it can is killed with SIGKILL; every complete vote is kept."""
     path = tmp_path / "votes.csv"
-    code = ("import sys; from alpaca_helpers.evaluate.pairwise import VoteStore\n"
+    code = ("import sys; from alpaca_helpers.evaluate.votes import VoteStore\n"
             "s = VoteStore(sys.argv[1], 'ann')\n"
             "for i in range(10**9): s.add(f'item_{i}', 'A')\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)])
@@ -175,10 +189,6 @@ def test_eval_subset_is_seeded_and_ordered():
 
 
 def test_answers_are_generated_resumably_with_the_real_model(tmp_path, eval_records):
-    import torch
-
-    from alpaca_helpers.demo.generate import load_model
-
     # fp32: the answers are compared exactly across batches of different padding, which bf16 rounds differently
     model, tokenizer = load_model("default", dtype=torch.float32)
     records = eval_records[:3]
@@ -193,15 +203,14 @@ def test_answers_are_generated_resumably_with_the_real_model(tmp_path, eval_reco
     assert answers[records[1]["id"]]["output"] == first[records[1]["id"]]["output"]  # greedy: same answer again
     assert all(a["decoding"] == decoding and a["output"] for a in answers.values())
     assert all(a["ended"] == (a["new_tokens"] < 12) and 0 < a["new_tokens"] <= 12 for a in answers.values())
-    from alpaca_helpers.demo.generate import generate_batch  # the same text as the plain batch call
-    assert generate_batch(model, tokenizer, [records[2]["instruction"]], [records[2]["input"]], **decoding) == \
+    # the same text as the plain batch call
+    assert generate_batch(model, tokenizer, [records[2]["instruction"]], [records[2]["input"]],
+                          decoding=Decoding(**decoding)) == \
         [answers[records[2]["id"]]["output"]]
     assert len(load_davinci_predictions()) == len(eval_records)
 
 
 def test_rating_widget_records_each_click_and_resumes(tmp_path, eval_records):
-    from alpaca_helpers.evaluate.rating import RatingWidget
-
     visible, key = _pairs(eval_records[:4], seed=1)
     store = VoteStore(tmp_path / "votes_ann.csv", "ann")
     widget = RatingWidget(visible, store)
@@ -220,8 +229,6 @@ def test_rating_widget_records_each_click_and_resumes(tmp_path, eval_records):
 
 
 def test_tally_of_nothing_is_json_safe_and_printable():
-    from alpaca_helpers.evaluate.pairwise import format_tally
-
     empty = tally([UNPARSED, UNPARSED])
     assert empty["win_rate"] is None and empty["win_rate_se"] is None
     json.dumps(empty, allow_nan=False)
@@ -257,8 +264,6 @@ def test_verdict_preference_and_both_orders():
 
 
 def test_the_local_judge_gives_a_preference_on_every_item(eval_records):
-    from alpaca_helpers.demo.generate import load_model
-
     model, tokenizer = load_model("default")
     judge = LocalJudge(model, tokenizer)
     items = [{"id": r["id"], "instruction": r["instruction"], "input": r["input"], "model_answer": "I don't know.",
@@ -276,18 +281,14 @@ def test_alpaca_eval_files(tmp_path, eval_records):
     assert back == rows and set(back[0]) == {"instruction", "output", "generator", "dataset"}
     with_input = next(r for r in eval_records if r["input"])
     row = alpaca_eval_rows([with_input], ["x"], "g", "d")[0]
-    assert row["instruction"].startswith(with_input["instruction"]) and row["instruction"].endswith(with_input["input"])
+    assert row["instruction"].startswith(with_input["instruction"])
+    assert row["instruction"].endswith(with_input["input"])
 
 
 @pytest.mark.slow
 def test_judge_log_probabilities_through_the_real_local_server(default_model_dir):
     """`transformers serve` returns no log-probabilities (the fallback is the text judge); the fault proxy
     stands in for an OpenAI endpoint's log-probabilities, malformed first, and the judge retries and decides."""
-    from fault_proxy import FaultProxy
-
-    from alpaca_helpers.self_instruct.server import serve
-    from alpaca_helpers.self_instruct.teacher import LogprobsUnavailable, Teacher, TeacherConfig
-
     item = {"id": "x", "instruction": "Name a primary colour.", "input": "", "model_answer": "Red.",
             "reference_answer": "Blue."}
     with serve(default_model_dir) as server:
@@ -309,8 +310,6 @@ def test_judge_log_probabilities_through_the_real_local_server(default_model_dir
 
 def test_alpaca_eval_set_loads_as_evaluation_items(tmp_path):
     """The 805-instruction set, as a local copy in its own format (offline here; by name it comes from the Hub)."""
-    from alpaca_helpers.evaluate.pairwise import evaluation_items
-
     rows = [{"instruction": "What are the names of some famous actors?", "output": "Some famous actors are ...",
              "generator": "text_davinci_003", "dataset": "helpful_base"},
             {"instruction": "How do I wrap a present neatly?", "output": "Use ...", "generator": "text_davinci_003",
@@ -326,8 +325,6 @@ def test_alpaca_eval_set_loads_as_evaluation_items(tmp_path):
 
 
 def test_the_shipped_alpaca_eval_set_holds_the_user_oriented_instructions():
-    from alpaca_helpers.evaluate.pairwise import ALPACA_EVAL, evaluation_items
-
     items, reference, generator, dataset = evaluation_items(ALPACA_EVAL)
     assert len(items) == len(reference) == 805 and generator == "gpt4_1106_preview" and dataset == "alpaca_eval"
     assert {i["motivation_app"] for i in items} == {"selfinstruct", "oasst", "koala", "helpful_base", "vicuna"}
@@ -348,18 +345,12 @@ def test_the_shipped_alpaca_eval_set_holds_the_user_oriented_instructions():
     ("101", None), ("1. The answer is incomplete", None), ("I would give it 80", None), ("", None),
 ])
 def test_score_parser_is_strict(reply, score):
-    from alpaca_helpers.evaluate.absolute import parse_score
-
     assert parse_score(reply) == score
 
 
 def test_the_local_judge_writes_text_for_the_text_judge_and_the_score():
     """The same `judge_each` loop drives the pairwise text judge and the absolute judge with the real model;
     identical answer lists of two names are scored once."""
-    from alpaca_helpers.demo.generate import load_model
-    from alpaca_helpers.evaluate.absolute import run_absolute_judge, score_by_model, score_prompt
-    from alpaca_helpers.evaluate.pairwise import run_judge
-
     judge = LocalJudge(*load_model("default"), max_new_tokens=3)
     item = {"id": "x", "instruction": "Name a primary colour.", "input": "", "model_answer": "Red.",
             "reference_answer": "Blue."}
@@ -367,7 +358,8 @@ def test_the_local_judge_writes_text_for_the_text_judge_and_the_score():
     assert len(results[0]["replies"]) == 2 and all(isinstance(r, str) for r in results[0]["replies"])
     assert results[0]["outcome"] in (WIN, LOSS, TIE, UNPARSED)
     assert usage["requests"] == 2 and 0 < usage["completion_tokens"] <= 6 and usage["cost_usd"] == 0.0
-    graded = {"id": "x", "instruction": item["instruction"], "input": "", "answer": "Red.", "reference_answer": "Blue."}
+    graded = {"id": "x", "instruction": item["instruction"], "input": "", "answer": "Red.",
+              "reference_answer": "Blue."}
     scored, usage = run_absolute_judge(judge, [graded], progress=False)
     assert set(scored[0]) == {"id", "reply", "score"} and usage["requests"] == 1
     assert "Blue." in score_prompt(graded["instruction"], "", "Red.", "Blue.")
@@ -376,8 +368,6 @@ def test_the_local_judge_writes_text_for_the_text_judge_and_the_score():
 
 
 def test_scores_caveat_flags_a_judge_that_cannot_grade():
-    from alpaca_helpers.evaluate.absolute import SCORES_NOTE, score_summary, scores_caveat
-
     stuck = {"base": [100.0, None, None], "fine_tuned": [100.0, None, None]}
     note = scores_caveat({k: score_summary(v) for k, v in stuck.items()}, stuck)
     assert SCORES_NOTE in note and "4 of 6 replies" in note and "1 distinct value(s) (100)" in note

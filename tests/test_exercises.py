@@ -12,9 +12,17 @@ import nbformat
 import pytest
 
 from alpaca_helpers.course import course_notebooks, main
-from alpaca_helpers.exercises import (EXERCISE_TAG, EXERCISES, exercise_id_of, grade_one, notebook_exercises,
-                                      solutions, with_solutions)
+from alpaca_helpers.exercises import (
+    EXERCISE_TAG,
+    EXERCISES,
+    exercise_id_of,
+    grade_one,
+    notebook_exercises,
+    solutions,
+    with_solutions,
+)
 from alpaca_helpers.paths import REPO_ROOT
+from alpaca_helpers.train.tokenize import alpaca_original_tokenize, original_recipe_fault
 
 
 def _exercise_cells(notebook) -> dict[str, str]:
@@ -63,7 +71,8 @@ def test_an_exercise_whose_answer_the_record_cell_computes_is_wrong_not_unattemp
     right is `wrong`, with a hint."""
     expected = "prompt not a prefix (boundary merge)"
     no_fault = "no fault: the original recipe masks this record right"
-    start = grade_one("03.1", {"answer": no_fault, "expected": expected, "settings": {"output": "Apples, pears and plums."}})
+    start = grade_one("03.1", {"answer": no_fault, "expected": expected,
+                               "settings": {"output": "Apples, pears and plums."}})
     assert start.verdict == "not attempted" and "my_record" in start.message and "answer = None" not in start.message
     missed = grade_one("03.1", {"answer": no_fault, "expected": expected, "settings": {"output": "Apples and pears."}})
     assert missed.verdict == "wrong" and "merges with the prompt's last `:`" in missed.message
@@ -74,8 +83,6 @@ def test_an_exercise_whose_answer_the_record_cell_computes_is_wrong_not_unattemp
 
 def test_the_03_1_record_cell_grades_the_learners_record(default_tokenizer):
     """The notebook's record cell, run on the starting record, the solution's and one that misses."""
-    from alpaca_helpers.train.tokenize import alpaca_original_tokenize, original_recipe_fault
-
     nb = nbformat.read(REPO_ROOT / "notebooks" / "03_tokenize_and_mask.ipynb", as_version=4)
     cells = [c.source for c in nb.cells if c.cell_type == "code"]
     exercise = next(i for i, c in enumerate(cells) if c.startswith("# Exercise 03.1"))
@@ -85,7 +92,8 @@ def test_the_03_1_record_cell_grades_the_learners_record(default_tokenizer):
                        ("miss", cells[exercise].replace("Apples, pears and plums.", "Apples and pears."))):
         scope = {"original_recipe_fault": original_recipe_fault, "alpaca_original_tokenize": alpaca_original_tokenize,
                  "tokenizer": default_tokenizer, "max_length": 512, "output_dir": "unused",
-                 "record_exercise": lambda _out, i, **kw: grade_one(i, {**kw, "settings": {"output": kw.pop("output")}})}
+                 "record_exercise": lambda _out, i, **kw: grade_one(
+                     i, {**kw, "settings": {"output": kw.pop("output")}})}
         exec(code, scope)
         exec(record_cell, scope)
         verdicts[name] = scope["grade_03_1"].verdict

@@ -1,19 +1,27 @@
 """GGUF export: the file loads back in transformers (`gguf_file=`), its tokenizer and logits match the source
 folder's within the bounds stated below, and the default model's greedy answers are identical in f16. Run on the
-real default model and, in every dtype, on the fine-tuned folder of a real (2-step, CPU) training run. The exports are a few hundred MB each: every file is deleted after its test."""
+real default model and, in every dtype, on the fine-tuned folder of a real (2-step, CPU) training run. The exports
+are a few hundred MB each: every file is deleted after its test."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
+import gguf
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 
+from alpaca_helpers.demo.decoding import STOP_MARKERS, Decoding
 from alpaca_helpers.demo.export_gguf import ExportError, _hf_to_gguf_rotary, export_gguf
-from alpaca_helpers.demo.generate import STOP_MARKERS, generate_batch, load_model
+from alpaca_helpers.demo.generate import generate_batch, load_model
 from alpaca_helpers.prompts import PROMPT_NO_INPUT, format_prompt
+from alpaca_helpers.train.rehearsal import small_llama
+from alpaca_helpers.train.tokenize import ensure_pad_token
 
 pytestmark = pytest.mark.slow
 
@@ -33,8 +41,6 @@ AGREEMENT = 0.9  # share of positions whose most likely next token is unchanged
 
 
 def _load(folder, gguf_file=None):
-    from transformers import AutoModelForCausalLM
-
     return AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32).eval()
 
 
@@ -59,8 +65,6 @@ def tuned_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tuned_reference(tuned_dir):
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(tuned_dir)
     model = _load(tuned_dir)
     return model, tokenizer, _logits(model, tokenizer)
@@ -88,8 +92,6 @@ def test_a_fine_tuned_folder_exports_and_loads_back(dtype, tuned_dir, tuned_refe
 
 
 def test_the_default_model_round_trips_with_its_tokenizer(default_tokenizer, tmp_path, capfd):
-    from transformers import AutoTokenizer
-
     result = export_gguf("default", tmp_path / "smollm2-f16.gguf", dtype="f16")
     assert capfd.readouterr().err == ""  # quiet by default: no progress bars in a notebook's stderr
     try:
@@ -102,9 +104,9 @@ def test_the_default_model_round_trips_with_its_tokenizer(default_tokenizer, tmp
         model, (reference, _) = _load(tmp_path, result.path.name), load_model("default", device="cpu",
                                                                               dtype=torch.float32)
         _check_logits(_logits(reference, default_tokenizer), _logits(model, gguf_tokenizer), EXACT, EXACT)
-        greedy = {"temperature": 0, "max_new_tokens": 24}
-        answers = generate_batch(model, gguf_tokenizer, INSTRUCTIONS, **greedy)
-        assert answers == generate_batch(reference, default_tokenizer, INSTRUCTIONS, **greedy) and any(answers)
+        greedy = Decoding(temperature=0, max_new_tokens=24)
+        answers = generate_batch(model, gguf_tokenizer, INSTRUCTIONS, decoding=greedy)
+        assert answers == generate_batch(reference, default_tokenizer, INSTRUCTIONS, decoding=greedy) and any(answers)
     finally:
         result.path.unlink()
     modelfile = result.modelfile.read_text()
@@ -119,12 +121,6 @@ def test_a_sentencepiece_llama_exports_its_vocabulary_with_scores(tmp_path):
     adds: written as llama.cpp's "llama" tokenizer model, scores from the merges, byte and control types, the
     unused embedding rows as UNUSED; transformers reads it back to the same ids (tests/test_rehearsal_7b.py
     checks every shipped prompt on a trained folder)."""
-    import gguf
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from alpaca_helpers.train.rehearsal import small_llama
-    from alpaca_helpers.train.tokenize import ensure_pad_token
-
     folder = small_llama(tmp_path / "llama", num_hidden_layers=1)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     ensure_pad_token(tokenizer, model)  # 32,001 tokens, 32,064 rows, as training leaves them
@@ -150,8 +146,6 @@ def test_a_sentencepiece_llama_exports_its_vocabulary_with_scores(tmp_path):
 
 def test_rotary_rows_are_reordered_the_way_transformers_undoes_them():
     """A wrong q/k order loads fine and gives garbage: pin it to the inverse transformers applies on load."""
-    from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
-
     undo = LlamaTensorProcessor()._reverse_permute_weights
     for heads, rows in ((9, 576), (3, 192)):
         w = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
@@ -163,8 +157,6 @@ def test_rotary_rows_are_reordered_the_way_transformers_undoes_them():
 
 
 def _llama_like(folder, **config):
-    import json
-
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", **config}))
     return folder

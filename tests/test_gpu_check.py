@@ -14,6 +14,7 @@ import venv
 import pytest
 
 from alpaca_helpers.paths import REPO_ROOT
+from alpaca_helpers.train.gpu_check import markdown
 
 pytestmark = pytest.mark.slow
 
@@ -101,14 +102,13 @@ def test_the_wheel_list_pins_one_version_of_each():
              if line.strip() and not line.startswith("#")]
     names = [line.split("==")[0].lower() for line in lines]
     assert all("==" in line for line in lines) and len(names) == len(set(names))
-    assert {"datasets", "dill", "multiprocess", "gguf", "papermill", "nbclient", "ipykernel", "pyzmq", "tornado"} <= set(names)
+    assert {"datasets", "dill", "multiprocess", "gguf", "papermill", "nbclient", "ipykernel", "pyzmq",
+            "tornado"} <= set(names)
 
 
 def test_the_table_sets_the_reserved_peak_against_the_plan_and_the_compiled_run_beside_the_eager_one():
     """The layout of a GPU report (stand-in figures, not measurements: no GPU here): the ratio column is the
     reserved peak over the plan, and a line compares the run with `torch_compile` on and off."""
-    from alpaca_helpers.train.gpu_check import markdown
-
     eager = {"parameters": 1.1e9, "micro_batch": 8, "accumulation": 8, "tokens_per_s": 20000.0, "mfu": 0.40,
              "peak_memory_gib": 50.0, "peak_reserved_gib": 55.0, "planned_gib": 50.0, "peak_over_plan": 1.1,
              "check_seconds": 60.0, "ok": True}

@@ -6,12 +6,17 @@ import json
 import math
 import sys
 
+import nltk
+import nltk.tokenize
 import pytest
+from if_verifiable.ifeval import instructions_util
 
 from alpaca_helpers.evaluate.ifeval import (
+    DROP_NOTE,
     LEVELS,
     check_response,
     check_responses,
+    drop_caveat,
     ifeval_scores,
     load_ifeval,
     prompt_change,
@@ -159,10 +164,6 @@ def test_response_file_round_trip_and_the_one_call_api(tmp_path):
 def test_checks_load_no_pickle_and_touch_no_network(monkeypatch):
     """Every check runs (sentence and capital-word counts use Punkt) while an audit hook watches every file
     opened and every connection tried: no pickle, no socket; Punkt's files come from our punkt_tab folder."""
-    import nltk
-    import nltk.tokenize
-    from if_verifiable.ifeval import instructions_util
-
     monkeypatch.setattr(nltk, "download", lambda *a, **k: pytest.fail("nltk.download was called"))
     instructions_util._get_sentence_tokenizer.cache_clear()  # earlier tests loaded Punkt: load it again here
     nltk.tokenize._get_punkt_tokenizer.cache_clear()
@@ -188,8 +189,6 @@ def test_checks_load_no_pickle_and_touch_no_network(monkeypatch):
 
 
 def test_drop_caveat_explains_a_drop_and_stays_silent_otherwise():
-    from alpaca_helpers.evaluate.ifeval import DROP_NOTE, drop_caveat
-
     note = drop_caveat({"mean": -0.125, "se": 0.09, "n": 16}, 128)
     assert DROP_NOTE in note and "128 tokens" in note and "ChatML" in note and "may be noise" in note
     assert "may be noise" not in drop_caveat({"mean": -0.3, "se": 0.05, "n": 16}, 128)

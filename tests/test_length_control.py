@@ -5,7 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from alpaca_helpers.evaluate.length_control import MIN_ITEMS, length_controlled_win_rate
+from alpaca_helpers.evaluate.length_control import (
+    MIN_ITEMS,
+    length_controlled_win_rate,
+    length_difference_text,
+    win_rate_report,
+)
 
 
 def _synthetic(theta, phi, n=1000, seed=0, soft=False):
@@ -42,8 +47,6 @@ def test_soft_preferences_are_fitted_exactly_and_few_items_are_refused():
 
 
 def test_win_rate_report_rounds_labels_and_words_lengths_sensibly():
-    from alpaca_helpers.evaluate.length_control import length_difference_text, win_rate_report
-
     assert length_difference_text(-2348.4, 6, "gpt4") == ("the model's answers are 2348 characters shorter than "
                                                           "gpt4's on average (mean over the n = 6 judged items)")
     assert "120 characters longer than" in length_difference_text(120.0, 3, "gpt4")

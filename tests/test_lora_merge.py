@@ -11,6 +11,7 @@ import copy
 
 import torch
 from test_train import make_tiny_llama
+from transformers import AutoModelForCausalLM
 
 from alpaca_helpers.train.config import make_config
 from alpaca_helpers.train.lora import apply_lora, save_adapter_and_merge
@@ -23,8 +24,6 @@ def logits_fp32(model, ids):
 
 
 def test_bf16_base_merges_in_fp32_and_keeps_the_fine_tune(tmp_path, default_model_dir):
-    from transformers import AutoModelForCausalLM
-
     folder = make_tiny_llama(tmp_path / "tiny", default_model_dir)
     base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
     cfg = make_config(lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)

@@ -22,7 +22,9 @@ from alpaca_helpers.demo.content_filter import (
     parse_guard_reply,
     read_log,
     refusal,
+    screen,
 )
+from alpaca_helpers.self_instruct.server import serve
 
 SECRET = "sk-test-never-in-the-log-0123456789"
 BAD = "I will kill you"  # what the fake upstream flags
@@ -175,8 +177,10 @@ def test_a_guard_reply_that_is_not_a_verdict_blocks(upstream, tmp_path, secret_k
     assert verdict.categories == [UNAVAILABLE] and "not a verdict" in verdict.error
 
 
-@pytest.mark.parametrize("reply, categories", [("safe", []), ("  safe\n", []), ("unsafe\nS9", ["S9 indiscriminate weapons"]),
-                                               ("unsafe\nS1, S1,S11", ["S1 violent crimes", "S11 suicide & self-harm"])])
+@pytest.mark.parametrize("reply, categories", [
+    ("safe", []), ("  safe\n", []), ("unsafe\nS9", ["S9 indiscriminate weapons"]),
+    ("unsafe\nS1, S1,S11", ["S1 violent crimes", "S11 suicide & self-harm"]),
+])
 def test_guard_replies_are_parsed(reply, categories):
     assert parse_guard_reply(reply) == categories
 
@@ -201,8 +205,6 @@ def test_unknown_backend_and_missing_settings_are_named():
 def test_guard_backend_against_a_real_local_server(default_model_dir, tmp_path):
     """The mechanism, not the accuracy: the default model is no guard model, so its reply is either a verdict or
     (far likelier) not one, which must then block as "filter unavailable"; either way one real round trip."""
-    from alpaca_helpers.self_instruct.server import serve
-
     log = tmp_path / "moderation.jsonl"
     with serve(default_model_dir, log_path=tmp_path / "server.log") as server:
         content_filter = ContentFilter("guard", base_url=server.base_url, model=server.model, log_path=log,
@@ -218,8 +220,6 @@ def test_guard_backend_against_a_real_local_server(default_model_dir, tmp_path):
 
 
 def test_screen_checks_the_instruction_before_generating_and_the_answer_before_showing(tmp_path):
-    from alpaca_helpers.demo.content_filter import screen
-
     content_filter, produced = ContentFilter("offline", log_path=tmp_path / "log.jsonl"), []
 
     def produce(text):

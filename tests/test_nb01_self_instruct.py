@@ -50,5 +50,6 @@ def test_notebook_01_generates_filtered_alpaca_data(execute_notebook):
         assert f"the server decoded {example['generated']} tokens" in cell_text(example_cell)
     # ... and a projection far above Alpaca's < $500, reconciled in the same cell with Alpaca's 20 per request.
     cost_cell = next(c for c in cells if "cost_note(" in c.source)
-    assert "Why this is not Alpaca's < $500" in cell_text(cost_cell) and "at 20 tasks per request" in cell_text(cost_cell)
+    cost_text = cell_text(cost_cell)
+    assert "Why this is not Alpaca's < $500" in cost_text and "at 20 tasks per request" in cost_text
     assert json.loads(json.dumps(summary))  # JSON-safe

@@ -52,7 +52,8 @@ def test_notebook_02_on_a_file_with_planted_duplicates(execute_notebook, tmp_pat
     train = load_alpaca(out / "train_set.json")
     assert summary["train_set"]["sources"] == {"seed": 175, "self-instruct": sum(kept)}
     assert [r["instruction"] for r in train[175:]] == [t for t, k in zip(instructions, kept) if k]
-    assert {r["source"] for r in train[:175]} == {"seed"} and set(train[0]) == {"instruction", "input", "output", "source"}
+    assert {r["source"] for r in train[:175]} == {"seed"}
+    assert set(train[0]) == {"instruction", "input", "output", "source"}
 
 
 def outputs_of(executed) -> str:

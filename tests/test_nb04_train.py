@@ -1,11 +1,24 @@
+import ast
+import gc
+import weakref
+
+import nbformat
+import papermill
+import pytest
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from transformers import AutoModelForCausalLM
+
+from alpaca_helpers.course import NOTEBOOKS_DIR
+from alpaca_helpers.data import load_seed_tasks, save_alpaca
+from alpaca_helpers.demo.generate import load_model, release_models
+from alpaca_helpers.train.launch import available_gpus
+from alpaca_helpers.train.rehearsal import small_llama
+
+
 def test_notebook_04_trains_on_cpu_and_compares_answers(execute_notebook, tmp_path):
     """The notebook end to end under papermill: launch (1 CPU process), live log, validation loss, curves,
     TensorBoard, save, answers; on a chained course set (seed + generated records, as notebook 02 writes it)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from transformers import AutoModelForCausalLM
-
-    from alpaca_helpers.data import load_seed_tasks, save_alpaca
-
     generated = [{"instruction": f"Name {n} colours.", "input": "", "output": "red", "source": "self-instruct"}
                  for n in range(1, 41)]
     train_set = save_alpaca([{**r, "source": "seed"} for r in load_seed_tasks()] + generated,
@@ -17,7 +30,8 @@ def test_notebook_04_trains_on_cpu_and_compares_answers(execute_notebook, tmp_pa
     assert summary["validation_examples"] >= 2 and len(summary["eval_losses"]) == 1
     assert summary["eval_loss_at_start"] > 0 and summary["eval_loss"] > 0
     assert set(summary["sources"]) == {"seed", "self-instruct"} and sum(summary["sources"].values()) <= 13
-    assert "eval/loss" in EventAccumulator(str(tmp_path / "course" / "04_train" / "tensorboard")).Reload().Tags()["scalars"]
+    events = EventAccumulator(str(tmp_path / "course" / "04_train" / "tensorboard")).Reload()
+    assert "eval/loss" in events.Tags()["scalars"]
     assert summary["steps"] == 2 and summary["world_size"] == 1 and not summary["fsdp"]
     assert summary["command"].startswith("accelerate launch ") and "--cpu" in summary["command"]
     assert summary["trained_tokens_per_s"] > 0
@@ -49,8 +63,6 @@ def test_notebook_04_trains_on_cpu_and_compares_answers(execute_notebook, tmp_pa
 
 def test_notebook_04_lora_saves_adapters_and_a_merged_plain_folder(execute_notebook, tmp_path):
     """lora=True through the notebook: a frozen base, adapters alone in adapter/, merged weights in model/."""
-    from safetensors.torch import load_file
-
     summary, _ = execute_notebook(
         "04_train", gpus=0, lora=True, max_steps=2, max_examples=8, model_max_length=96, max_new_tokens=8,
         extra_args="--global_batch_size 2 --per_device_train_batch_size 2 --lora_target_modules q_proj,v_proj")
@@ -65,11 +77,6 @@ def test_notebook_04_lora_saves_adapters_and_a_merged_plain_folder(execute_noteb
 
 def test_notebook_04_fails_clearly_when_asking_for_absent_gpus(execute_notebook):
     """The headline command, `papermill ... -p gpus 8`, on a machine without 8 GPUs: one line, first thing."""
-    import papermill
-    import pytest
-
-    from alpaca_helpers.train.launch import available_gpus
-
     if available_gpus() >= 8:
         pytest.skip("this machine has 8 GPUs: the headline command would run")
     with pytest.raises(papermill.PapermillExecutionError, match=r"gpus=8 but this machine has \d+ GPU") as failed:
@@ -82,11 +89,6 @@ def test_notebook_04_refuses_a_tokenizer_that_cannot_work_in_one_line_before_lau
     """The 7B preset with a model whose tokenizer cannot keep a response's text: notebook 04 stops at its
     first cell, in one line naming the tokenizer, and never reaches the launch (fault injection: a tokenizer
     that marks every word; every real family passes, test_tokenizer_families.py)."""
-    import papermill
-    import pytest
-
-    from alpaca_helpers.train.rehearsal import small_llama
-
     folder = small_llama(tmp_path / "llama")
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (folder / name).unlink()
@@ -101,11 +103,6 @@ def test_notebook_04_refuses_a_tokenizer_that_cannot_work_in_one_line_before_lau
 def test_answering_releases_the_models_it_loaded(default_model_dir):
     """Notebook 04 calls `release_models` after its answers: the cached base and tuned models (about 40 GB of
     GPU 0 at 7B) are dropped, so a re-run of the training cell finds the memory free."""
-    import gc
-    import weakref
-
-    from alpaca_helpers.demo.generate import load_model, release_models
-
     model, _ = load_model(default_model_dir, device="cpu")
     alive = weakref.ref(model)
     assert load_model(default_model_dir, device="cpu")[0] is model  # cached: a second call loads nothing
@@ -118,13 +115,6 @@ def test_answering_releases_the_models_it_loaded(default_model_dir):
 
 def test_notebook_04_parameters_are_all_visible_to_papermill():
     """papermill silently skips a parameter line it cannot parse (e.g. an `=` in its comment)."""
-    import ast
-
-    import nbformat
-    import papermill
-
-    from alpaca_helpers.course import NOTEBOOKS_DIR
-
     path = NOTEBOOKS_DIR / "04_train.ipynb"
     cell = next(c for c in nbformat.read(path, as_version=4).cells if "parameters" in c.metadata.get("tags", []))
     assigned = {node.targets[0].id for node in ast.parse(cell.source).body}

@@ -7,6 +7,8 @@ import os
 
 import nbformat
 
+from alpaca_helpers.demo.watermark_reach import COST_NOISE_NOTE
+
 BASE = "base: SmolLM2-135M-Instruct"
 
 
@@ -47,8 +49,6 @@ def test_notebook_05_generates_with_every_model_and_serves(execute_notebook, tmp
     assert "perplexity under the model without the watermark, over all 3 x 96 answer tokens" in printed
     change = cost["log_change"]
     if change["se"] is None or abs(change["mean"]) < 2 * change["se"]:  # within noise: the note says so, right there
-        from alpaca_helpers.demo.watermark_reach import COST_NOISE_NOTE
-
         assert COST_NOISE_NOTE in printed
     assert "Writing:" not in printed and "converting to" not in printed  # the GGUF export prints no progress bars
     assert summary["stream_pieces"] > 1 and summary["greedy_answer"]

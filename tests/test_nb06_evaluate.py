@@ -1,8 +1,14 @@
 import json
 from collections import Counter
 
-from alpaca_helpers.evaluate.pairwise import ALPACA_EVAL, VoteStore, eval_subset, evaluation_items
-from alpaca_helpers.evaluate.raters import cohen_kappa
+import nbformat
+
+from alpaca_helpers.evaluate.absolute import SCORES_NOTE
+from alpaca_helpers.evaluate.agreement import SAME_MODEL_NOTE
+from alpaca_helpers.evaluate.answers import ALPACA_EVAL, eval_subset, evaluation_items
+from alpaca_helpers.evaluate.ifeval import DROP_NOTE, LEVELS, read_responses, score_ifeval
+from alpaca_helpers.evaluate.raters import JUDGE_POSITION_NOTE, cohen_kappa
+from alpaca_helpers.evaluate.votes import VoteStore
 
 
 def test_notebook_06_scores_the_teacher_ifeval_and_checks_the_judge_against_votes(execute_notebook, tmp_path):
@@ -15,8 +21,8 @@ def test_notebook_06_scores_the_teacher_ifeval_and_checks_the_judge_against_vote
         votes.add(item_id, choice)
     votes.add("not-in-this-subset", "B")
 
-    summary, executed = execute_notebook("06_evaluate", subset_size=3, judge_items=2, max_new_tokens=24, agreement_items=4,
-                                  ifeval_items=4)
+    summary, executed = execute_notebook("06_evaluate", subset_size=3, judge_items=2, max_new_tokens=24,
+                                         agreement_items=4, ifeval_items=4)
     assert summary["n_items"] == 3 and summary["n_judged"] == 2 and summary["reference"] == "gpt4_1106_preview"
     # Teacher agreement: model_path "default" is the base model, so the two are one set of numbers.
     agreement = summary["teacher_agreement"]
@@ -28,7 +34,6 @@ def test_notebook_06_scores_the_teacher_ifeval_and_checks_the_judge_against_vote
     assert shape["gpt4_1106_preview"]["ended_share"] is None and 0 <= shape["fine_tuned"]["ended_share"] <= 1
 
     # IFEval: the four accuracies of both models, and response files its reference scorer reads.
-    from alpaca_helpers.evaluate.ifeval import LEVELS, read_responses, score_ifeval
 
     ifeval = summary["ifeval"]
     assert ifeval["base"] == ifeval["fine_tuned"] and ifeval["base"]["n_prompts"] == 4
@@ -75,8 +80,6 @@ def test_notebook_06_scores_the_teacher_ifeval_and_checks_the_judge_against_vote
 
 
 def _outputs_by_cell(executed) -> list[str]:
-    import nbformat
-
     cells = [c for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code"]
     return ["".join(o.get("text", "") for o in c.outputs) for c in cells]
 
@@ -89,11 +92,6 @@ def _cell_printing(outputs: list[str], text: str) -> str:
 
 def _notes_sit_under_their_degenerate_outputs(summary, executed):
     """Each degenerate laptop result the summary shows gets its note, printed by the cell that shows the result."""
-    from alpaca_helpers.evaluate.absolute import SCORES_NOTE
-    from alpaca_helpers.evaluate.agreement import SAME_MODEL_NOTE
-    from alpaca_helpers.evaluate.ifeval import DROP_NOTE
-    from alpaca_helpers.evaluate.raters import JUDGE_POSITION_NOTE
-
     outputs = _outputs_by_cell(executed)
     teacher = _cell_printing(outputs, "change per answer (fine-tuned - base)")
     assert "loss per token" in teacher and "per answer" in teacher and "over n = 4 text-davinci-003 answers" in teacher

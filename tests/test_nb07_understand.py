@@ -15,7 +15,8 @@ def test_notebook_07_runs_an_ablation_and_reads_it_honestly(execute_notebook, tm
     save_alpaca([{**r, "source": "self-instruct" if i % 4 == 0 else "seed"} for i, r in enumerate(load_seed_tasks())],
                 train_set)
     summary, executed = execute_notebook(
-        "07_understand", data_path=str(train_set), select_n=3, budget_steps=1, arms={"random_n": None, "prompt_loss": None},
+        "07_understand", data_path=str(train_set), select_n=3, budget_steps=1,
+        arms={"random_n": None, "prompt_loss": None},
         base={"max_examples": 20, "model_max_length": 96, "global_batch_size": 2, "per_device_train_batch_size": 2},
         evaluation={"heldout": 4, "teacher_items": 2, "shape_items": 2, "max_new_tokens": 8, "ifeval_items": 2})
     assert summary["arms"] == ["all", "longest_n", "graded_n"] and summary["baseline"] == "all"
@@ -38,7 +39,8 @@ def test_notebook_07_runs_an_ablation_and_reads_it_honestly(execute_notebook, tm
     run_lines = [line for line in run_output.splitlines() if line.strip()]
     assert sum(line.startswith("[") for line in run_lines) == 6 and len(run_lines) <= 6 + 3, run_lines  # one per run
     assert "step 1/1" not in run_output and "console.log" in run_output
-    shown = json.dumps(cells["nb07-run"].outputs, ensure_ascii=False)  # streams, and the widgets' text of tqdm.auto's bars
+    # streams, and the widgets' text of tqdm.auto's bars
+    shown = json.dumps(cells["nb07-run"].outputs, ensure_ascii=False)
     assert "arm × seed runs" in shown and "train:" not in shown  # one bar over the runs, no step bar per run
     conclusions_output = "".join(o.get("text", "") for o in cells["nb07-conclusions"].outputs)
     assert "0 of 10 comparisons are told apart" in conclusions_output and "seeds=[0, 1, 2, 3, 4]" in conclusions_output

@@ -45,4 +45,5 @@ def test_notebook_08_measures_refusals_the_filter_the_dose_and_the_watermark(exe
     out = tmp_path / "course" / "08_safety"
     rows = [json.loads(line) for line in (out / "dose" / "results.jsonl").read_text().splitlines()]
     assert {r["arm"] for r in rows} == set(dose["arms"]) and all(r["steps"] == 1 for r in rows)
-    assert all((out / f).is_file() for f in ("filter.png", "refusals.png", "watermark_reach.png", "redteam/redteam.json"))
+    figures = ("filter.png", "refusals.png", "watermark_reach.png", "redteam/redteam.json")
+    assert all((out / f).is_file() for f in figures)

@@ -7,7 +7,7 @@ import nbformat
 import papermill
 import pytest
 
-from alpaca_helpers.course import course_notebooks
+from alpaca_helpers.course import COURSE_LINKS, NOTEBOOKS_DIR, course_notebooks, linked_parameters, notebook_parameters
 
 NOTEBOOKS = course_notebooks()
 
@@ -43,11 +43,10 @@ def test_notebook_conventions(path):
 
 
 def test_course_links_name_real_parameters_and_follow_this_runs_outputs(tmp_path):
-    from alpaca_helpers.course import COURSE_LINKS, NOTEBOOKS_DIR, linked_parameters, notebook_parameters
-
     for stem, links in COURSE_LINKS.items():
         assert set(links) <= notebook_parameters(NOTEBOOKS_DIR / f"{stem}.ipynb")
     assert linked_parameters("02_dedup_analysis", tmp_path) == {}  # notebook 01 has not run: the defaults stay
     (tmp_path / "01_self_instruct").mkdir()
     (tmp_path / "01_self_instruct" / "regen.json").write_text("[]")
-    assert linked_parameters("02_dedup_analysis", tmp_path) == {"data_path": str(tmp_path / "01_self_instruct/regen.json")}
+    assert linked_parameters("02_dedup_analysis", tmp_path) == {
+        "data_path": str(tmp_path / "01_self_instruct/regen.json")}

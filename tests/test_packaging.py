@@ -1,8 +1,8 @@
 """The project's shape: layout, the two install lists agree, the README's commands are the ones CI runs."""
 
 import re
-
 import tomllib
+
 import yaml
 
 from alpaca_helpers.paths import REPO_ROOT

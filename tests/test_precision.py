@@ -6,13 +6,17 @@ The GPU rule is shown with a faked `torch.cuda` (this machine has no GPU), as sa
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_train import make_tiny_llama
 
 from alpaca_helpers import precision
+from alpaca_helpers.demo.generate import load_model
 from alpaca_helpers.precision import (
     FORCE_ENV,
     NativeBf16,
@@ -22,11 +26,9 @@ from alpaca_helpers.precision import (
     inference_choice,
     native_bf16,
 )
+from alpaca_helpers.self_instruct.server import server_command
 from alpaca_helpers.train.config import check_run, make_config, parse_config
 from alpaca_helpers.train.recipe import device_native_bf16, main, train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +75,6 @@ def test_auto_on_this_machine_trains_as_the_hardware_says_and_prints_one_line(tm
 
 
 def test_forcing_no_native_bf16_keeps_every_auto_in_fp32_and_says_so(tmp_path, tiny, capsys, monkeypatch):
-    from alpaca_helpers.demo.generate import load_model
-    from alpaca_helpers.self_instruct.server import server_command
-
     monkeypatch.setenv(FORCE_ENV, "false")
     forced = native_bf16("cpu")
     assert not forced.available and forced.reason.startswith("ALPACA_BF16=false")
@@ -109,9 +108,6 @@ def test_a_wrong_forcing_value_is_a_one_line_error(tmp_path, tiny, capsys, monke
     ["alpaca_helpers.understand", "--spec", "cpu_course", "--output_dir"],
 ])
 def test_every_command_that_loads_a_model_says_a_wrong_forcing_value_in_one_line(command, tmp_path):
-    import os
-    import subprocess
-
     run = subprocess.run([sys.executable, "-m", *command, str(tmp_path)], env={**os.environ, FORCE_ENV: "maybe"},
                          capture_output=True, text=True, timeout=300)
     assert (run.returncode, run.stderr) == (2, "error: ALPACA_BF16='maybe': expected auto or false (unset = auto)\n")

@@ -10,10 +10,19 @@ from __future__ import annotations
 import json
 
 import pytest
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alpaca_helpers.data import load_seed_tasks
-from alpaca_helpers.train.config import TrainConfigError, check_run, load_preset, make_config
+from alpaca_helpers.models import load_vocabulary
+from alpaca_helpers.prompts import format_prompt
+from alpaca_helpers.train.config import CPU_AUTO_MICRO_BATCH, TrainConfigError, check_run, load_preset, make_config
+from alpaca_helpers.train.plan import load_model_shape
+from alpaca_helpers.train.recipe import memory_plan_for_run, train
 from alpaca_helpers.train.rehearsal import llama_7b_config, small_llama
+from alpaca_helpers.train.tokenize import IGNORE_INDEX, build_dataset, check_tokenizer, encode_prompt
+from alpaca_helpers.understand.ablate import prepare, train_job
+from alpaca_helpers.understand.spec import load_spec
 
 pytestmark = pytest.mark.slow
 
@@ -23,8 +32,6 @@ LLAMA_13B = {"hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from alpaca_helpers.models import load_vocabulary
-
     return load_vocabulary("llama-spm")
 
 
@@ -73,9 +80,6 @@ def test_13b_plan_fits_8x80gb_only_by_syncing_every_micro_batch(tmp_path, tokeni
     """The preset's comment: its auto micro-batch is 8 × 2 on 8 × 80 GB (about 71 GiB per GPU, half the FSDP
     traffic of 4 × 4), and fits only with a reduce-scatter after every micro-batch; at 4 × 4 about 51 GiB with
     it, about 100 without."""
-    from alpaca_helpers.train.plan import load_model_shape
-    from alpaca_helpers.train.recipe import memory_plan_for_run
-
     shape = load_model_shape(str(shaped(tmp_path / "llama-13b", tokenizer, **LLAMA_13B)))
     assert shape.vocab == 32064  # 32,000 + <pad>, rounded up to 64 rows
     assert 12.9e9 < shape.parameters < 13.1e9
@@ -93,9 +97,6 @@ def test_13b_plan_fits_8x80gb_only_by_syncing_every_micro_batch(tmp_path, tokeni
 
 
 def test_7b_lora_plan_fits_one_80gb_gpu(tmp_path, tokenizer):
-    from alpaca_helpers.train.plan import load_model_shape
-    from alpaca_helpers.train.recipe import memory_plan_for_run
-
     shape = load_model_shape(str(shaped(tmp_path / "llama-7b", tokenizer)))
     cfg = preset("alpaca_7b_lora")
     plan = memory_plan_for_run(cfg, shape, check_run(cfg, 1, on_gpu=True), 1, 1, 80.0)
@@ -110,17 +111,12 @@ def test_7b_lora_plan_fits_one_80gb_gpu(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("name", ["alpaca_13b", "alpaca_7b_lora"])
 def test_the_real_tokenizer_tokenizes_the_shipped_data_at_the_presets_length(name, tokenizer):
-    from alpaca_helpers.train.tokenize import IGNORE_INDEX, build_dataset, check_tokenizer
-
     cfg = preset(name)
     check_tokenizer(tokenizer)
     records = load_seed_tasks()
     built = build_dataset(records, tokenizer, max_length=cfg.model_max_length, prompt_format=cfg.prompt_format,
                           train_on_prompt=cfg.train_on_prompt)
     # dropped only where the prompt alone leaves no room for a response token and eos (seed task 62's table)
-    from alpaca_helpers.prompts import format_prompt
-    from alpaca_helpers.train.tokenize import encode_prompt
-
     assert built.stats.kept >= len(records) - 2
     assert all(len(encode_prompt(tokenizer, format_prompt(records[i]))) >= cfg.model_max_length - 1
                for i in built.stats.dropped_ids)
@@ -135,10 +131,6 @@ def test_the_real_tokenizer_tokenizes_the_shipped_data_at_the_presets_length(nam
 def one_step(name: str, model, out, **values):
     """Train `name`'s settings on `model` for one optimizer step of two micro-batches, on the CPU, with the
     shipped seed tasks."""
-    from alpaca_helpers.train.recipe import train
-
-    from alpaca_helpers.train.config import CPU_AUTO_MICRO_BATCH
-
     micro = load_preset(name)["per_device_train_batch_size"] or CPU_AUTO_MICRO_BATCH  # auto on CPU: 4
     cfg = preset(name, model_name_or_path=str(model), data_path="seed", output_dir=str(out), max_steps=1,
                  device="cpu", tf32="auto", global_batch_size=2 * micro, **values)
@@ -147,8 +139,6 @@ def one_step(name: str, model, out, **values):
 
 def test_13b_full_fine_tune_takes_a_step_through_fsdp(tiny, tmp_path):
     """Its micro-batch, schedule and full fine-tune, through FSDP as on 8 GPUs; the final save reloads."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     cfg, summary = one_step("alpaca_13b", tiny, tmp_path / "run", fsdp="full_shard")
     assert summary["finished"] and summary["fsdp"] and summary["trainable_parameters"] == summary["parameters"]
     assert summary["examples"] >= 173 and summary["final_loss"] == summary["final_loss"]
@@ -158,8 +148,6 @@ def test_13b_full_fine_tune_takes_a_step_through_fsdp(tiny, tmp_path):
 
 
 def test_7b_lora_takes_a_step_and_saves_adapter_and_merged_model(tiny, tmp_path):
-    from safetensors.torch import load_file
-
     cfg, summary = one_step("alpaca_7b_lora", tiny, tmp_path / "run")
     assert summary["finished"] and summary["lora"] and not summary["fsdp"]
     assert 0 < summary["trainable_parameters"] < summary["parameters"] / 10
@@ -176,8 +164,6 @@ def test_7b_lora_takes_a_step_and_saves_adapter_and_merged_model(tiny, tmp_path)
 def spec_on_tiny(name: str, tiny, **overrides):
     """The spec with its model replaced by `tiny` and its data by the seed tasks, on the CPU (gpus 0), one step,
     and an evaluation that a pool of 175 records can hold."""
-    from alpaca_helpers.understand.spec import load_spec
-
     return load_spec(name, base={"model_name_or_path": str(tiny), "data_path": "seed", "global_batch_size": 8},
                      gpus=0, budget_steps=1,
                      evaluation={"heldout": 16, "teacher_items": 4, "shape_items": 4, "max_new_tokens": 8,
@@ -189,8 +175,6 @@ def spec_on_tiny(name: str, tiny, **overrides):
 def test_ablation_spec_prepares_every_arm_and_trains_one(name, arm, tiny, tmp_path):
     """Every arm's data is built and checked with the real tokenizer (graded_n needs the OpenAI API and cleaned
     the Hub: left out), and one arm trains a step with the spec's 7B settings."""
-    from alpaca_helpers.understand.ablate import prepare, train_job
-
     arms = {"graded_n": None, "cleaned": None} if name == "alpaca_7b" else {}
     spec = spec_on_tiny(name, tiny, arms=arms, select_n=64 if name == "alpaca_7b" else None)
     assert spec.base_config().learning_rate == 2e-5 and spec.base_config().per_device_train_batch_size is None  # auto

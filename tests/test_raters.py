@@ -2,8 +2,16 @@
 
 import pytest
 
-from alpaca_helpers.evaluate.pairwise import LOSS, TIE, UNPARSED, WIN, last_votes
-from alpaca_helpers.evaluate.raters import cohen_kappa, human_position_bias, judge_human_agreement, position_bias
+from alpaca_helpers.evaluate.outcomes import LOSS, TIE, UNPARSED, WIN
+from alpaca_helpers.evaluate.raters import (
+    JUDGE_POSITION_NOTE,
+    cohen_kappa,
+    human_position_bias,
+    judge_caveat,
+    judge_human_agreement,
+    position_bias,
+)
+from alpaca_helpers.evaluate.votes import last_votes
 
 
 def test_kappa_equals_the_direct_computation():
@@ -46,8 +54,6 @@ def test_position_bias_of_a_judge_and_of_people():
 
 
 def test_judge_caveat_only_for_a_judge_stuck_on_one_position_or_all_ties():
-    from alpaca_helpers.evaluate.raters import JUDGE_POSITION_NOTE, judge_caveat
-
     stuck = position_bias([("1", "1")] * 6)
     assert stuck["first_position_share"] == 1.0
     assert JUDGE_POSITION_NOTE in judge_caveat(stuck, {"n": 6, "ties": 6})

@@ -15,9 +15,18 @@ from rouge_score import rouge_scorer
 from alpaca_helpers.demo.content_filter import ContentFilter
 from alpaca_helpers.evaluate.refusal import classify_refusal
 from alpaca_helpers.safety.categories import CATEGORIES, category
-from alpaca_helpers.safety.redteam import (CHECKPOINT_FILE, META_FILE, OUTPUT_FILE, RedTeamError, category_order,
-                                           load_redteam, red_team, redteam_filter_reason, redteam_prompt,
-                                           score_redteam)
+from alpaca_helpers.safety.redteam import (
+    CHECKPOINT_FILE,
+    META_FILE,
+    OUTPUT_FILE,
+    RedTeamError,
+    category_order,
+    load_redteam,
+    red_team,
+    redteam_filter_reason,
+    redteam_prompt,
+    score_redteam,
+)
 from alpaca_helpers.safety.safety_set import build_safety_set, template_refusals
 from alpaca_helpers.self_instruct.server import free_port, serve
 from alpaca_helpers.self_instruct.teacher import Teacher, TeacherConfig

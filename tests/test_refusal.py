@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 
+from alpaca_helpers.demo.generate import load_model
+from alpaca_helpers.evaluate.judge import LocalJudge
 from alpaca_helpers.evaluate.raters import cohen_kappa
 from alpaca_helpers.evaluate.refusal import (
     LABELS,
     classify_refusal,
+    confusion_table,
     judge_refusal,
     label_agreement,
     label_probabilities,
@@ -75,8 +78,6 @@ def test_the_rules_agree_with_the_labelled_set_as_the_readme_says():
 
 
 def test_the_confusion_table_reads_by_rows_and_holds_the_counts():
-    from alpaca_helpers.evaluate.refusal import confusion_table
-
     rows = load_refusal_labels()
     result = label_agreement([r["label"] for r in rows], [classify_refusal(r["answer"]).label for r in rows])
     table = confusion_table(result["confusion"])  # the notebook's table: no NaN, people's labels as rows
@@ -105,9 +106,6 @@ def test_judge_replies_and_log_probabilities_are_read_strictly():
 
 
 def test_the_real_local_judge_gives_valid_labels():
-    from alpaca_helpers.demo.generate import load_model
-    from alpaca_helpers.evaluate.pairwise import LocalJudge
-
     model, tokenizer = load_model("default")
     items = [{"id": r["id"], "prompt": r["prompt"], "answer": r["answer"]} for r in load_refusal_labels()[:3]]
     judge = LocalJudge(model, tokenizer, max_new_tokens=4)

@@ -20,17 +20,29 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import papermill
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alpaca_helpers.course import NOTEBOOKS_DIR, run_notebook
-from alpaca_helpers.paths import REPO_ROOT
+from alpaca_helpers.data import load_alpaca, load_alpaca_eval, load_davinci_predictions, load_seed_tasks
+from alpaca_helpers.demo.decoding import Decoding
+from alpaca_helpers.demo.generate import generate, generate_tokens
+from alpaca_helpers.paths import REPO_ROOT, data_dir
+from alpaca_helpers.prompts import format_prompt
+from alpaca_helpers.train.config import load_preset
+from alpaca_helpers.train.distributed import list_checkpoints
+from alpaca_helpers.train.rehearsal import SIZE_FIELDS, alpaca_parquet, llama_7b_config, small_llama
+from alpaca_helpers.train.tokenize import encode_prompt, resized_rows
 
 pytestmark = pytest.mark.slow
 
@@ -48,8 +60,6 @@ KILL_WITHIN_S = 300
 
 
 def records() -> list[dict]:
-    from alpaca_helpers.data import load_seed_tasks
-
     return [{"instruction": r["instruction"], "input": r.get("input") or "", "output": ANSWER}
             for r in load_seed_tasks()]
 
@@ -57,10 +67,6 @@ def records() -> list[dict]:
 def shipped_prompts() -> list[str]:
     """Every shipped Alpaca-shaped example (seed tasks, text-davinci-003's and AlpacaEval's answers, the safety
     set) as the Alpaca prompt the model is fed."""
-    from alpaca_helpers.data import load_alpaca, load_alpaca_eval, load_davinci_predictions, load_seed_tasks
-    from alpaca_helpers.paths import data_dir
-    from alpaca_helpers.prompts import format_prompt
-
     examples = (load_seed_tasks() + load_davinci_predictions() + load_alpaca_eval()
                 + load_alpaca(data_dir() / "safety_set.json"))
     return [format_prompt(r) for r in examples]
@@ -68,8 +74,6 @@ def shipped_prompts() -> list[str]:
 
 def run_processes(out: Path) -> list:
     """The launched run's processes (accelerate's launcher and the ranks): their command lines name `out`."""
-    import psutil
-
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info["cmdline"] or []
@@ -81,10 +85,6 @@ def run_processes(out: Path) -> list:
 def kill_after_first_checkpoint(out: Path, seen: dict) -> None:
     """SIGKILL every process of the run in `out` once a complete checkpoint is there (as a lost node would
     end it: no handler runs); what was there at the kill goes into `seen`."""
-    import psutil
-
-    from alpaca_helpers.train.distributed import list_checkpoints
-
     deadline = time.monotonic() + KILL_WITHIN_S
     while time.monotonic() < deadline:
         if list_checkpoints(out):
@@ -101,10 +101,6 @@ def kill_after_first_checkpoint(out: Path, seen: dict) -> None:
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory) -> dict:
     """Notebook 04 killed after its first checkpoint, then run again with `--resume true`."""
-    import papermill
-
-    from alpaca_helpers.train.rehearsal import alpaca_parquet, small_llama
-
     root = tmp_path_factory.mktemp("rehearsal_7b")
     started = time.perf_counter()
     base = small_llama(root / "llama-7b-small")  # small_llama's default size: 2 layers, hidden 64
@@ -130,9 +126,6 @@ def rehearsal(tmp_path_factory) -> dict:
 
 def test_the_run_is_the_alpaca_7b_preset_on_two_sharded_processes(rehearsal):
     """Everything but the size (and the overrides above) is the preset's and LLaMA-7B's."""
-    from alpaca_helpers.train.config import load_preset
-    from alpaca_helpers.train.rehearsal import SIZE_FIELDS, llama_7b_config
-
     summary, run = rehearsal["summary"], rehearsal["run"]
     assert f"--config {PRESET}" in summary["command"] and "--num_processes 2" in summary["command"]
     state = json.loads((rehearsal["out"] / f"checkpoint-{SAVE_STEPS * 3}" / "trainer_state.json").read_text())
@@ -140,10 +133,12 @@ def test_the_run_is_the_alpaca_7b_preset_on_two_sharded_processes(rehearsal):
     changed = {"model_name_or_path", "data_path", "learning_rate", "num_train_epochs", "save_steps", "resume",
                "output_dir", "device", "per_device_train_batch_size"}
     assert {k: v for k, v in preset.items() if k not in changed} == {k: config[k] for k in preset if k not in changed}
-    assert preset["per_device_train_batch_size"] is None and config["per_device_train_batch_size"] in (1, 2, 4)  # auto: the plan's choice
+    # auto: the plan's choice
+    assert preset["per_device_train_batch_size"] is None and config["per_device_train_batch_size"] in (1, 2, 4)
     assert config["global_batch_size"] == 128 and config["model_max_length"] == 512 and config["group_by_length"]
     assert run["fsdp"] and run["world_size"] == 2 and run["layer_class"] == "LlamaDecoderLayer"
-    assert sum(run["parameters_per_rank"]) == run["parameters"] and min(run["parameters_per_rank"]) > 0.4 * run["parameters"]
+    assert sum(run["parameters_per_rank"]) == run["parameters"]
+    assert min(run["parameters_per_rank"]) > 0.4 * run["parameters"]
     saved = json.loads((Path(run["model_dir"]) / "config.json").read_text())
     llama = llama_7b_config()
     same = {k for k in llama if k not in (*SIZE_FIELDS, "vocab_size", "torch_dtype", "transformers_version",
@@ -156,10 +151,6 @@ def test_the_pad_token_is_added_and_the_embeddings_resized_and_broadcast(rehears
     """32,000 tokens + <pad> = 32,001, rounded to 32,064 rows: on rank 0 from the weights, on rank 1 on its meta
     skeleton, whose shards (rows 16,032 on) come by broadcast. Rows no input ever uses get no gradient: they
     must still be exactly the mean of the base model's rows that rank 0 computed, rank 1's half included."""
-    from transformers import AutoTokenizer
-
-    from alpaca_helpers.train.tokenize import resized_rows
-
     run = rehearsal["run"]
     assert run["ranks_that_loaded_full_weights"] == 1
     folder = Path(run["model_dir"])
@@ -198,19 +189,15 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_finishes(rehearsal):
 def test_the_saved_folder_reloads_and_answers_end_at_eos(rehearsal):
     """Plain transformers loads model/; greedy answers through the course's generation end on eos (without the
     stop markers, eos or max_new_tokens are the only ends: a row shorter than max_new_tokens ended on eos)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from alpaca_helpers.demo.generate import generate, generate_tokens
-    from alpaca_helpers.prompts import format_prompt
-
     folder = rehearsal["run"]["model_dir"]
     model, tokenizer = AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
     instructions = ["Give three tips for staying healthy.", "What is the capital of Tanzania?", "Add 12 and 30."]
     rows = generate_tokens(model, tokenizer, [format_prompt({"instruction": i}) for i in instructions],
-                           temperature=0, max_new_tokens=MAX_NEW_TOKENS, stop_at_markers=False)
+                           decoding=Decoding(temperature=0, max_new_tokens=MAX_NEW_TOKENS, stop_at_markers=False))
     assert all(len(row) < MAX_NEW_TOKENS for row in rows), rows
     assert [tokenizer.decode(row) for row in rows] == [ANSWER] * len(instructions)
-    assert generate(model, tokenizer, instructions[0], temperature=0, max_new_tokens=MAX_NEW_TOKENS) == ANSWER
+    greedy = Decoding(temperature=0, max_new_tokens=MAX_NEW_TOKENS)
+    assert generate(model, tokenizer, instructions[0], decoding=greedy) == ANSWER
     assert rehearsal["summary"]["answers"]["fine-tuned"] == ANSWER  # the notebook's own answer, too
 
 
@@ -218,13 +205,6 @@ def test_the_gguf_export_keeps_the_tokenizer_and_the_answers(rehearsal):
     """`python -m alpaca_helpers.demo.export_gguf` on model/: a SentencePiece ("llama") vocabulary whose
     tokenizer, as transformers reads it back, gives the Hugging Face tokenizer's ids on every shipped example's
     prompt; the GGUF model answers the same, ending at eos."""
-    import subprocess
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from alpaca_helpers.demo.generate import generate_tokens
-    from alpaca_helpers.train.tokenize import encode_prompt
-
     folder, gguf_dir = rehearsal["run"]["model_dir"], rehearsal["root"] / "gguf"
     proc = subprocess.run([sys.executable, "-m", "alpaca_helpers.demo.export_gguf", folder,
                            str(gguf_dir / "alpaca-7b-rehearsal.gguf"), "--no-progress"],
@@ -239,8 +219,8 @@ def test_the_gguf_export_keeps_the_tokenizer_and_the_answers(rehearsal):
     assert [encode_prompt(gguf, p) for p in prompts] == [encode_prompt(hf, p) for p in prompts]
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file="alpaca-7b-rehearsal.gguf",
                                                  dtype=torch.float32).eval()
-    rows = generate_tokens(model, gguf, prompts[:3], temperature=0, max_new_tokens=MAX_NEW_TOKENS,
-                           stop_at_markers=False)
+    rows = generate_tokens(model, gguf, prompts[:3],
+                           decoding=Decoding(temperature=0, max_new_tokens=MAX_NEW_TOKENS, stop_at_markers=False))
     assert [gguf.decode(row) for row in rows] == [ANSWER] * 3
 
 

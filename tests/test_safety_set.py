@@ -9,8 +9,17 @@ from alpaca_helpers.evaluate.refusal import classify_refusal
 from alpaca_helpers.paths import data_dir
 from alpaca_helpers.safety.categories import CATEGORIES, UnknownCategory, category
 from alpaca_helpers.safety.dose import safety_examples_seen, zero_refusal_note
-from alpaca_helpers.safety.safety_set import (SAFETY_SET_FILE, SOURCE, TEMPLATES, SafetySetError, build_safety_set,
-                                              category_items, load_safety_set, shipped_safety_set, template_refusals)
+from alpaca_helpers.safety.safety_set import (
+    SAFETY_SET_FILE,
+    SOURCE,
+    TEMPLATES,
+    SafetySetError,
+    build_safety_set,
+    category_items,
+    load_safety_set,
+    shipped_safety_set,
+    template_refusals,
+)
 
 OFFERS = ("I can", "I'd be glad", "I'd be happy")
 
@@ -83,7 +92,8 @@ def rows(refusal_30pc):
 
 def test_the_note_appears_only_when_refusal_stays_at_zero():
     note = zero_refusal_note(rows(0.0), "no_safety", 8)
-    assert note.startswith("Note: refusal is 0 in every arm (0 of 8 unsafe XSTest prompts refused, per arm and seed, 2 seeds)")
+    assert note.startswith("Note: refusal is 0 in every arm (0 of 8 unsafe XSTest prompts refused, per arm and seed, "
+                           "2 seeds)")
     assert "safety_30pc" in note and "about 7 safety examples in 6 steps" in note  # 24 seen × 12 / 40
     assert zero_refusal_note(rows(0.125), "no_safety", 8) is None
     assert zero_refusal_note([{**r, "metrics": {}} for r in rows(0.0)], "no_safety", 8) is None  # no XSTest measured

@@ -1,12 +1,20 @@
 """The self-instruct prompt, the completion parser (on recorded malformed completions), filters, checkpoint."""
 
 import json
+from collections import Counter
 
 import pytest
 
 from alpaca_helpers.data import load_seed_tasks
-from alpaca_helpers.self_instruct.parse import BLACKLIST, FILTER_REASONS, PARSE_REASONS, filter_reason, parse_completion
-from alpaca_helpers.self_instruct.pipeline import Checkpoint
+from alpaca_helpers.self_instruct.checkpoint import Checkpoint
+from alpaca_helpers.self_instruct.parse import (
+    BLACKLIST,
+    FILTER_REASONS,
+    PARSE_REASONS,
+    filter_reason,
+    no_task_note,
+    parse_completion,
+)
 from alpaca_helpers.self_instruct.prompt import encode_prompt, stop_strings
 
 
@@ -209,10 +217,6 @@ def test_checkpoint_survives_a_torn_last_line(tmp_path):
 
 
 def test_a_reply_that_parses_to_nothing_gets_a_one_line_reason():
-    from collections import Counter
-
-    from alpaca_helpers.self_instruct.parse import no_task_note
-
     parsed = parse_completion(" Summarise the text.\n4. Output:\nA summary.", 4, "stop")
     assert not parsed.tasks and parsed.failures == Counter({"missing_input": 1})
     note = no_task_note(parsed.failures, 128, "the 135M teacher")

@@ -1,18 +1,25 @@
 """The teacher client's pure parts: prices, stop strings, the key never shown, unreachable endpoints."""
 
+from pathlib import Path
+
 import pytest
 from fault_proxy import FaultProxy
 
+from alpaca_helpers.self_instruct.projection import cost_note, projection_at
 from alpaca_helpers.self_instruct.server import free_port
 from alpaca_helpers.self_instruct.teacher import (
+    LogprobsUnavailable,
     Teacher,
     TeacherConfig,
     TeacherError,
     TeacherUnreachable,
     estimate_cost,
+    format_usd,
     price_per_million,
+    returned_tokens,
     strip_stop,
 )
+from alpaca_helpers.self_instruct.teacher_run import RunResult
 
 
 def test_price_table():
@@ -62,8 +69,6 @@ def test_a_rejected_key_is_not_retried_and_not_echoed(monkeypatch):
 
 
 def test_an_endpoint_that_refuses_logprobs_is_told_apart_at_once():
-    from alpaca_helpers.self_instruct.teacher import LogprobsUnavailable
-
     with FaultProxy("http://127.0.0.1:1", then="400") as proxy:
         teacher = Teacher(TeacherConfig(base_url=proxy.base_url, model="m"))
         assert teacher.gives_logprobs() is False
@@ -73,8 +78,6 @@ def test_an_endpoint_that_refuses_logprobs_is_told_apart_at_once():
 
 
 def test_reply_tokens_stop_at_the_stop_string():
-    from alpaca_helpers.self_instruct.teacher import returned_tokens
-
     text = "Write a haiku.\n4. Input:\n<noinput>\n###\n5. Instruction: ramble ramble ramble"
     cut = strip_stop(text, ["5. Instruction"])
     assert returned_tokens(128, text, text) == 128  # nothing cut: what the server reported
@@ -85,17 +88,11 @@ def test_reply_tokens_stop_at_the_stop_string():
 
 
 def test_dollars_are_rounded_for_reading():
-    from alpaca_helpers.self_instruct.teacher import format_usd
-
     assert format_usd(3859.3312) == "$3,859" and format_usd(93.0149) == "$93.01" and format_usd(0.0) == "$0.00"
     assert format_usd(None) == "unknown"
 
 
 def test_projection_at_alpacas_20_tasks_per_request_reconciles_the_cost():
-    from pathlib import Path
-
-    from alpaca_helpers.self_instruct.pipeline import RunResult, cost_note, projection_at
-
     # The shape of a laptop run: 8 kept from 33 requests of 688 prompt tokens, 2 tasks asked per request.
     run = RunResult(records=[{}] * 8, target=8, requests=33, rejections={}, prompt_tokens=688 * 33,
                     completion_tokens=110 * 33, cost_usd=0.0, wall_seconds=600, retries=0, complete=True,

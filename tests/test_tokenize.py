@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import copy
+import random
+
 import pytest
 import torch
+from datasets import Dataset
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from alpaca_helpers.data import AlpacaFormatError, load_eval_set, load_seed_tasks
-from alpaca_helpers.train.tokenize import (
-    IGNORE_INDEX,
+from alpaca_helpers.prompts import PromptFormatError, prompt_text
+from alpaca_helpers.train.batches import (
     AlpacaCollator,
-    alpaca_original_tokenize,
-    build_dataset,
-    check_tokenizer,
-    ensure_pad_token,
     global_batches,
     micro_batches,
     pack_features,
     pack_lengths,
     padding_waste,
+)
+from alpaca_helpers.train.tokenize import (
+    IGNORE_INDEX,
+    alpaca_original_tokenize,
+    build_dataset,
+    check_tokenizer,
+    ensure_pad_token,
+    resize_embeddings_mean,
     tokenize_batch,
     tokenize_example,
 )
@@ -64,9 +74,6 @@ def records():
 def bpe_tokenizer(records):
     """Another tokenizer, built here: a byte-level BPE trained on the shipped data, that adds a bos
     to every text (LLaMA-style) and has no pad token."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -79,8 +86,6 @@ def bpe_tokenizer(records):
 
 @pytest.fixture(scope="module")
 def model32(default_model_dir):
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
     return model.eval()
 
@@ -103,7 +108,8 @@ def test_labels_match_reference_on_all_shipped_examples(which, max_length, recor
         assert len(row["input_ids"]) <= max_length
         assert row["labels"][-1] == tokenizer.eos_token_id  # eos always present and trained
     assert stats.total == len(records) and stats.kept == len(rows)
-    assert stats.dropped == len(records) - len(rows) and stats.dropped_ids == sorted(set(range(len(records))) - set(rows))
+    assert stats.dropped == len(records) - len(rows)
+    assert stats.dropped_ids == sorted(set(range(len(records))) - set(rows))
     assert stats.truncated == sum(row["truncated"] for row in rows.values())
     if max_length == 128:  # the short window exercises both paths on real data
         assert stats.dropped > 0 and stats.truncated > 0
@@ -131,8 +137,6 @@ def test_batched_map_with_processes_equals_per_example(records, default_tokenize
 
 
 def test_batched_function_works_with_dataset_map_directly(records, default_tokenizer):
-    from datasets import Dataset
-
     raw = Dataset.from_list([{k: r[k] for k in ("instruction", "input", "output")} for r in records[:50]])
     ds = raw.map(tokenize_batch, batched=True, with_indices=True, remove_columns=raw.column_names,
                  fn_kwargs={"tokenizer": default_tokenizer, "max_length": 512})
@@ -224,9 +228,6 @@ def test_bad_records_name_index_and_field(bad, field, default_tokenizer):
 def test_tokenizer_that_changes_the_boundary_is_refused():
     """A tokenizer that puts a word-start marker before every word (Metaspace "always", not SentencePiece's
     dummy prefix before the text alone) cannot keep a response's text: it is refused, saying so."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")
     tok.decoder = decoders.Metaspace(prepend_scheme="always")
@@ -255,10 +256,6 @@ def test_collator_pads_by_position_and_keeps_the_real_eos(default_tokenizer):
 
 
 def test_ensure_pad_token_adds_one_with_mean_embeddings(default_tokenizer, default_model_dir):
-    import copy
-
-    from transformers import AutoModelForCausalLM
-
     tokenizer = copy.deepcopy(default_tokenizer)
     tokenizer.pad_token = None  # as for a tokenizer that ships without one (LLaMA-1, Alpaca's case)
     model = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32)
@@ -298,8 +295,6 @@ def test_packed_batch_loss_equals_unpacked(records, default_tokenizer, model32):
 
 
 def test_pack_lengths_fits_and_covers():
-    import random
-
     rng = random.Random(0)
     lengths = [rng.randint(1, 512) for _ in range(2000)]
     bins = pack_lengths(lengths, 512)
@@ -311,8 +306,6 @@ def test_pack_lengths_fits_and_covers():
 
 
 def test_length_grouping_cuts_padding_waste():
-    import random
-
     rng = random.Random(1)
     lengths = [rng.randint(20, 500) for _ in range(3000)]
     order = global_batches(len(lengths), 128, seed=0, epoch=0)  # as training cuts each epoch
@@ -339,10 +332,6 @@ def test_packing_a_dataset_and_drop_policy_counts(records, default_tokenizer):
 def test_llama_vocab_plus_pad_is_padded_to_a_multiple_of_64():
     """LLaMA's 32,000 tokens + <pad> = 32,001 would give misaligned LM-head matmuls: 32,064 rows, all the
     new ones (input and untied output) the mean of the old rows."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from alpaca_helpers.train.tokenize import resize_embeddings_mean
-
     config = LlamaConfig(vocab_size=32000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, tie_word_embeddings=False)
     torch.manual_seed(0)
@@ -360,11 +349,8 @@ def test_llama_vocab_plus_pad_is_padded_to_a_multiple_of_64():
 
 
 def test_chat_prompt_format_masks_the_chat_template_and_trains_the_same_answer(default_tokenizer):
-    import copy
-
-    from alpaca_helpers.prompts import PromptFormatError, prompt_text
-
-    record = {"instruction": "Summarize the text.", "input": "Alpacas are camelids.", "output": "Alpacas are camelids."}
+    record = {"instruction": "Summarize the text.", "input": "Alpacas are camelids.",
+              "output": "Alpacas are camelids."}
     chat = tokenize_example(record, default_tokenizer, prompt_format="chat")
     alpaca = tokenize_example(record, default_tokenizer, prompt_format="alpaca")
     prompt = prompt_text(record, "chat", default_tokenizer)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 
 from alpaca_helpers.data import load_alpaca, load_alpaca_eval, load_davinci_predictions, load_seed_tasks
+from alpaca_helpers.demo.generate import prompt_batch
 from alpaca_helpers.models import VOCABULARIES, load_vocabulary
 from alpaca_helpers.paths import data_dir
 from alpaca_helpers.prompts import format_prompt, prompt_text
@@ -62,7 +63,8 @@ def test_shipped_vocabularies_give_llama_cpp_reference_ids(vocabulary):
     name, tokenizer = vocabulary
     folder = data_dir() / "tokenizers"
     inputs = (folder / f"ggml-vocab-{name}.gguf.inp").read_text().split("\n__ggml_vocab_test__\n")
-    expected = [[int(x) for x in line.split()] for line in (folder / f"ggml-vocab-{name}.gguf.out").read_text().splitlines()]
+    outputs = (folder / f"ggml-vocab-{name}.gguf.out").read_text().splitlines()
+    expected = [[int(x) for x in line.split()] for line in outputs]
     pairs = [(text, ids) for text, ids in zip(inputs, expected) if text and not text.startswith((" ", "\t", "\n"))]
     same = sum(tokenizer(text, add_special_tokens=False)["input_ids"] == ids for text, ids in pairs)
     assert same >= len(pairs) - 1, f"{name}: {same} of {len(pairs)} reference tokenizations agree"
@@ -73,7 +75,6 @@ def test_every_shipped_example_keeps_its_text_boundary_prompt_and_eos(vocabulary
     name, tokenizer = vocabulary
     if prompt_format == "chat" and not tokenizer.chat_template:
         pytest.skip(f"{name}'s GGUF carries no chat template")
-    from alpaca_helpers.demo.generate import prompt_batch
 
     failures = []
     for i, record in enumerate(shipped_examples):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_train import make_tiny_llama
+from wandb.proto import wandb_internal_pb2
 
 from alpaca_helpers.train.config import make_config
 from alpaca_helpers.train.recipe import train
@@ -29,8 +32,6 @@ def tracked_run(tmp_path_factory, default_model_dir):
 
 
 def test_tensorboard_event_files_hold_every_step_and_the_config(tracked_run):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     events = EventAccumulator(str(tracked_run / "tensorboard")).Reload()
     tags = events.Tags()
     assert {"train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_s", "perf/peak_memory_gb",
@@ -48,8 +49,6 @@ def wandb_records(path) -> list[bytes]:
     """The protobuf records of a `.wandb` file. This wandb (0.31) writes it from its Go core and ships no
     Python reader: a 7-byte header (`:W&B`, magic, version), then LevelDB's log format, 32 KiB blocks of
     records with a 7-byte header (CRC-32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
-    import struct
-
     data, pos, records, pending = path.read_bytes(), 7, [], b""
     assert data[:4] == b":W&B"
     while pos + 7 <= len(data):
@@ -69,8 +68,6 @@ def wandb_records(path) -> list[bytes]:
 
 
 def test_wandb_offline_run_folder_holds_the_history(tracked_run):
-    from wandb.proto import wandb_internal_pb2
-
     runs = list((tracked_run / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     history, config = [], {}

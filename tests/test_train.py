@@ -6,30 +6,70 @@ Single-process and in-process (seconds). The multi-process (FSDP, gloo) runs are
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import datasets
+import pandas as pd
 import pytest
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, get_scheduler
 
+from alpaca_helpers.data import AlpacaFormatError, load_eval_set, load_seed_tasks, save_alpaca, source_counts
+from alpaca_helpers.precision import NativeBf16
 from alpaca_helpers.train import distributed
-from alpaca_helpers.train.batches import deal_micro_batches, rank_micro_batches
+from alpaca_helpers.train import plan as plan_mod
+from alpaca_helpers.train import recipe as train_mod
+from alpaca_helpers.train.batches import (
+    AlpacaCollator,
+    deal_micro_batches,
+    global_batches,
+    load_records,
+    micro_batches,
+    pack_features,
+    rank_micro_batches,
+    split_validation,
+)
 from alpaca_helpers.train.config import (
     CONFIGS_DIR,
+    FIELDS,
     TrainConfigError,
+    build_parser,
+    check_run,
+    choose_preset,
     list_presets,
     load_preset,
     make_config,
+    overrides,
     parse_config,
     plan_batch,
+    train_args,
 )
-from alpaca_helpers.train.recipe import NonFiniteLossError, main, train
-from alpaca_helpers.train.tokenize import global_batches
+from alpaca_helpers.train.distributed import dist_env
+from alpaca_helpers.train.launch import LaunchError, epoch_mean_loss, launch_command, run_streaming, show_command
+from alpaca_helpers.train.plan import model_shape
+from alpaca_helpers.train.recipe import (
+    NonFiniteLossError,
+    Recipe,
+    TrainedPositionsHead,
+    first_step_inputs,
+    main,
+    make_optimizer,
+    memory_plan_for_run,
+    train,
+    train_step_by_hand,
+)
+from alpaca_helpers.train.rehearsal import small_llama
+from alpaca_helpers.train.tokenize import IGNORE_INDEX, build_dataset
 
 
 def make_tiny_llama(folder: Path, tokenizer_dir: Path, nan: bool = False) -> Path:
     """A 2-layer, hidden-64 LLaMA with the default model's tokenizer, saved as a plain HF folder."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -55,8 +95,6 @@ def tiny_model(tmp_path_factory, default_model_dir):
 
 def test_the_command_line_help_shows_every_setting():
     """`python -m alpaca_helpers.train --help` prints every TrainConfig field (argparse formats help with %)."""
-    from alpaca_helpers.train.config import FIELDS, build_parser
-
     text = build_parser().format_help()
     assert all(f"--{name}" in text for name in FIELDS) and "10% of" in text
 
@@ -71,7 +109,8 @@ def test_presets_are_the_alpaca_recipes_and_name_their_command():
         load_preset(path)  # every key is a real setting
     seven = make_config(**load_preset(CONFIGS_DIR / "alpaca_7b.yaml"))
     assert (seven.learning_rate, seven.num_train_epochs, seven.global_batch_size, seven.model_max_length,
-            seven.weight_decay, seven.warmup_ratio, seven.lr_scheduler_type) == (2e-5, 3, 128, 512, 0.0, 0.03, "cosine")
+            seven.weight_decay, seven.warmup_ratio, seven.lr_scheduler_type) == (2e-5, 3, 128, 512, 0.0, 0.03,
+                                                                                 "cosine")
     assert seven.bf16 is None and seven.tf32 is None and seven.fsdp == "auto"  # None: decided by the device
     assert seven.val_set_size == 0  # Alpaca trained on all 52K
     thirteen = make_config(**load_preset(CONFIGS_DIR / "alpaca_13b.yaml"))
@@ -82,7 +121,8 @@ def test_defaults_are_the_7b_recipe_and_flags_override_a_preset():
     assert parse_config([]).learning_rate == 2e-5
     cfg = parse_config(["--config", "alpaca_13b", "--learning_rate", "3e-5", "--packing", "true",
                         "--max_examples", "none", "--bf16", "false"])
-    assert (cfg.learning_rate, cfg.num_train_epochs, cfg.packing, cfg.max_examples, cfg.bf16) == (3e-5, 5, True, None, False)
+    assert (cfg.learning_rate, cfg.num_train_epochs, cfg.packing, cfg.max_examples, cfg.bf16) == (3e-5, 5, True, None,
+                                                                                                 False)
     with pytest.raises(TrainConfigError, match="learning_rate: cannot read 'fast'"):
         parse_config(["--learning_rate", "fast"])
     with pytest.raises(TrainConfigError, match="no such preset"):
@@ -107,7 +147,8 @@ def test_global_batch_stays_128_whatever_the_process_count(world, per_device, ac
 
 
 def test_impossible_batch_split_is_a_clear_error():
-    with pytest.raises(TrainConfigError, match=r"not divisible by per_device_train_batch_size 3 × 8 process\(es\) = 24"):
+    with pytest.raises(TrainConfigError,
+                       match=r"not divisible by per_device_train_batch_size 3 × 8 process\(es\) = 24"):
         plan_batch(128, 3, 8)
     with pytest.raises(TrainConfigError, match="not the global batch 128"):
         plan_batch(128, 4, 8, accumulation=2)
@@ -151,8 +192,6 @@ def test_micro_batches_are_dealt_so_that_ranks_balance():
     """Sorted longest first and dealt round-robin, rank 0 would get the longest micro-batch of every round
     (here 8 rounds over 4 ranks: the most work in every step). Dealt by work, the ranks' totals stay within
     a few percent, and micro-batch k of every rank still comes from round k (similar lengths)."""
-    from alpaca_helpers.train.tokenize import micro_batches
-
     lengths = [(i * 37) % 101 + 20 for i in range(128)]
     for step in range(4):
         batch = global_batches(128, 128, seed=step, epoch=0)[0]
@@ -176,8 +215,6 @@ def test_micro_batches_are_dealt_so_that_ranks_balance():
 
 
 def test_decoder_layer_class_is_found_from_the_model(tiny_model):
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert distributed.find_layer_class(model).__name__ == "LlamaDecoderLayer"
     assert distributed.find_layer_class(model, "LlamaDecoderLayer").__name__ == "LlamaDecoderLayer"
@@ -191,8 +228,6 @@ def test_decoder_layer_class_is_found_from_the_model(tiny_model):
 
 
 def _tiny_training_state(tiny_model):
-    from transformers import AutoModelForCausalLM, get_scheduler
-
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=1, num_training_steps=10)
@@ -228,8 +263,6 @@ def test_checkpoint_round_trip_keeps_last_n(tmp_path, tiny_model):
 
 
 def test_a_kill_during_save_leaves_the_last_good_checkpoint(tmp_path, tiny_model, monkeypatch):
-    import torch.distributed.checkpoint as dcp
-
     model, optimizer, scheduler = _tiny_training_state(tiny_model)
     _step(model, optimizer, scheduler)
     good = distributed.save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {}, rank=0, keep_last=1)
@@ -259,14 +292,13 @@ def test_nan_loss_stops_with_step_and_example_ids(tmp_path, default_model_dir):
     poisoned = make_tiny_llama(tmp_path / "nan_model", default_model_dir, nan=True)
     cfg = make_config(model_name_or_path=str(poisoned), output_dir=str(tmp_path / "run"), max_examples=16,
                       global_batch_size=4, per_device_train_batch_size=2, max_steps=2)
-    with pytest.raises(NonFiniteLossError, match=r"step 1: loss nan .* example ids of the batch: \[\d+, \d+, \d+, \d+\]"):
+    with pytest.raises(NonFiniteLossError,
+                       match=r"step 1: loss nan .* example ids of the batch: \[\d+, \d+, \d+, \d+\]"):
         train(cfg)
     assert not (tmp_path / "run" / "model").exists()
 
 
 def test_single_process_run_logs_every_step_and_saves_a_loadable_folder(tmp_path, tiny_model):
-    from transformers import AutoModelForCausalLM
-
     out = tmp_path / "run"
     summary = train(make_config(model_name_or_path=str(tiny_model), output_dir=str(out), max_examples=18,
                                 global_batch_size=8, per_device_train_batch_size=4, num_train_epochs=2,
@@ -290,26 +322,19 @@ def test_single_process_run_logs_every_step_and_saves_a_loadable_folder(tmp_path
 
 
 def test_launch_command_for_cpu_and_gpus():
-    import sys
-
-    from alpaca_helpers.train.launch import LaunchError, launch_command, show_command
-
     cpu = launch_command(["--max_steps", "2"], gpus=0, cpu_processes=1, gpus_present=0)
     assert cpu[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and "--cpu" in cpu
     assert cpu[-6:] == ["-m", "alpaca_helpers.train", "--max_steps", "2", "--device", "cpu"]
     sharded_cpu = launch_command([], gpus=0, cpu_processes=2, gpus_present=0)
     assert "--multi_gpu" in sharded_cpu and sharded_cpu[sharded_cpu.index("--num_processes") + 1] == "2"
     eight = launch_command(["--config", "configs/alpaca_7b.yaml"], gpus=8, gpus_present=8)
-    assert show_command(eight).startswith("accelerate launch ") and "--multi_gpu --num_processes 8" in show_command(eight)
+    assert show_command(eight).startswith("accelerate launch ")
+    assert "--multi_gpu --num_processes 8" in show_command(eight)
     with pytest.raises(LaunchError, match=r"gpus=8 but this machine has 0 GPU\(s\)"):
         launch_command([], gpus=8, gpus_present=0)
 
 
 def test_run_streaming_shows_lines_live_and_fails_with_the_tail():
-    import sys
-
-    from alpaca_helpers.train.launch import LaunchError, run_streaming
-
     seen = []
     lines = run_streaming([sys.executable, "-c", "import sys\nfor i in range(3): print('line', i)\n"
                            "sys.stderr.write('bar 1\\rbar 2\\n')"], echo=seen.append)
@@ -329,9 +354,6 @@ def test_wrong_layer_class_fails_the_run_before_training(tmp_path, tiny_model, c
 
 
 def test_training_refuses_a_file_with_evaluation_tasks(tmp_path):
-    from alpaca_helpers.data import AlpacaFormatError, load_eval_set, load_seed_tasks, save_alpaca
-    from alpaca_helpers.train.batches import load_records
-
     path = save_alpaca(load_seed_tasks()[:5] + load_eval_set()[:1], tmp_path / "leaky.json")
     with pytest.raises(AlpacaFormatError, match="repeat evaluation-set instructions"):
         load_records(str(path))
@@ -339,10 +361,6 @@ def test_training_refuses_a_file_with_evaluation_tasks(tmp_path):
 
 
 def test_epoch_mean_loss_groups_steps_by_epoch():
-    import pandas as pd
-
-    from alpaca_helpers.train.launch import epoch_mean_loss
-
     log = pd.DataFrame({"step": [1, 2, 3, 4, 5, 6], "epoch": [0.3333, 0.6667, 1.0, 1.3333, 1.6667, 2.0],
                         "loss": [3.0, 2.0, 1.0, 1.0, 0.5, 0.0]})
     table = epoch_mean_loss(log)
@@ -353,12 +371,6 @@ def test_epoch_mean_loss_groups_steps_by_epoch():
 @pytest.mark.parametrize("packing", [False, True])
 def test_trained_positions_head_gives_the_full_heads_loss_and_gradients(tiny_model, packing):
     """Logits only where a label is trained: same loss and gradients as `labels=` on every position."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from alpaca_helpers.data import load_seed_tasks
-    from alpaca_helpers.train.recipe import TrainedPositionsHead
-    from alpaca_helpers.train.tokenize import AlpacaCollator, build_dataset, pack_features
-
     tok = AutoTokenizer.from_pretrained(tiny_model)
     rows = build_dataset(load_seed_tasks()[:6], tok, max_length=256).dataset
     features = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
@@ -385,11 +397,6 @@ def test_trained_positions_head_gives_the_full_heads_loss_and_gradients(tiny_mod
 
 
 def test_held_out_examples_never_reach_a_training_batch(tiny_model, tmp_path):
-    from alpaca_helpers.data import source_counts
-    from alpaca_helpers.train.config import check_run
-    from alpaca_helpers.train.distributed import dist_env
-    from alpaca_helpers.train.recipe import Recipe
-
     cfg = make_config(model_name_or_path=str(tiny_model), output_dir=str(tmp_path), max_examples=60,
                       val_set_size=0.25, global_batch_size=8, per_device_train_batch_size=4, num_train_epochs=3)
     recipe = Recipe(cfg, dist_env(force_cpu=True), check_run(cfg, 1, on_gpu=False))
@@ -403,14 +410,10 @@ def test_held_out_examples_never_reach_a_training_batch(tiny_model, tmp_path):
     assert seen and not seen & held_out
     assert source_counts(recipe.data.records) == {}
     with pytest.raises(TrainConfigError, match="nothing would be left to train on"):
-        from alpaca_helpers.train.batches import split_validation
         split_validation(recipe.val.records, 15, seed=0)
 
 
 def test_max_examples_is_a_seeded_sample_of_every_source(tmp_path):
-    from alpaca_helpers.data import load_seed_tasks, save_alpaca
-    from alpaca_helpers.train.batches import load_records
-
     seeds = [{**r, "source": "seed"} for r in load_seed_tasks()]
     generated = [{"instruction": f"Write a haiku about the number {i}.", "input": "", "output": "...",
                   "source": "self-instruct"} for i in range(100)]
@@ -435,12 +438,6 @@ def test_resume_survives_a_torn_last_log_line(tmp_path, tiny_model):
 def test_full_scale_command_with_a_hub_layout_copy_builds_the_launch_and_trains(tmp_path, tiny_model, monkeypatch):
     """Issue 12's command, `-p gpus 8 -p model_name_or_path huggyllama/llama-7b -p data_path tatsu-lab/alpaca`,
     with `tatsu-lab/alpaca` a local folder in Hub layout; then the same arguments train on CPU, tiny."""
-    import datasets
-
-    from alpaca_helpers.data import load_seed_tasks
-    from alpaca_helpers.train.config import choose_preset, overrides, train_args
-    from alpaca_helpers.train.launch import launch_command
-
     parquet = tmp_path / "tatsu-lab" / "alpaca" / "data" / "train-00000-of-00001.parquet"
     parquet.parent.mkdir(parents=True)
     rows = [{"instruction": r["instruction"], "input": r["input"], "output": r["output"], "text": "..."}
@@ -464,25 +461,20 @@ def test_full_scale_command_with_a_hub_layout_copy_builds_the_launch_and_trains(
 
 
 def test_unreachable_data_or_model_names_fail_in_one_line(tmp_path, tiny_model, capsys):
-    import os
-    import subprocess
-    import sys
-
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "alpaca_helpers.train", "--data_path", "yahma/alpaca-cleaned",
                            "--model_name_or_path", str(tiny_model), "--output_dir", str(tmp_path / "run")],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: yahma/alpaca-cleaned: not a local file or folder") and "HF_HUB_OFFLINE is set" in last
+    assert last.startswith("error: yahma/alpaca-cleaned: not a local file or folder")
+    assert "HF_HUB_OFFLINE is set" in last
     assert main(["--model_name_or_path", "/nope", "--output_dir", str(tmp_path / "run")]) == 1
     assert capsys.readouterr().err.strip() == "error: /nope: no such model folder"
 
 
 def test_notebook_preset_policy():
     """gpus >= 1 means Alpaca's run: LLaMA-7B (by a Hub name that needs no access request) on the 52K."""
-    from alpaca_helpers.train.config import choose_preset, overrides
-
     assert choose_preset("auto", gpus=0).name == "cpu_default.yaml"
     for gpus, lora in ((1, False), (8, False), (1, True)):
         preset = load_preset(choose_preset("auto", gpus=gpus, lora=lora))
@@ -499,8 +491,6 @@ def test_notebook_preset_policy():
 
 
 def test_bf16_and_tf32_are_typed_choices_checked_before_loading():
-    from alpaca_helpers.train.config import check_run
-
     assert parse_config(["--bf16", "auto"]).bf16 is None and parse_config(["--tf32", "true"]).tf32 is True
     assert check_run(parse_config([]), 1, on_gpu=True).precision.bf16 is True  # native bf16 assumed when not read
     assert check_run(parse_config([]), 1, on_gpu=False).precision.bf16 is True
@@ -515,8 +505,6 @@ def test_bf16_and_tf32_are_typed_choices_checked_before_loading():
 
 def test_bf16_on_cpu_trains_and_keeps_fp32_weights(tmp_path, tiny_model):
     """One process: autocast to bf16 on CPU (issue 15 extends this to the sharded path)."""
-    from transformers import AutoModelForCausalLM
-
     out = tmp_path / "run"
     summary = train(make_config(model_name_or_path=str(tiny_model), output_dir=str(out), max_examples=12,
                                 global_batch_size=4, per_device_train_batch_size=2, max_steps=2, bf16=True,
@@ -528,9 +516,6 @@ def test_bf16_on_cpu_trains_and_keeps_fp32_weights(tmp_path, tiny_model):
 def test_bf16_auto_needs_native_bf16_and_explicit_bf16_on_a_gpu_without_it_is_refused():
     """V100 and older, or a CPU without avx512_bf16/AMX (`precision.native_bf16` says so; passed in here, so this
     runs on any machine): auto is fp32, bf16=true is refused on the GPU and runs (emulated) on the CPU."""
-    from alpaca_helpers.precision import NativeBf16
-    from alpaca_helpers.train.config import check_run
-
     none = NativeBf16(False, "no native bf16 here")
     auto = check_run(parse_config([]), 1, on_gpu=True, native=none).precision
     assert auto.bf16 is False and auto.reason == "auto: no native bf16 here"
@@ -543,8 +528,6 @@ def test_bf16_auto_needs_native_bf16_and_explicit_bf16_on_a_gpu_without_it_is_re
 
 def test_dist_timeout_comes_from_the_config(monkeypatch, tmp_path, tiny_model):
     """`train` gives `init_distributed` the configured minutes (120 by default); <= 0 is refused first."""
-    from alpaca_helpers.train.config import check_run
-
     seen = {}
 
     class Stop(Exception):
@@ -554,7 +537,7 @@ def test_dist_timeout_comes_from_the_config(monkeypatch, tmp_path, tiny_model):
         seen["minutes"] = minutes
         raise Stop
 
-    monkeypatch.setattr(distributed, "init_distributed", fake_init)
+    monkeypatch.setattr(train_mod, "init_distributed", fake_init)
     for given, expected in (({}, 120.0), ({"dist_timeout_minutes": 7.5}, 7.5)):
         with pytest.raises(Stop):
             train(make_config(model_name_or_path=str(tiny_model), output_dir=str(tmp_path), fsdp="full_shard",
@@ -569,12 +552,6 @@ def test_reduce_scatter_setting_reaches_the_memory_plan(tiny_model):
     """What `train` prints and plans counts what the loop does: with reduce-scatter after every micro-batch
     no unsharded fp32 gradient is held during accumulation; with it off, one of the whole model. Auto (the
     default) is off where that fits and on where it does not."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from alpaca_helpers.train.config import check_run
-    from alpaca_helpers.train.plan import model_shape
-    from alpaca_helpers.train.recipe import memory_plan_for_run
-
     with torch.device("meta"):
         shape = model_shape(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model)))
     base = ["--global_batch_size", "8", "--per_device_train_batch_size", "2"]
@@ -601,8 +578,6 @@ def test_a_failing_rank_leaves_the_process_group_to_the_launcher(monkeypatch, tm
     """On an error `train` raises without `destroy_process_group`, which under NCCL blocks while the other
     ranks sit in a collective (the hang needs NCCL and several GPUs; here a real 1-rank gloo group and an
     injected NaN show the exception path skips the call); a clean run destroys the group."""
-    import torch.distributed as dist
-
     calls = []
     real_destroy = dist.destroy_process_group
 
@@ -628,8 +603,6 @@ def test_a_failing_rank_leaves_the_process_group_to_the_launcher(monkeypatch, tm
 def test_bfloat16_save_says_bfloat16_in_its_config(tmp_path, tiny_model):
     """`save_dtype: bfloat16` writes bf16 weights and `"dtype": "bfloat16"` (save_pretrained alone would write
     the live fp32 parameters' dtype), so `dtype="auto"` loads them at their own size."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     folder = distributed.save_hf_folder(model, AutoTokenizer.from_pretrained(tiny_model), tmp_path / "model",
                                         torch.bfloat16, is_main=True)
@@ -640,17 +613,10 @@ def test_bfloat16_save_says_bfloat16_in_its_config(tmp_path, tiny_model):
 def test_mfu_uses_the_plans_flops_and_peaks(monkeypatch, tiny_model):
     """MFU = plan.flops_per_token (non-embedding parameters, LM head at trained positions only) × tokens/s
     / (plan.peak_bf16_flops × processes): the H100 PCIe is 756 TFLOP/s, not the SXM's 989."""
-    from types import SimpleNamespace
-
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from alpaca_helpers.train import plan as plan_mod
-    from alpaca_helpers.train import recipe as train_mod
-
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
     cuda = SimpleNamespace(type="cuda")
     assert train_mod.peak_flops(cuda) == 756e12 and train_mod.peak_flops(SimpleNamespace(type="cpu")) is None
-    assert not hasattr(train_mod, "PEAK_BF16_FLOPS") and not hasattr(train_mod, "flops_per_token")
+    assert not hasattr(train_mod, "PEAK_BF16_FLOPS") and train_mod.flops_per_token is plan_mod.flops_per_token
     with torch.device("meta"):
         shape = plan_mod.model_shape(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_model)))
     recipe = train_mod.Recipe.__new__(train_mod.Recipe)
@@ -662,11 +628,6 @@ def test_mfu_uses_the_plans_flops_and_peaks(monkeypatch, tiny_model):
 
 
 def test_prompt_format_chat_trains_the_same_answers_behind_the_chat_template(tmp_path, tiny_model):
-    from alpaca_helpers.train.config import check_run
-    from alpaca_helpers.train.distributed import dist_env
-    from alpaca_helpers.train.recipe import Recipe
-    from alpaca_helpers.train.tokenize import IGNORE_INDEX
-
     settings = dict(model_name_or_path=str(tiny_model), max_examples=16, global_batch_size=8,
                     per_device_train_batch_size=4, num_train_epochs=1, learning_rate=1e-3)
     built = {}
@@ -695,13 +656,6 @@ def test_the_step_by_hand_is_the_recipes_first_step(tmp_path, tiny_model, kind):
     LLaMA's real tokenizer (no pad token) both add one and grow the embeddings the same way. Each micro-batch
     comes with its trained positions, found on the CPU before the copy (`batches.trained_positions`); the copy
     without a host wait (pinned, non_blocking) and the overlap it buys only show on a GPU."""
-    from transformers import AutoModelForCausalLM
-
-    from alpaca_helpers.train.config import check_run
-    from alpaca_helpers.train.distributed import dist_env
-    from alpaca_helpers.train.recipe import Recipe, first_step_inputs, make_optimizer, train_step_by_hand
-    from alpaca_helpers.train.rehearsal import small_llama
-
     if kind == "llama":
         tiny_model = small_llama(tmp_path / "llama")
     cfg = make_config(model_name_or_path=str(tiny_model), output_dir=str(tmp_path), max_examples=24,
@@ -709,7 +663,7 @@ def test_the_step_by_hand_is_the_recipes_first_step(tmp_path, tiny_model, kind):
                       learning_rate=1e-3, warmup_ratio=0.0, weight_decay=0.1, max_grad_norm=0.5, bf16=False)
     recipe = Recipe(cfg, dist_env(force_cpu=True), check_run(cfg, 1, on_gpu=False))
     recipe.setup()
-    assert recipe.plan.batch.accumulation == 2 and recipe.scheduler.get_last_lr()[0] == pytest.approx(1e-3)
+    assert recipe.run_setup.batch.accumulation == 2 and recipe.scheduler.get_last_lr()[0] == pytest.approx(1e-3)
     model, batch = first_step_inputs(cfg)
     assert model.get_input_embeddings().weight.shape == recipe.model.get_input_embeddings().weight.shape
     by_hand = train_step_by_hand(model, batch, make_optimizer(model, cfg), cfg.max_grad_norm, rows_at_once=3)

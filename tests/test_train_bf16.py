@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import make_tiny_llama
+from test_train_fsdp import RUN, launch, losses
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_tiny_llama  # noqa: E402
-from test_train_fsdp import RUN, launch, losses  # noqa: E402
-
-from alpaca_helpers.train.config import make_config  # noqa: E402
-from alpaca_helpers.train.recipe import train  # noqa: E402
+from alpaca_helpers.train.config import make_config
+from alpaca_helpers.train.recipe import train
 
 pytestmark = pytest.mark.slow
 
@@ -60,9 +58,6 @@ def test_two_bf16_processes_match_one_bf16_process(runs):
 def test_bf16_keeps_fp32_master_weights_and_optimizer_state(runs):
     """The saved folder (save_dtype float32, the default) and the checkpoint's weights and AdamW moments
     are fp32 although the compute is bf16."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
     _, _, sharded = runs
     assert {t.dtype for t in load_file(sharded / "model" / "model.safetensors").values()} == {torch.float32}
     meta = FileSystemReader(str(sharded / "checkpoint-2" / "model_optim")).read_metadata().state_dict_metadata

@@ -6,18 +6,15 @@ a GPU can show: the GPU proof (`scripts/gpu_check.sh`, `full_fsdp_bf16_compiled`
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import make_tiny_llama
+from torch._dynamo.utils import counters
 
 from alpaca_helpers.train.config import make_config, parse_config
 from alpaca_helpers.train.recipe import train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.slow  # about a minute: inductor's C++ compile of one layer's forward and backward
 
@@ -43,8 +40,6 @@ def run(tiny, out, **extra):
 
 
 def test_compiled_layers_train_to_the_eager_runs_losses_and_weights(tmp_path, tiny, capsys):
-    from torch._dynamo.utils import counters
-
     assert parse_config([]).torch_compile is False  # off until measured
     _, eager, eager_weights = run(tiny, tmp_path / "eager")
     torch._dynamo.reset()

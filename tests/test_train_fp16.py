@@ -10,20 +10,18 @@ What only a GPU shows: the speed of the tensor cores, and the memory of a real T
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from test_train import make_tiny_llama
 
 from alpaca_helpers.precision import FORCE_ENV, gpu_native_bf16, inference_choice
 from alpaca_helpers.train import recipe as recipe_module
 from alpaca_helpers.train.config import TrainConfigError, check_run, make_config, parse_config
 from alpaca_helpers.train.distributed import dist_env
-from alpaca_helpers.train.recipe import NonFiniteLossError, Recipe, train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_tiny_llama  # noqa: E402
+from alpaca_helpers.train.plan import LOSS_SCALER_BYTES, checkpoint_disk, format_plan, load_model_shape
+from alpaca_helpers.train.recipe import NonFiniteLossError, Recipe, memory_plan_for_run, train
 
 FP16_LOSS_TOL = 2e-2  # fp16 has a 10-bit mantissa (~0.1% relative); losses near 2-11
 
@@ -66,16 +64,14 @@ def test_fp16_settings_are_checked_before_loading():
     assert parse_config(["--fp16", "auto"]).fp16 is None and parse_config(["--fp16", "true"]).fp16 is True
     on = check_run(parse_config(["--fp16", "true"]), 1, on_gpu=False).precision
     assert on.fp16 and not on.bf16 and on.reason == "fp16=true"
-    with pytest.raises(TrainConfigError, match=r"^bf16=true and fp16=true: choose one \(fp16 is for GPUs without bf16"):
+    with pytest.raises(TrainConfigError,
+                       match=r"^bf16=true and fp16=true: choose one \(fp16 is for GPUs without bf16"):
         check_run(parse_config(["--fp16", "true", "--bf16", "true"]), 1, on_gpu=False)
     with pytest.raises(TrainConfigError, match="fp16 with cpu_offload is not supported"):
         check_run(parse_config(["--fp16", "true", "--cpu_offload", "true"]), 2, on_gpu=False)
 
 
 def test_the_plan_counts_fp16_as_bf16s_bytes_plus_the_scaler(default_model_dir):
-    from alpaca_helpers.train.plan import LOSS_SCALER_BYTES, checkpoint_disk, format_plan, load_model_shape
-    from alpaca_helpers.train.recipe import memory_plan_for_run
-
     shape = load_model_shape(str(default_model_dir))
     plans = {}
     for flag in ("bf16", "fp16"):
@@ -84,7 +80,8 @@ def test_the_plan_counts_fp16_as_bf16s_bytes_plus_the_scaler(default_model_dir):
     assert plans["fp16"].fp16 and not plans["bf16"].fp16 and LOSS_SCALER_BYTES == 12
     assert plans["fp16"].components_gib == plans["bf16"].components_gib
     assert plans["fp16"].per_device_gb == pytest.approx(plans["bf16"].per_device_gb, abs=1e-3)
-    assert "fp16 compute with a dynamic loss scale" in format_plan(plans["fp16"], [], checkpoint_disk(plans["fp16"], 2, 4), None).splitlines()[0]
+    text = format_plan(plans["fp16"], [], checkpoint_disk(plans["fp16"], 2, 4), None)
+    assert "fp16 compute with a dynamic loss scale" in text.splitlines()[0]
 
 
 def tiny_recipe(tiny, out, **extra) -> Recipe:
@@ -137,7 +134,8 @@ def test_the_scaler_unscales_before_clipping_and_skips_a_step_with_a_planted_inf
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(torch.equal(m, s["exp_avg"]) for m, s in zip(moments, fp16.optimizer.state.values()))
     assert fp16.scheduler.last_epoch == lr_step  # the schedule waits too
-    assert "step 2: fp16 gradients overflowed (inf/NaN), step skipped; loss scale 65536 -> 32768" in capsys.readouterr().out
+    overflowed = "step 2: fp16 gradients overflowed (inf/NaN), step skipped; loss scale 65536 -> 32768"
+    assert overflowed in capsys.readouterr().out
     monkeypatch.setattr(recipe_module, "FP16_MAX_SKIPS_IN_A_ROW", 2)
     with pytest.raises(NonFiniteLossError, match=r"step 3: fp16 gradients overflowed in 2 steps in a row \(loss scale "
                                                  r"down to 16384\): the forward overflows fp16; train in fp32"):
@@ -148,8 +146,6 @@ def test_fp16_trains_close_to_the_fp32_run_and_saves_fp32(tmp_path, tiny):
     """The tiny LLaMA (the default model's tokenizer) fine-tuned 3 steps through `train` in fp16 and in fp32: the
     same losses within FP16_LOSS_TOL, no step skipped, the fields in every log row, an fp32 model saved. (The
     embedded 135M model would take minutes per step in fp16 on this CPU; on a T4 it is the fp16 path's model.)"""
-    from safetensors.torch import load_file
-
     runs = {}
     for name, precision in (("fp32", {"bf16": False}), ("fp16", {"fp16": True})):
         out = tmp_path / name

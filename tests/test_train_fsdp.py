@@ -15,20 +15,18 @@ import json
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import make_tiny_llama
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alpaca_helpers.paths import REPO_ROOT
 from alpaca_helpers.train.config import make_config
 from alpaca_helpers.train.launch import launch_command
 from alpaca_helpers.train.recipe import train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -115,8 +113,6 @@ def test_two_processes_match_one_process_over_the_same_global_batch(runs):
 
 
 def test_saved_folder_loads_and_gives_the_in_memory_logits(runs):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     _, _, sharded = runs
     folder = sharded / "model"
     model = AutoModelForCausalLM.from_pretrained(folder)

@@ -11,16 +11,32 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from alpaca_helpers.paths import REPO_ROOT
+from alpaca_helpers.train.config import choose_preset, load_preset, make_config, overrides
 from alpaca_helpers.train.distributed import DistEnv, init_distributed, process_group_args
-from alpaca_helpers.train.launch import LaunchError, accelerate_config_file, launch_command, main, usable_cpus
+from alpaca_helpers.train.launch import (
+    LaunchError,
+    accelerate_config_file,
+    check_inputs,
+    launch_command,
+    launch_summary,
+    main,
+    read_log,
+    run_streaming,
+    total_processes,
+    usable_cpus,
+)
+from alpaca_helpers.train.rehearsal import small_llama
 
 
 def option(cmd: list[str], name: str) -> str:
@@ -39,7 +55,8 @@ def test_gpu_launch_names_its_settings_instead_of_inheriting_them():
         s.bind(("127.0.0.1", port))
     one = launch_command([], gpus=1, gpus_present=1)
     assert "--multi_gpu" not in one and option(one, "--num_cpu_threads_per_process") == str(usable_cpus())
-    assert option(launch_command([], gpus=2, gpus_present=2, main_process_port=29600), "--main_process_port") == "29600"
+    fixed = launch_command([], gpus=2, gpus_present=2, main_process_port=29600)
+    assert option(fixed, "--main_process_port") == "29600"
 
 
 def test_several_machines_split_the_global_batch_over_all_their_processes():
@@ -110,8 +127,6 @@ def test_process_group_gets_a_long_timeout_its_device_and_gloo_beside_nccl_when_
 
 def test_the_arguments_start_a_real_process_group(monkeypatch):
     """torch accepts them: a 1-rank gloo group started by `init_distributed` with a 3-hour timeout."""
-    import torch.distributed as dist
-
     for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     init_distributed(DistEnv(0, 0, 1, torch.device("cpu")), minutes=180)
@@ -157,14 +172,11 @@ def test_slurm_script_starts_one_launcher_per_node_with_its_rank(tmp_path):
     assert (tmp_path / "srun.options").read_text().split() == ["--kill-on-bad-exit=1", "--cpus-per-task=64"]
 
 
-def test_launch_plan_splits_the_batch_over_all_machines():
+def test_launch_summary_splits_the_batch_over_all_machines():
     """The notebook's plan cell: the global batch over all processes of all machines, from config.json only."""
-    from alpaca_helpers.train.config import choose_preset, load_preset, make_config
-    from alpaca_helpers.train.launch import launch_plan, total_processes
-
     assert total_processes(0, 2) == 2 and total_processes(8, 1, 2) == 16 and total_processes(0, 1, 2) == 2
     config = make_config(**load_preset(choose_preset("auto", 0, False)))
-    text = launch_plan(config, 0, 1, num_machines=2, gpu_memory_gb=8.0)
+    text = launch_summary(config, 0, 1, num_machines=2, gpu_memory_gb=8.0)
     assert f"batch: {config.global_batch_size} = 4 per process × 1 accumulation × 2 process(es) (2 machine(s))" in text
     assert "of 8 GiB" in text and "FSDP over 2" in text and "accumulated unsharded" not in text
 
@@ -178,8 +190,6 @@ LLAMA_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidde
 def headline_config(output_dir):
     """The configuration notebook 04 builds for `papermill ... -p gpus 8` (every other parameter left alone),
     with the lines of its first code cell."""
-    from alpaca_helpers.train.config import choose_preset, load_preset, make_config, overrides
-
     preset_file = choose_preset("auto", 8, False)
     settings = overrides(model_name_or_path=None, data_path=None, max_examples=None, val_set_size=None,
                          num_train_epochs=None, model_max_length=None, learning_rate=None, max_steps=-1,
@@ -191,8 +201,6 @@ def test_the_headline_command_is_alpacas_7b_run_and_plans_it(tmp_path, monkeypat
     """`-p gpus 8` with the auto preset: LLaMA-7B on the 52K, 3 epochs, global batch 128, and the plan printed
     before launch is the 7B plan. huggyllama/llama-7b's config.json is written locally (a folder of that
     name in the working directory, which is looked in first): the plan needs nothing else."""
-    from alpaca_helpers.train.launch import launch_plan
-
     folder = tmp_path / "huggyllama" / "llama-7b"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(LLAMA_7B))
@@ -201,8 +209,8 @@ def test_the_headline_command_is_alpacas_7b_run_and_plans_it(tmp_path, monkeypat
     assert preset_file.name == "alpaca_7b.yaml"
     assert (config.model_name_or_path, config.data_path, config.num_train_epochs, config.global_batch_size,
             config.max_examples) == ("huggyllama/llama-7b", "tatsu-lab/alpaca", 3, 128, None)
-    text = launch_plan(config, 8, gpu_memory_gb=80, gpu_name="NVIDIA A100-SXM4-80GB", gpu_bf16=True,
-                       num_examples=52_002)
+    text = launch_summary(config, 8, gpu_memory_gb=80, gpu_name="NVIDIA A100-SXM4-80GB", gpu_bf16=True,
+                          num_examples=52_002)
     first = text.splitlines()[0]
     assert first.startswith("huggyllama/llama-7b: 6.74B parameters") and "FSDP over 8 GPU(s); bf16 compute" in first
     # per_device_train_batch_size auto: one micro-batch of 16 per step fits 80 GB and all-gathers the weights
@@ -214,15 +222,10 @@ def test_the_headline_command_is_alpacas_7b_run_and_plans_it(tmp_path, monkeypat
 
 
 def test_a_run_the_plan_rejects_stops_in_one_line_before_launching(tmp_path, monkeypatch):
-    """Notebook 04 with `gpus=1` and the 7B preset (full fine-tuning): `launch_plan`, the cell before the launch,
-    refuses in one line with the planned figure, the GPU's memory and the first change that fits, unless
+    """Notebook 04 with `gpus=1` and the 7B preset (full fine-tuning): `launch_summary`, the cell before the
+    launch, refuses in one line with the planned figure, the GPU's memory and the first change that fits, unless
     `ignore_plan`. Tested at this function: on a machine without a GPU the notebook stops earlier, at
     `check_gpus` (tests/test_nb04_train.py); the GPU's memory, name and bf16 are given as when planning ahead."""
-    from dataclasses import replace
-
-    from alpaca_helpers.train.config import choose_preset, load_preset, make_config
-    from alpaca_helpers.train.launch import launch_plan
-
     folder = tmp_path / "huggyllama" / "llama-7b"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(LLAMA_7B))
@@ -230,22 +233,19 @@ def test_a_run_the_plan_rejects_stops_in_one_line_before_launching(tmp_path, mon
     config = make_config(**load_preset(choose_preset("auto", 1, False)))
     gpu = dict(gpu_memory_gb=80, gpu_name="NVIDIA H100 80GB HBM3", gpu_bf16=True)
     with pytest.raises(LaunchError) as refused:
-        launch_plan(config, 1, **gpu)
+        launch_summary(config, 1, **gpu)
     message = str(refused.value)
     assert len(message.splitlines()) == 1, message
     assert re.fullmatch(r"the memory plan needs 1\d\d\.\d GiB per GPU but each of the 1 GPU\(s\) has 80 GiB: the run "
                         r"does not fit; first suggestion: 2 GPUs \(\d+\.\d GiB per GPU\); ignore_plan=true starts it "
                         r"anyway", message), message
-    text = launch_plan(replace(config, ignore_plan=True), 1, **gpu)  # who knows better goes on
+    text = launch_summary(replace(config, ignore_plan=True), 1, **gpu)  # who knows better goes on
     assert "does NOT fit" in text
 
 
 def test_a_missing_model_or_data_set_is_one_line_naming_the_parameter(tmp_path, monkeypatch, default_model_dir):
     """Offline (or without the weights) the headline command stops before launching, in one line that says
     what is missing and which parameter to set."""
-    from alpaca_helpers.train.config import make_config
-    from alpaca_helpers.train.launch import check_inputs
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
     _, config = headline_config(tmp_path / "out")
@@ -267,8 +267,6 @@ def test_a_missing_model_or_data_set_is_one_line_naming_the_parameter(tmp_path, 
 
 
 def test_read_log_leaves_out_a_torn_last_line(tmp_path):
-    from alpaca_helpers.train.launch import read_log
-
     (tmp_path / "train_log.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
     assert list(read_log(tmp_path)["step"]) == [1, 2]
 
@@ -276,8 +274,6 @@ def test_read_log_leaves_out_a_torn_last_line(tmp_path):
 @pytest.fixture(scope="module")
 def refused_model(tmp_path_factory, boundary_changing_tokenizer):
     """A small LLaMA (LLaMA-7B's config, random weights) whose tokenizer cannot be trained on."""
-    from alpaca_helpers.train.rehearsal import small_llama
-
     folder = small_llama(tmp_path_factory.mktemp("refused") / "model")
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (folder / name).unlink(missing_ok=True)
@@ -288,12 +284,6 @@ def refused_model(tmp_path_factory, boundary_changing_tokenizer):
 def test_a_tokenizer_that_cannot_work_or_none_is_one_line_before_launching(tmp_path, refused_model):
     """`check_inputs` loads the tokenizer next to the config and data: a refused one, a missing one, or a chat
     format without a template stops in one line naming the tokenizer, so no GPU ever spins up for it."""
-    import shutil
-
-    from alpaca_helpers.train.config import make_config
-    from alpaca_helpers.train.launch import check_inputs
-    from alpaca_helpers.train.rehearsal import small_llama
-
     with pytest.raises(LaunchError) as refused:
         check_inputs(make_config(model_name_or_path=str(refused_model), data_path="seed"), "alpaca_7b.yaml")
     message = str(refused.value)
@@ -301,7 +291,8 @@ def test_a_tokenizer_that_cannot_work_or_none_is_one_line_before_launching(tmp_p
     assert "changes text at the boundary" in message and "alpaca_7b.yaml" in message
     bare = tmp_path / "bare"
     shutil.copytree(refused_model, bare, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json"))
-    with pytest.raises(LaunchError, match=r"^model .*bare \(from the preset\) has no tokenizer that loads here") as none:
+    no_tokenizer = r"^model .*bare \(from the preset\) has no tokenizer that loads here"
+    with pytest.raises(LaunchError, match=no_tokenizer) as none:
         check_inputs(make_config(model_name_or_path=str(bare), data_path="seed"))
     assert len(str(none.value).splitlines()) == 1
     llama = small_llama(tmp_path / "llama")  # LLaMA's real tokenizer: accepted, but it has no chat template
@@ -314,8 +305,6 @@ def test_a_tokenizer_that_cannot_work_or_none_is_one_line_before_launching(tmp_p
 def test_a_failed_launch_names_the_ranks_own_error_first(tmp_path, refused_model):
     """When a launched run fails, the error's first line is the ranks' `error:` line, not torchelastic's
     `ChildFailedError` summary (a real 2-process launch that skips `check_inputs`)."""
-    from alpaca_helpers.train.launch import run_streaming
-
     cmd = launch_command(["--config", "configs/cpu_default.yaml", "--model_name_or_path", str(refused_model),
                           "--data_path", "seed", "--output_dir", str(tmp_path / "out")], cpu_processes=2)
     with pytest.raises(LaunchError) as failed:

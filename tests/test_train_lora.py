@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_train import make_tiny_llama
+from transformers import AutoModelForCausalLM
 
 from alpaca_helpers.train.config import TrainConfigError, make_config, parse_config
 from alpaca_helpers.train.recipe import main, train
@@ -46,8 +47,6 @@ def test_only_the_adapters_train_and_the_loss_falls(lora_run):
 
 
 def test_merged_folder_is_plain_and_gives_the_live_models_logits(lora_run, tiny_model):
-    from transformers import AutoModelForCausalLM
-
     out, _ = lora_run
     weights = load_file(str(out / "model" / "model.safetensors"))
     assert not any("lora" in name for name in weights)  # an ordinary folder: no peft needed to load it

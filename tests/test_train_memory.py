@@ -13,21 +13,19 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from test_train import make_tiny_llama
 
 from alpaca_helpers.paths import REPO_ROOT
 from alpaca_helpers.train import launch
+from alpaca_helpers.train.allocator import ALLOCATOR_SETTING
 from alpaca_helpers.train.config import make_config
 from alpaca_helpers.train.gpu_check import peak_over_plan, steady_figures
-from alpaca_helpers.train.launch import ALLOCATOR_SETTING, launch_environment, run_streaming
+from alpaca_helpers.train.launch import launch_environment, run_streaming
 from alpaca_helpers.train.recipe import console_line, peak_memory_gb, peak_reserved_gb, train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_tiny_llama  # noqa: E402
 
 ALLOCATOR_NAMES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
 PRINT_ALLOCATOR = "import os; print([os.environ.get(n) for n in ('PYTORCH_ALLOC_CONF', 'PYTORCH_CUDA_ALLOC_CONF')])"
@@ -100,7 +98,8 @@ def test_the_reserved_peak_is_read_from_the_allocator_on_cuda(monkeypatch):
     assert peak_reserved_gb(torch.device("cpu")) is None and peak_memory_gb(torch.device("cpu")) > 0
 
 
-def test_the_log_row_carries_the_reserved_peak_and_the_console_shows_it_where_there_is_one(tmp_path, default_model_dir):
+def test_the_log_row_carries_the_reserved_peak_and_the_console_shows_it_where_there_is_one(tmp_path,
+                                                                                            default_model_dir):
     tiny = make_tiny_llama(tmp_path / "tiny", default_model_dir)
     out = tmp_path / "run"
     summary = train(make_config(model_name_or_path=str(tiny), output_dir=str(out), max_examples=8,

@@ -16,14 +16,12 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from test_train import make_tiny_llama
 
 from alpaca_helpers.paths import REPO_ROOT
 from alpaca_helpers.train.config import make_config
 from alpaca_helpers.train.launch import free_port
 from alpaca_helpers.train.recipe import train
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from test_train import make_tiny_llama
 
 from alpaca_helpers.paths import REPO_ROOT
+from alpaca_helpers.train.config import TrainConfigError, check_run, parse_config
 from alpaca_helpers.train.launch import LaunchError, launch_command, run_streaming
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train import make_tiny_llama  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -113,8 +111,6 @@ def test_a_slow_rank_0_save_under_the_long_limit_succeeds(tmp_path, tiny):
 
 
 def test_step_timeout_takes_fractions_and_must_be_positive():
-    from alpaca_helpers.train.config import TrainConfigError, check_run, parse_config
-
     assert parse_config([]).step_timeout_minutes == 5.0 and parse_config([]).dist_timeout_minutes == 120.0
     assert parse_config(["--step_timeout_minutes", "0.5"]).step_timeout_minutes == 0.5
     with pytest.raises(TrainConfigError, match="step_timeout_minutes must be > 0, got 0"):

@@ -19,11 +19,16 @@ import sys
 import time
 
 import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_train import make_tiny_llama
 
 from alpaca_helpers.data import load_seed_tasks, save_alpaca
+from alpaca_helpers.evaluate.ifeval import load_ifeval, score_ifeval
 from alpaca_helpers.paths import REPO_ROOT
 from alpaca_helpers.understand.ablate import RESULTS_FILE, prepare, run_ablation
-from alpaca_helpers.understand.spec import AblationError, parse_spec
+from alpaca_helpers.understand.errors import AblationError
+from alpaca_helpers.understand.spec import parse_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -114,7 +119,8 @@ def test_the_arms_differ_in_their_data_and_only_there(tmp_path):
     grade = {r["instruction"] + r["output"]: g for r, g in zip(pool, prepared.grades)}
     chosen = sorted((grade[r["instruction"] + r["output"]] for r in records["graded_n", 0]), reverse=True)
     assert chosen == sorted(prepared.grades, reverse=True)[:6]
-    assert {r["source"] for r in records["seed_only", 0]} == {"seed"} and len(records["half", 0]) == round(len(pool) / 2)
+    assert {r["source"] for r in records["seed_only", 0]} == {"seed"}
+    assert len(records["half", 0]) == round(len(pool) / 2)
     assert len(records["diverse", 0]) < len(pool) and len(records["clean", 0]) < len(pool)
     # The dose arms: the whole pool, then round(share * pool / (1 - share)) safety records, the same for every seed.
     for name, k in (("safety_0.03", round(0.03 * len(pool) / 0.97)), ("safety_0.5", len(pool))):
@@ -127,10 +133,10 @@ def test_every_arm_trains_the_same_steps_and_the_mask_arm_more_tokens(reference)
     assert [(r["arm"], r["seed"]) for r in rows] == [(a, s) for a in SPEC["arms"] for s in (0, 1)]
     assert {r["steps"] for r in rows} == {2} and {r["examples_seen"] for r in rows} == {4}
     for row in rows:
-        log = [json.loads(line) for line in
-               (reference.output_dir / "runs" / f"{row['arm']}-seed{row['seed']}" / "train_log.jsonl").read_text().splitlines()]
+        run_dir = reference.output_dir / "runs" / f"{row['arm']}-seed{row['seed']}"
+        log = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
         assert [r["step"] for r in log] == [1, 2] and sum(r["trained_tokens"] for r in log) == row["trained_tokens"]
-        assert not (reference.output_dir / "runs" / f"{row['arm']}-seed{row['seed']}" / "model").exists()  # measured, removed
+        assert not (run_dir / "model").exists()  # measured, removed
         assert set(row["metrics"]) == {"val_loss", "teacher_loss", "ended_share", "mean_tokens", "empty_share",
                                        "ifeval_prompt_strict", "ifeval_instruction_strict"}
         assert 0 < row["metrics"]["val_loss"] < 10 and 0 < row["metrics"]["teacher_loss"] < 10
@@ -163,14 +169,14 @@ def test_the_result_files(reference):
         (r["arm"], r["seed"], m): v for r in reference.rows for m, v in r["metrics"].items()}
     by_arm = list(csv.DictReader((out / "results_by_arm.csv").open()))
     assert [(r["arm"], r["metric"]) for r in by_arm] == [(t["arm"], t["metric"]) for t in reference.table]
-    assert json.loads((out / "ablation.json").read_text())["arms"]["graded_n"] == {"kind": "selection", "method": "graded", "n": 4}
+    arms = json.loads((out / "ablation.json").read_text())["arms"]
+    assert arms["graded_n"] == {"kind": "selection", "method": "graded", "n": 4}
     assert len(json.loads((out / "eval_sets.json").read_text())["heldout"]) == 4
-    assert len((out / "grades.jsonl").read_text().splitlines()) == reference.rows[0]["records"]  # the pool, graded once
+    # the pool, graded once
+    assert len((out / "grades.jsonl").read_text().splitlines()) == reference.rows[0]["records"]
 
 
 def test_ifeval_is_notebook_06s_score_of_each_runs_own_answers(reference):
-    from alpaca_helpers.evaluate.ifeval import load_ifeval, score_ifeval
-
     keys = json.loads((reference.output_dir / "eval_sets.json").read_text())["ifeval"]
     prompts = {p["key"]: p for p in load_ifeval()}
     assert len(keys) == 2
@@ -194,8 +200,6 @@ def test_a_finished_ablation_is_not_trained_again_and_never_mixed_with_other_set
 
 
 def test_kill_minus_9_then_resume_gives_identical_results(reference, tmp_path):
-    import yaml
-
     spec, out = tmp_path / "ablation.yaml", tmp_path / "cli"
     spec.write_text(yaml.safe_dump(SPEC))
     command = [sys.executable, "-m", "alpaca_helpers.understand", "--spec", str(spec), "--output_dir", str(out)]
@@ -220,8 +224,6 @@ def test_kill_minus_9_then_resume_gives_identical_results(reference, tmp_path):
 def test_with_several_processes_each_arm_is_its_own_accelerate_launch_with_its_plan(tmp_path, default_model_dir):
     """The GPU path's mechanics on CPU: every arm × seed is an `accelerate launch` of 2 processes (FSDP over
     gloo), its memory plan and command printed first; a tiny random-weight model keeps it short."""
-    from test_train import make_tiny_llama
-
     tiny = make_tiny_llama(tmp_path / "tiny", default_model_dir)
     spec = copy.deepcopy(SPEC)
     spec["base"].update(model_name_or_path=str(tiny), report_to="tensorboard", per_device_train_batch_size=1)
@@ -236,8 +238,6 @@ def test_with_several_processes_each_arm_is_its_own_accelerate_launch_with_its_p
     assert [(r["arm"], r["steps"]) for r in result.rows] == [("all", 1), ("lr_high", 1)]
     config = (tmp_path / "launched" / "runs" / "lr_high-seed0" / "arm_config.yaml").read_text()
     assert "learning_rate: 0.001" in config and "train_on_prompt: false" in config
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     events = EventAccumulator(str(tmp_path / "launched" / "runs" / "lr_high-seed0" / "tensorboard")).Reload()
     assert {"train/loss", "ablation/val_loss", "ablation/teacher_loss"} <= set(events.Tags()["scalars"])
     assert events.Scalars("ablation/val_loss")[0].value == pytest.approx(result.rows[1]["metrics"]["val_loss"])

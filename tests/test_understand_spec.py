@@ -10,12 +10,33 @@ import statistics
 from pathlib import Path
 
 import pytest
+import yaml
 
-from alpaca_helpers.understand.arms import Pool, arm_records
+from alpaca_helpers.course import TRAIN_SET, linked_parameters
+from alpaca_helpers.demo.generate import load_model
+from alpaca_helpers.evaluate.refusal import classify_refusal
+from alpaca_helpers.evaluate.stats import mean_se
+from alpaca_helpers.self_instruct.teacher import Completion
+from alpaca_helpers.train.config import make_config
+from alpaca_helpers.train.tokenize import IGNORE_INDEX, build_dataset
+from alpaca_helpers.understand import grade
+from alpaca_helpers.understand.ablate import main
+from alpaca_helpers.understand.arms import Arm, Pool, arm_records, mix_count
 from alpaca_helpers.understand.clean import clean_reasons
+from alpaca_helpers.understand.errors import AblationError
 from alpaca_helpers.understand.grade import GraderConfig, expected_grade, grade_records, parse_grade
-from alpaca_helpers.understand.spec import AblationError, Arm, arm_config, load_spec, parse_spec
-from alpaca_helpers.understand.stats import conclusion, mean_se, paired_difference, summarize, t_quantile
+from alpaca_helpers.understand.metrics import evaluation_sets, measure
+from alpaca_helpers.understand.spec import arm_config, load_spec, parse_spec
+from alpaca_helpers.understand.stats import (
+    COVERS,
+    MIN_SEEDS,
+    conclusion,
+    conclusions_note,
+    paired_difference,
+    summarize,
+    t_quantile,
+    told_apart,
+)
 
 TINY = {"base": {"data_path": "seed", "max_examples": 24, "model_max_length": 96, "global_batch_size": 2,
                  "per_device_train_batch_size": 2},
@@ -32,7 +53,8 @@ def with_change(**change):
 
 def test_the_shipped_presets_parse():
     course = load_spec("cpu_course")
-    assert list(course.arms) == ["all", "random_n", "longest_n", "graded_n", "prompt_loss"] and course.baseline == "all"
+    assert list(course.arms) == ["all", "random_n", "longest_n", "graded_n", "prompt_loss"]
+    assert course.baseline == "all"
     assert course.gpus == 0 and course.seeds == (0, 1) and course.evaluation.max_length == 128
     big = load_spec("alpaca_7b")
     cfg = big.base_config()
@@ -49,12 +71,16 @@ def test_the_shipped_presets_parse():
 
 @pytest.mark.parametrize("change, message", [
     ({"arms": {"x": {"kind": "bogus"}}}, "arm 'x': unknown kind 'bogus' (kinds: base, size,"),
-    ({"arms": {"x": {"kind": "setting", "val_set_size": 0.1}}}, "arm 'x': changes val_set_size, which would change the evaluation set"),
-    ({"arms": {"x": {"kind": "setting", "data_path": "other.json"}}}, "arm 'x': changes data_path, which would change the evaluation set"),
+    ({"arms": {"x": {"kind": "setting", "val_set_size": 0.1}}},
+     "arm 'x': changes val_set_size, which would change the evaluation set"),
+    ({"arms": {"x": {"kind": "setting", "data_path": "other.json"}}},
+     "arm 'x': changes data_path, which would change the evaluation set"),
     ({"baseline": "nope"}, "baseline 'nope' is not one of the arms (all, longest)"),
     ({"arms": {"x": {"kind": "setting", "seed": 3}}}, "arm 'x': changes seed, which every arm shares"),
-    ({"arms": {"x": {"kind": "setting", "learning_rate": 1e-3, "warmup_ratio": 0.0}}}, "changes exactly one training setting"),
-    ({"arms": {"x": {"kind": "setting", "learning_rate": "fast"}}}, "arm 'x': learning_rate: cannot read 'fast' as float"),
+    ({"arms": {"x": {"kind": "setting", "learning_rate": 1e-3, "warmup_ratio": 0.0}}},
+     "changes exactly one training setting"),
+    ({"arms": {"x": {"kind": "setting", "learning_rate": "fast"}}},
+     "arm 'x': learning_rate: cannot read 'fast' as float"),
     ({"arms": {"x": {"kind": "selection", "method": "best", "n": 3}}}, "arm 'x': method 'best' unknown"),
     ({"arms": {"x": {"kind": "selection", "method": "random"}}}, "arm 'x': kind selection needs n"),
     ({"arms": {"x": {"kind": "cleaning", "rules": ["typos"]}}}, "arm 'x': unknown cleaning rule(s) ['typos']"),
@@ -85,7 +111,8 @@ def test_each_mistake_is_one_clear_line(change, message):
 
 
 def test_an_examples_budget_gives_every_arm_the_same_examples_seen():
-    spec = parse_spec(with_change(budget={"examples": 8}, arms={"big_batch": {"kind": "setting", "global_batch_size": 4}}))
+    spec = parse_spec(with_change(budget={"examples": 8},
+                                  arms={"big_batch": {"kind": "setting", "global_batch_size": 4}}))
     seen = {name: arm_config(spec, arm, 0, "d.json", "r") for name, arm in spec.arms.items()}
     assert {n: c.max_steps for n, c in seen.items()} == {"all": 4, "longest": 4, "big_batch": 2}
     assert {c.max_steps * c.global_batch_size for c in seen.values()} == {8}
@@ -94,12 +121,9 @@ def test_an_examples_budget_gives_every_arm_the_same_examples_seen():
 
 
 def test_the_cli_refuses_a_selection_larger_than_the_pool_before_any_training(tmp_path, capsys):
-    import yaml
-
-    from alpaca_helpers.understand.ablate import main
-
     spec = tmp_path / "too_many.yaml"
-    spec.write_text(yaml.safe_dump(with_change(arms={"longest": {"kind": "selection", "method": "longest", "n": 500}})))
+    too_many = {"longest": {"kind": "selection", "method": "longest", "n": 500}}
+    spec.write_text(yaml.safe_dump(with_change(arms=too_many)))
     assert main(["--spec", str(spec), "--output_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: arm 'longest': selects 500 records but the pool holds") and "\n" not in err
@@ -116,18 +140,24 @@ def test_the_cli_refuses_a_selection_larger_than_the_pool_before_any_training(tm
 
 def pool() -> Pool:
     rows = [
-        {"instruction": "Write a haiku about the sea.", "input": "", "output": "Waves fold into foam. " * 3, "source": "seed"},
-        {"instruction": "Write a haiku about the sea please.", "input": "", "output": "Salt wind.", "source": "self-instruct"},
-        {"instruction": "List three primary colours.", "input": "", "output": "Red, blue and yellow.", "source": "seed"},
-        {"instruction": "List three primary colours.", "input": "", "output": "Red, blue, yellow.", "source": "self-instruct"},
-        {"instruction": "Describe this image in detail.", "input": "", "output": "A cat on a mat.", "source": "self-instruct"},
-        {"instruction": "Summarise the story of Hamlet briefly.", "input": "", "output": "", "source": "self-instruct"},
+        {"instruction": "Write a haiku about the sea.", "input": "", "output": "Waves fold into foam. " * 3,
+         "source": "seed"},
+        {"instruction": "Write a haiku about the sea please.", "input": "", "output": "Salt wind.",
+         "source": "self-instruct"},
+        {"instruction": "List three primary colours.", "input": "", "output": "Red, blue and yellow.",
+         "source": "seed"},
+        {"instruction": "List three primary colours.", "input": "", "output": "Red, blue, yellow.",
+         "source": "self-instruct"},
+        {"instruction": "Describe this image in detail.", "input": "", "output": "A cat on a mat.",
+         "source": "self-instruct"},
+        {"instruction": "Summarise the story of Hamlet briefly.", "input": "", "output": "",
+         "source": "self-instruct"},
         {"instruction": "Give a long answer about the history of tea.", "input": "",
          "output": "Tea was first drunk in China. " * 40, "source": "seed"},
         {"instruction": "Repeat the answer given before here.", "input": "", "output": "Red, blue and yellow.",
          "source": "self-instruct"},
-        {"instruction": "Name the capital city of France.", "input": "", "output": "Tea was first drunk in China. " * 40,
-         "source": "self-instruct"},
+        {"instruction": "Name the capital city of France.", "input": "",
+         "output": "Tea was first drunk in China. " * 40, "source": "self-instruct"},
     ]
     return Pool(rows, [{"instruction": "Name the largest ocean on Earth.", "input": "", "output": "The Pacific."}])
 
@@ -158,8 +188,6 @@ def test_every_arm_kind_draws_what_it_says(tmp_path, default_tokenizer):
 
 
 def test_mix_arms_differ_only_by_the_added_records(tmp_path):
-    from alpaca_helpers.understand.arms import mix_count
-
     p = Pool([{"instruction": f"Name a word that rhymes with number {i}.", "input": "", "output": f"Word {i}.",
                "source": "seed"} for i in range(100)], [{"instruction": "Refuse this.", "input": "", "output": "No."}],
              seed=5)
@@ -169,13 +197,15 @@ def test_mix_arms_differ_only_by_the_added_records(tmp_path):
     path.write_text(json.dumps(extra))
     for share in (0, 0.03, 0.5):
         records = arm_records(Arm("x", "mix", {"data_path": str(path), "share": share}), p, seed=0)
-        assert records == arm_records(Arm("x", "mix", {"data_path": str(path), "share": share}), p, seed=1)  # run seeds
+        # the same at every run seed
+        assert records == arm_records(Arm("x", "mix", {"data_path": str(path), "share": share}), p, seed=1)
         added = records[len(p.train):]
         assert records[:len(p.train)] == p.train and len(added) == mix_count(share, 100)  # the pool, then the dose
         assert all(r["source"] == "safety" and r in extra and r["instruction"] != "Refuse this." for r in added)
         assert len(added) / len(records) == pytest.approx(share, abs=0.005)
     assert [mix_count(s, 100) for s in (0, 0.03, 0.5)] == [0, 3, 100]
-    small, large = (arm_records(Arm("x", "mix", {"data_path": str(path), "share": s}), p, 0)[100:] for s in (0.03, 0.5))
+    small, large = (arm_records(Arm("x", "mix", {"data_path": str(path), "share": s}), p, 0)[100:]
+                    for s in (0.03, 0.5))
     assert all(r in large for r in small)  # a larger dose adds to a smaller one
     other = arm_records(Arm("x", "mix", {"data_path": str(path), "share": 0.03}), Pool(p.train, p.heldout, seed=6), 0)
     assert other[100:] != small  # the evaluation seed draws them
@@ -184,10 +214,6 @@ def test_mix_arms_differ_only_by_the_added_records(tmp_path):
 
 
 def test_the_xstest_metric_on_the_real_model(tmp_path):
-    from alpaca_helpers.demo.generate import load_model
-    from alpaca_helpers.evaluate.refusal import classify_refusal
-    from alpaca_helpers.understand.metrics import evaluation_sets, measure
-
     model, tokenizer = load_model("default")
     sets = evaluation_sets([], 1, 1, seed=0, max_length=96, max_new_tokens=8, xstest_items=2)
     assert [p["label"] for p in sets.xstest].count("safe") == 2 and len(sets.identity()["xstest"]) == 4
@@ -213,7 +239,8 @@ def test_the_cleaning_rules(default_tokenizer):
 
 
 def test_grades_from_log_probabilities_and_text():
-    assert expected_grade({"5": math.log(0.5), " 4": math.log(0.25), "3": math.log(0.25), "x": 0.0}) == pytest.approx(4.25)
+    logprobs = {"5": math.log(0.5), " 4": math.log(0.25), "3": math.log(0.25), "x": 0.0}
+    assert expected_grade(logprobs) == pytest.approx(4.25)
     assert expected_grade({"hello": 0.0}) is None
     assert parse_grade("Score: 4 out of 5") == 4.0 and parse_grade("10/10") is None and parse_grade("none") is None
 
@@ -226,16 +253,12 @@ class LogprobEndpoint:
         self.requests = 0
 
     def complete(self, prompt, top_logprobs=None):
-        from alpaca_helpers.self_instruct.teacher import Completion
-
         self.requests += 1
         grade = "5" if "sea" in prompt else "2"
         return Completion(text=grade, finish_reason="length", top_logprobs={grade: 0.0})
 
 
 def test_grades_through_an_endpoint_are_cached_and_resume_by_whole_chunks(tmp_path, monkeypatch):
-    from alpaca_helpers.understand import grade
-
     endpoint = LogprobEndpoint()
     monkeypatch.setattr(grade, "make_grader", lambda config: (endpoint, "logprobs"))
     config, path = GraderConfig(base_url="http://127.0.0.1:1/v1", model="judge"), tmp_path / "grades.jsonl"
@@ -259,20 +282,20 @@ def test_mean_se_and_paired_differences_equal_a_direct_computation():
     assert table["small"]["se"] == pytest.approx(statistics.stdev([1.8, 2.3, 1.7]) / math.sqrt(3))
     assert table["small"]["diff"] == pytest.approx(statistics.fmean(diffs))
     assert table["small"]["diff_se"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(3))
-    assert table["small"]["diff_high"] == pytest.approx(statistics.fmean(diffs) + 4.303 * statistics.stdev(diffs) / math.sqrt(3))
+    high = statistics.fmean(diffs) + 4.303 * statistics.stdev(diffs) / math.sqrt(3)
+    assert table["small"]["diff_high"] == pytest.approx(high)
     assert table["all"]["diff"] is None and table["small"]["pairs"] == 3
     assert paired_difference({0: 1.0, 5: 2.0}, {0: 0.5})["seeds"] == [0]  # only seeds both arms have
     assert mean_se([1.0])["se"] is None
     assert [t_quantile(d) for d in (1, 2, 30)] == [12.706, 4.303, 2.042] and abs(t_quantile(60) - 2.0003) < 1e-3
     assert "no difference can be told" in conclusion(table["small"], "all")
     assert "gives a lower loss than all" in conclusion({**table["small"], "diff_high": -0.01}, "all")
-    assert "the seeds agree exactly" in conclusion({**table["small"], "diff_se": 0.0, "diff_low": -0.2, "diff_high": -0.2}, "all")
+    same = {**table["small"], "diff_se": 0.0, "diff_low": -0.2, "diff_high": -0.2}
+    assert "the seeds agree exactly" in conclusion(same, "all")
     assert "one seed gives no interval" in conclusion({**table["small"], "diff_low": None, "pairs": 1}, "all")
 
 
 def test_conclusions_say_what_their_interval_covers_and_need_three_seeds():
-    from alpaca_helpers.understand.stats import COVERS, MIN_SEEDS, conclusions_note, told_apart
-
     def table(values, varies):  # {arm: per-seed values}, {arm: data varies with the seed}
         rows = [{"arm": arm, "seed": seed, "metrics": {"val_loss": v}} for arm, vs in values.items()
                 for seed, v in enumerate(vs)]
@@ -285,25 +308,25 @@ def test_conclusions_say_what_their_interval_covers_and_need_three_seeds():
     assert "excludes no difference" not in line and "gives a higher" not in line and not told_apart(two["longest_n"])
     assert f"{MIN_SEEDS} are needed" in line and "2 paired seeds" in line and COVERS["training"] in line
     assert "+0.0549, 95% interval +0.0543 to +0.0555 over 2 paired seeds" in line  # 3 significant digits
-    assert two["random_n"]["covers"] == "data and training" and COVERS["data and training"] in conclusion(two["random_n"], "all")
+    assert two["random_n"]["covers"] == "data and training"
+    assert COVERS["data and training"] in conclusion(two["random_n"], "all")
     note = conclusions_note(list(two.values()))
     assert note.startswith("0 of 2 comparisons are told apart") and "seeds=[0, 1, 2, 3, 4]" in note
     assert "training noise only" in note
     # three seeds: a conclusion, worded for what the interval covers
     three = table({"all": [2.0, 2.01, 2.02], "longest_n": [2.055, 2.065, 2.076], "random_n": [2.1, 1.9, 2.0]}, varies)
     fixed = conclusion(three["longest_n"], "all")
-    assert told_apart(three["longest_n"]) and "The interval excludes 0: on this data, longest_n gives a higher" in fixed
+    assert told_apart(three["longest_n"])
+    assert "The interval excludes 0: on this data, longest_n gives a higher" in fixed
     assert "another draw of the data is not covered" in fixed
     assert "The interval includes 0: no difference can be told" in conclusion(three["random_n"], "all")
     drawn = table({"all": [2.0, 2.01, 2.02], "random_n": [2.055, 2.065, 2.076]}, varies)
-    assert conclusion(drawn["random_n"], "all").endswith("The interval excludes 0: random_n gives a higher val_loss than all.")
+    ending = "The interval excludes 0: random_n gives a higher val_loss than all."
+    assert conclusion(drawn["random_n"], "all").endswith(ending)
     assert conclusions_note(list(drawn.values())).startswith("1 of 1 comparisons are told apart")
 
 
 def test_the_prompt_mask_setting_labels_the_prompt(default_tokenizer):
-    from alpaca_helpers.train.config import make_config
-    from alpaca_helpers.train.tokenize import IGNORE_INDEX, build_dataset
-
     record = pool().train[2]
     masked = build_dataset([record], default_tokenizer).dataset[0]
     full = build_dataset([record], default_tokenizer, train_on_prompt=True).dataset[0]
@@ -314,8 +337,6 @@ def test_the_prompt_mask_setting_labels_the_prompt(default_tokenizer):
 
 
 def test_course_runs_notebook_07_on_notebook_02s_training_set(tmp_path):
-    from alpaca_helpers.course import TRAIN_SET, linked_parameters
-
     (tmp_path / "02_dedup_analysis").mkdir()
     (tmp_path / TRAIN_SET).write_text("[]")
     assert linked_parameters("07_understand", tmp_path) == {"data_path": str(tmp_path / TRAIN_SET)}

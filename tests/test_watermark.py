@@ -9,12 +9,14 @@ prints these numbers.
 """
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from alpaca_helpers.data import load_eval_set
+from alpaca_helpers.demo.decoding import Decoding
 from alpaca_helpers.demo.generate import BASE_MODEL, generate_tokens, load_model, response_perplexity
 from alpaca_helpers.demo.watermark import Watermark, WatermarkLogitsProcessor, detect, detect_ids, z_score
 from alpaca_helpers.prompts import format_prompt
@@ -25,6 +27,7 @@ N_PROMPTS, N_TOKENS = 20, 200
 
 # 2 x 20 generations of 200 tokens on 2 CPU cores: minutes on an idle machine, far more on a shared one.
 pytestmark = pytest.mark.timeout(2400)
+
 
 def test_green_lists_cover_gamma_of_the_vocabulary_and_depend_on_key_and_previous_token():
     vocab = np.arange(49152)
@@ -93,10 +96,10 @@ def generations(lm, eval_set):
     model, tokenizer = lm
     instructions = [r["instruction"] for r in eval_set if not r["input"]][:N_PROMPTS]
     prompts = [format_prompt({"instruction": i}) for i in instructions]
-    decoding = dict(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=N_TOKENS,
-                    min_new_tokens=N_TOKENS, stop_at_markers=False, seed=0)
-    marked = generate_tokens(model, tokenizer, prompts, watermark=WM, **decoding)
-    plain = generate_tokens(model, tokenizer, prompts, **decoding)
+    plain_decoding = Decoding(temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0, max_new_tokens=N_TOKENS,
+                              min_new_tokens=N_TOKENS, stop_at_markers=False, seed=0)
+    marked = generate_tokens(model, tokenizer, prompts, decoding=replace(plain_decoding, watermark=WM))
+    plain = generate_tokens(model, tokenizer, prompts, decoding=plain_decoding)
     assert all(len(row) == N_TOKENS for row in marked + plain)
     return instructions, tokenizer.batch_decode(marked), tokenizer.batch_decode(plain)
 

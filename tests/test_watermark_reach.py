@@ -8,10 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from alpaca_helpers.demo.generate import BASE_MODEL, generate_batch, load_model
+from alpaca_helpers.demo.decoding import Decoding
+from alpaca_helpers.demo.generate import BASE_MODEL, extract_response, generate_batch, generate_tokens, load_model
 from alpaca_helpers.demo.watermark import MIN_WATERMARK_TOKENS, Detection, Watermark, detect_ids, verdict_text
-from alpaca_helpers.demo.watermark_reach import (detection_by_length, generate_for_reach, scored_prefix,
-                                                 shortest_reliable_length)
+from alpaca_helpers.demo.watermark_reach import (
+    COST_NOISE_NOTE,
+    cost_report,
+    detection_by_length,
+    generate_for_reach,
+    perplexity_cost,
+    scored_prefix,
+    shortest_reliable_length,
+)
+from alpaca_helpers.prompts import format_prompt
 
 WM = Watermark()
 VOCAB = 49152
@@ -104,15 +113,11 @@ def test_generate_for_reach_answers_each_instruction_with_and_without_the_mark()
     assert len(marked) == len(unmarked) == 2 and all(isinstance(t, int) for t in marked[0] + unmarked[1])
     assert marked != unmarked
     # the unmarked answers are the demo's own (same seed and settings), tokenized again as the detector sees them
-    plain = generate_batch(model, tokenizer, instructions, seed=5, **decoding)
+    plain = generate_batch(model, tokenizer, instructions, decoding=Decoding(seed=5, **decoding))
     assert unmarked == [tokenizer(t, add_special_tokens=False)["input_ids"] for t in plain]
 
 
 def test_perplexity_cost_scores_both_sides_of_one_batch_under_the_plain_model():
-    from alpaca_helpers.demo.generate import extract_response, generate_tokens
-    from alpaca_helpers.demo.watermark_reach import perplexity_cost
-    from alpaca_helpers.prompts import format_prompt
-
     model, tokenizer = load_model(BASE_MODEL, dtype=torch.float32)
     instructions = ["Name three colours.", "What is an alpaca?"]
     strong = Watermark(delta=8.0)  # greedy and strong: the marked side must leave the model's likeliest tokens
@@ -121,17 +126,17 @@ def test_perplexity_cost_scores_both_sides_of_one_batch_under_the_plain_model():
     assert cost["ratio"] == cost["perplexity"]["marked"] / cost["perplexity"]["plain"] > 1
     assert cost["log_change"]["mean"] > 0 and cost["log_change"]["se"] is not None
     # the plain side is the model's own greedy answer: the watermark touched only the other copy of each prompt
+    exactly_8 = Decoding(temperature=0, max_new_tokens=8, min_new_tokens=8, stop_at_markers=False)
     greedy = generate_tokens(model, tokenizer, [format_prompt({"instruction": i}) for i in instructions],
-                             temperature=0, max_new_tokens=8, min_new_tokens=8, stop_at_markers=False)
-    assert cost["texts"]["plain"] == [extract_response(t) for t in tokenizer.batch_decode(greedy, skip_special_tokens=True)]
+                             decoding=exactly_8)
+    texts = tokenizer.batch_decode(greedy, skip_special_tokens=True)
+    assert cost["texts"]["plain"] == [extract_response(t) for t in texts]
     assert all(detect_ids(tokenizer(t, add_special_tokens=False)["input_ids"], strong).n_green
                > detect_ids(tokenizer(p, add_special_tokens=False)["input_ids"], strong).n_green
                for t, p in zip(cost["texts"]["marked"], cost["texts"]["plain"]))
 
 
 def test_cost_report_labels_each_figure_and_notes_a_change_within_noise():
-    from alpaca_helpers.demo.watermark_reach import COST_NOISE_NOTE, cost_report
-
     cost = {"perplexity": {"plain": 18.7718, "marked": 34.6215}, "ratio": 1.8443, "tokens": 96,
             "log_change": {"mean": 0.612, "se": 0.376, "n": 6}}
     text = cost_report(cost)

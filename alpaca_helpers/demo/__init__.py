@@ -1,2 +1,2 @@
-"""Stage 5 (notebook 05): generation with the Alpaca prompt, the watermark, the content filter and the
-GGUF export for llama.cpp and Ollama."""
+"""Stage 5 (notebook 05): generation with the Alpaca prompt and its decoding settings, the watermark, the content
+filter, the playground widget and the GGUF export for llama.cpp and Ollama."""

@@ -30,7 +30,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from ..files import append_durable
+import openai
+from glin_profanity import Filter
+from glin_profanity.scanners import PromptInjectionScanner
+
+from ..files import append_durable, read_complete_jsonl
+from ..self_instruct.teacher import transport_error
 
 BACKENDS = ("offline", "openai", "guard", "none")
 UNAVAILABLE = "filter unavailable"
@@ -80,8 +85,6 @@ def parse_guard_reply(reply: str) -> list[str]:
 
 def _describe(exc: BaseException) -> str:
     """A short reason for a failed request (no server message: it may echo the key)."""
-    from ..self_instruct.teacher import transport_error
-
     if isinstance(exc, FilterUnavailable):
         return str(exc)
     return transport_error(exc) or f"malformed reply ({type(exc).__name__})"
@@ -109,10 +112,8 @@ class ContentFilter:
         self._client: Any = None
         self._offline: Any = None
         if backend == "offline":
-            from glin_profanity import Filter
-            from glin_profanity.scanners import PromptInjectionScanner
-
-            self._offline = (Filter({"languages": list(languages), "detect_leetspeak": True}), PromptInjectionScanner())
+            words = Filter({"languages": list(languages), "detect_leetspeak": True})
+            self._offline = (words, PromptInjectionScanner())
 
     def __repr__(self) -> str:  # no key in here: only the variable's name
         return f"ContentFilter(backend={self.backend!r}, base_url={self.base_url!r}, model={self.model!r})"
@@ -148,8 +149,6 @@ class ContentFilter:
 
     def _openai_client(self):
         if self._client is None:
-            import openai
-
             key = os.environ.get(self.api_key_env) or "not-needed"  # a local endpoint needs none
             self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout,
                                          max_retries=self.max_retries)
@@ -201,8 +200,6 @@ def refusal(verdict: Verdict, what: str = "instruction") -> str:
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The decisions logged so far (a line torn by a crash is left out)."""
-    from ..files import read_complete_jsonl
-
     return read_complete_jsonl(path)
 
 

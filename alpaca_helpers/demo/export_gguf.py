@@ -12,7 +12,6 @@ names and quantization are llama.cpp's own Python library (`gguf`); the file app
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -26,10 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from ..cli import ArgumentParser
 from ..files import atomic_write_text
+from ..models import _DEFAULT_ALIASES, default_model
+from ..paths import REPO_ROOT
 from ..prompts import PROMPT_NO_INPUT
-from .generate import DECODING_DEFAULTS, STOP_MARKERS
+from .decoding import STOP_MARKERS, Decoding
 
 DTYPES = ("f16", "bf16", "q8_0")
 MODELFILE = "Modelfile"
@@ -74,9 +77,6 @@ def _file_type(dtype: str) -> int:
 
 def _model_folder(model_dir: str | os.PathLike) -> Path:
     """"default" (the embedded model), or a folder from the working directory or else the repository root."""
-    from ..models import _DEFAULT_ALIASES, default_model
-    from ..paths import REPO_ROOT
-
     if str(model_dir) in _DEFAULT_ALIASES:
         return default_model()
     path = Path(model_dir).expanduser()
@@ -162,7 +162,8 @@ def _tensors(folder: Path, config: dict[str, Any]) -> Iterator[tuple[str, np.nda
                 if name.endswith("self_attn.q_proj.weight"):
                     array = _hf_to_gguf_rotary(array, config["num_attention_heads"])
                 elif name.endswith("self_attn.k_proj.weight"):
-                    array = _hf_to_gguf_rotary(array, config.get("num_key_value_heads") or config["num_attention_heads"])
+                    heads = config.get("num_key_value_heads") or config["num_attention_heads"]
+                    array = _hf_to_gguf_rotary(array, heads)
                 yield name, array
 
 
@@ -326,8 +327,9 @@ def modelfile_text(gguf_name: str) -> str:
     template = PROMPT_NO_INPUT.format(instruction="{{ .Prompt }}")
     lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{template}"""', ""]
     lines += [f'PARAMETER stop "{marker}"' for marker in STOP_MARKERS]
-    lines += [f"PARAMETER {name} {DECODING_DEFAULTS[name]}" for name in ("temperature", "top_p", "top_k")]
-    lines.append(f"PARAMETER num_predict {DECODING_DEFAULTS['max_new_tokens']}")
+    defaults = Decoding()
+    lines += [f"PARAMETER {name} {getattr(defaults, name)}" for name in ("temperature", "top_p", "top_k")]
+    lines.append(f"PARAMETER num_predict {defaults.max_new_tokens}")
     return "\n".join(lines) + "\n"
 
 
@@ -339,7 +341,6 @@ def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype
     Quiet by default (a notebook prints the result's size and time); `progress=True` (the command line) shows one
     bar over the tensors converted. Writing the file is a few seconds even for 7B, so it has no bar of its own."""
     import gguf
-    from tqdm.auto import tqdm
 
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
@@ -358,8 +359,8 @@ def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype
         _add_tokenizer(writer, folder, config["vocab_size"])
         names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config["num_hidden_layers"])
         count = 0
-        bar = tqdm(desc=f"converting to {dtype}", unit=" tensors", total=_tensor_count(folder, config) if progress else None,
-                   disable=not progress)
+        bar = tqdm(desc=f"converting to {dtype}", unit=" tensors",
+                   total=_tensor_count(folder, config) if progress else None, disable=not progress)
         for hf_name, array in _tensors(folder, config):
             gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
             if gguf_name is None:
@@ -389,11 +390,11 @@ def export_gguf(model_dir: str | os.PathLike, out_path: str | os.PathLike, dtype
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alpaca_helpers.demo.export_gguf", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m alpaca_helpers.demo.export_gguf", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", help="a LLaMA-architecture Hugging Face folder ('default' = the embedded model)")
     parser.add_argument("out", help="the .gguf file to write (a Modelfile for Ollama goes beside it)")
     parser.add_argument("--dtype", choices=DTYPES, default="f16", help="weight type (default: f16)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
         result = export_gguf(args.model_dir, args.out, dtype=args.dtype, progress=not args.no_progress)

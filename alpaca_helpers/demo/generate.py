@@ -1,23 +1,21 @@
 """Generation with the Alpaca prompt: load a model once, answer an instruction, stream the answer.
 
     model, tokenizer = load_model("default")            # or a fine-tuned folder under runs/
-    generate(model, tokenizer, "What is an alpaca?", temperature=0.7, seed=0)
+    generate(model, tokenizer, "What is an alpaca?", decoding=Decoding(temperature=0.7, seed=0))
     for piece in generate_stream(model, tokenizer, "What is an alpaca?"):
         print(piece, end="")
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from transformers import StoppingCriteria
+from typing import TYPE_CHECKING, Any
 
 from ..models import _MANIFEST as CONVERSION_MANIFEST
 from ..models import DEFAULT_MODEL_NAME, default_model, resolve_model
@@ -25,15 +23,11 @@ from ..paths import cache_dir, resolve, runs_dir
 from ..precision import inference_choice
 from ..prompts import format_prompt
 from ..train.tokenize import encode_continuation, encode_prompt
-from .watermark import Watermark, WatermarkLogitsProcessor
+from .decoding import STOP_MARKERS, Decoding, padding_id
 
-# The decoding knobs the notebook's sliders expose, with their defaults.
-DECODING_DEFAULTS: dict[str, Any] = {
-    "temperature": 0.7, "top_p": 0.9, "top_k": 40, "max_new_tokens": 256, "num_beams": 1,
-    "repetition_penalty": 1.0, "seed": None,
-}
-# A model that runs on past its answer starts the next Alpaca example: the answer ends there.
-STOP_MARKERS = ("### Instruction:", "### Input:", "### Response:")
+if TYPE_CHECKING:
+    import torch
+
 BASE_MODEL = "default"
 
 _models: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -56,6 +50,8 @@ def load_model(name_or_path: str | os.PathLike | None = BASE_MODEL, device: str 
         if resolve(name_or_path).exists():
             raise  # a folder that is not a model folder: that message says so
         raise _not_found(name_or_path, str(e)) from None
+    import torch
+
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     choice = inference_choice(device) if dtype is None else None
     dtype = choice.dtype if choice is not None else dtype
@@ -77,7 +73,7 @@ def release_models() -> int:
     """Forget every model `load_model` cached and give their GPU memory back (notebook 04 does so after its
     answers, so that a re-run of its training cell finds the GPU free); returns how many were released.
     A caller that still holds one keeps it alive."""
-    import gc
+    import torch
 
     with _models_lock:
         released = len(_models)
@@ -154,54 +150,10 @@ def extract_response(text: str) -> str:
     return text.strip()
 
 
-class _StopAtMarkers(StoppingCriteria):
-    """Stopping criterion: a row is done once its generated text contains a stop marker.
-
-    (transformers' own `stop_strings` does the same but rebuilds a vocabulary-wide table on every call, about
-    1.5 s with this tokenizer; decoding the last few generated tokens of each row costs microseconds.)
-    """
-
-    window = 24  # tokens; every marker is shorter than this in characters
-
-    def __init__(self, tokenizer, prompt_length: int):
-        self.tokenizer, self.prompt_length = tokenizer, prompt_length
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        tails = self.tokenizer.batch_decode(input_ids[:, self.prompt_length:][:, -self.window:],
-                                            skip_special_tokens=True)
-        return torch.tensor([any(m in t for m in STOP_MARKERS) for t in tails], device=input_ids.device)
-
-
-def _generation_kwargs(tokenizer, prompt_length: int, temperature: float, top_p: float, top_k: int,
-                       max_new_tokens: int, num_beams: int, repetition_penalty: float,
-                       watermark: Watermark | None, min_new_tokens: int, stop_at_markers: bool = True,
-                       watermark_rows: Sequence[bool] | None = None) -> dict[str, Any]:
-    from transformers import LogitsProcessorList, StoppingCriteriaList
-
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "num_beams": num_beams,
-                              "repetition_penalty": repetition_penalty, "pad_token_id": padding_id(tokenizer)}
-    if stop_at_markers:
-        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopAtMarkers(tokenizer, prompt_length)])
-    if min_new_tokens:
-        kwargs["min_new_tokens"] = min_new_tokens
-    if temperature > 0:  # temperature 0 means greedy (or plain beam search)
-        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    if watermark is not None:
-        kwargs["logits_processor"] = LogitsProcessorList([WatermarkLogitsProcessor(watermark, watermark_rows)])
-    return kwargs
-
-
-def padding_id(tokenizer) -> int:
-    """The id padded positions hold: the pad token's, or eos's for a tokenizer without one (a base LLaMA-1/2,
-    as huggyllama/llama-7b); the attention mask hides them either way."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-
 def prompt_batch(tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
     """Left-padded `input_ids` and `attention_mask` of raw prompts, each encoded as training encodes a prompt
     (`train.tokenize.encode_prompt`), or of prompts given as token ids."""
+    import torch
     from transformers import BatchEncoding
 
     ids = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
@@ -210,25 +162,21 @@ def prompt_batch(tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]]) ->
                           "attention_mask": torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])})
 
 
-def generate_tokens(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], *,
-                    temperature: float = DECODING_DEFAULTS["temperature"], top_p: float = DECODING_DEFAULTS["top_p"],
-                    top_k: int = DECODING_DEFAULTS["top_k"], max_new_tokens: int = DECODING_DEFAULTS["max_new_tokens"],
-                    num_beams: int = DECODING_DEFAULTS["num_beams"],
-                    repetition_penalty: float = DECODING_DEFAULTS["repetition_penalty"], seed: int | None = None,
-                    watermark: Watermark | None = None, min_new_tokens: int = 0,
-                    stop_at_markers: bool = True, watermark_rows: Sequence[bool] | None = None) -> list[list[int]]:
+def generate_tokens(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
+                    *, decoding: Decoding = Decoding(),
+                    watermark_rows: Sequence[bool] | None = None) -> list[list[int]]:
     """Continue several raw prompts (or prompts as token ids) in one `generate` call (left padding); returns
-    each one's new token ids. `watermark_rows` (one bool per prompt) watermarks only those rows.
+    each one's new token ids. `watermark_rows` (one bool per prompt) puts `decoding.watermark` on those rows only.
 
     A row ends at the end-of-sequence token (left out), just after a stop marker (kept; unless
-    `stop_at_markers` is false), or at `max_new_tokens`.
+    `decoding.stop_at_markers` is false), or at `decoding.max_new_tokens`.
     """
+    import torch
+
     batch = prompt_batch(tokenizer, prompts).to(model.device)
-    kwargs = _generation_kwargs(tokenizer, batch["input_ids"].shape[1], temperature, top_p, top_k,
-                                max_new_tokens, num_beams, repetition_penalty, watermark, min_new_tokens,
-                                stop_at_markers, watermark_rows)
-    if seed is not None:
-        torch.manual_seed(seed)
+    kwargs = decoding.generate_kwargs(tokenizer, batch["input_ids"].shape[1], watermark_rows)
+    if decoding.seed is not None:
+        torch.manual_seed(decoding.seed)
     with torch.inference_mode():
         out = model.generate(**batch, **kwargs)
     ends = {padding_id(tokenizer), tokenizer.eos_token_id}
@@ -241,22 +189,22 @@ def generate_tokens(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence
 
 
 def generate_batch(model, tokenizer, instructions: Sequence[str], inputs: Sequence[str] | None = None,
-                   **decoding) -> list[str]:
+                   *, decoding: Decoding = Decoding()) -> list[str]:
     """Answer several instructions in one batched `generate` call; returns one response each."""
     inputs = list(inputs) if inputs is not None else [""] * len(instructions)
     prompts = [format_prompt({"instruction": i, "input": x}) for i, x in zip(instructions, inputs, strict=True)]
-    rows = generate_tokens(model, tokenizer, prompts, **decoding)
+    rows = generate_tokens(model, tokenizer, prompts, decoding=decoding)
     return [extract_response(t) for t in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
-def generate(model, tokenizer, instruction: str, input: str = "", **decoding) -> str:
+def generate(model, tokenizer, instruction: str, input: str = "", *, decoding: Decoding = Decoding()) -> str:
     """Answer one instruction (with optional input) in the Alpaca format and return only the response.
 
-    Decoding: temperature (0 = greedy), top_p, top_k, max_new_tokens, num_beams, repetition_penalty, seed;
-    `watermark=Watermark(...)` adds the green-list watermark. Generation stops at the end-of-sequence token or
-    when the model starts a new `### Instruction:`, which is cut off.
+    `decoding` holds temperature (0 = greedy), top_p, top_k, max_new_tokens, num_beams, repetition_penalty, seed
+    and the watermark. Generation stops at the end-of-sequence token or when the model starts a new
+    `### Instruction:`, which is cut off.
     """
-    return generate_batch(model, tokenizer, [instruction], [input], **decoding)[0]
+    return generate_batch(model, tokenizer, [instruction], [input], decoding=decoding)[0]
 
 
 def _held_back(text: str) -> int:
@@ -267,26 +215,24 @@ def _held_back(text: str) -> int:
     return 0
 
 
-def generate_stream(model, tokenizer, instruction: str, input: str = "", **decoding) -> Iterator[str]:
+def generate_stream(model, tokenizer, instruction: str, input: str = "",
+                    *, decoding: Decoding = Decoding()) -> Iterator[str]:
     """Like `generate`, but yields the response piece by piece while it is produced.
 
     The pieces join to exactly what `generate` returns with the same seed: text that might begin a stop marker
     is held back until it is clear. Beam search cannot stream, so with `num_beams > 1` the whole answer comes
     as one piece.
     """
+    import torch
     from transformers import TextIteratorStreamer
 
-    options = {**DECODING_DEFAULTS, **decoding}
-    if options["num_beams"] > 1:
-        yield generate(model, tokenizer, instruction, input, **decoding)
+    if decoding.num_beams > 1:
+        yield generate(model, tokenizer, instruction, input, decoding=decoding)
         return
-    seed = options.pop("seed")
-    watermark, min_new_tokens = options.pop("watermark", None), options.pop("min_new_tokens", 0)
     prompt = format_prompt({"instruction": instruction, "input": input})
     batch = prompt_batch(tokenizer, [prompt]).to(model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = _generation_kwargs(tokenizer, batch["input_ids"].shape[1], watermark=watermark,
-                                min_new_tokens=min_new_tokens, **options)
+    kwargs = decoding.generate_kwargs(tokenizer, batch["input_ids"].shape[1])
     failure: list[BaseException] = []
 
     def run() -> None:
@@ -297,8 +243,8 @@ def generate_stream(model, tokenizer, instruction: str, input: str = "", **decod
             failure.append(exc)
             streamer.end()
 
-    if seed is not None:
-        torch.manual_seed(seed)
+    if decoding.seed is not None:
+        torch.manual_seed(decoding.seed)
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     raw, sent = "", 0
@@ -323,6 +269,8 @@ def continuation_nlls(model, tokenizer, prompts: Sequence[Sequence[int]], contin
                       batch_size: int = 8) -> list[tuple[float, int]]:
     """(summed negative log-likelihood, token count) of each continuation's tokens given its prompt's, under
     `model` (prompts and continuations as token ids; the prompt's own tokens are not scored)."""
+    import torch
+
     rows = [(list(p) + list(c), [-100] * len(p) + list(c)) for p, c in zip(prompts, continuations, strict=True)]
     out = []
     for start in range(0, len(rows), batch_size):

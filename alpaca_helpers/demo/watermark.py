@@ -19,10 +19,12 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import LogitsProcessor
+
+if TYPE_CHECKING:
+    import torch
 
 _MIX = np.uint32(0x45D9F3B)
 
@@ -67,17 +69,22 @@ class Watermark:
         return h < np.uint32(int(self.gamma * 2**32))
 
 
-class WatermarkLogitsProcessor(LogitsProcessor):
-    """Adds `delta` to the logits of the green list chosen by each row's last token (pass it to `generate`).
+class WatermarkLogitsProcessor:
+    """Adds `delta` to the logits of the green list chosen by each row's last token (pass it to `generate` in its
+    `logits_processor` list, which takes any such callable).
 
     `rows` (one bool per batch row) marks only some rows, so that watermarked and plain answers of the same
     prompts come from one batched `generate` call; by default every row is marked."""
 
     def __init__(self, watermark: Watermark, rows: Sequence[bool] | None = None):
+        import torch
+
         self.watermark = watermark
         self.rows = None if rows is None else torch.tensor([bool(r) for r in rows])
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        import torch
+
         # numpy on the CPU: torch's small integer kernels are slow there (and fight for threads on busy machines)
         previous = input_ids[:, -1:].cpu().numpy()
         green = torch.from_numpy(self.watermark.is_green(previous, np.arange(scores.shape[-1])[None, :]))

@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..prompts import format_prompt
+from .decoding import Decoding
 from .generate import continuation_nlls, extract_response, generate_batch, generate_tokens, prompt_batch
 from .watermark import Watermark, detect_ids
 
@@ -54,7 +55,8 @@ def _rate(flags: list[bool]) -> tuple[float, float]:
 
 
 def detection_by_length(marked_ids: Sequence[Sequence[int]], unmarked_ids: Sequence[Sequence[int]],
-                        watermark: Watermark, lengths: Sequence[int], z_threshold: float = 4.0) -> list[dict[str, Any]]:
+                        watermark: Watermark, lengths: Sequence[int],
+                        z_threshold: float = 4.0) -> list[dict[str, Any]]:
     """For each length L: the share of marked answers with z > `z_threshold` on their first L scored tokens
     (`detection`), the same share of unmarked ones (`false_positive`), with binomial standard errors, mean z-scores
     and how many answers reached L (`n_marked`, `n_unmarked`). Short texts are judged by z alone here (the
@@ -90,11 +92,11 @@ def shortest_reliable_length(rows: Sequence[dict[str, Any]], min_detection: floa
 
 
 def generate_for_reach(model, tokenizer, instructions: Sequence[str], watermark: Watermark, max_new_tokens: int,
-                       seed: int = 0, batch_size: int = 8, **decoding) -> tuple[list[list[int]], list[list[int]]]:
+                       seed: int = 0, batch_size: int = 8, **sampling: Any) -> tuple[list[list[int]], list[list[int]]]:
     """Answer every instruction twice with the same sampling settings and seeds, with and without `watermark`;
     returns the (marked, unmarked) answers as the detector sees them: the shown text, tokenized again.
 
-    `decoding` goes to `generate_batch` (temperature, top_p, top_k, ...; its defaults are the demo's sliders').
+    `sampling` holds the other `Decoding` settings (temperature, top_p, top_k, ...; by default the demo's).
     Batch i is seeded with `seed + i`.
     """
     marked, unmarked = [], []
@@ -102,8 +104,8 @@ def generate_for_reach(model, tokenizer, instructions: Sequence[str], watermark:
     for i, start in enumerate(tqdm(starts, desc="answers (marked and unmarked)", unit="batch")):
         chunk = list(instructions[start:start + batch_size])
         for mark, out in ((watermark, marked), (None, unmarked)):
-            texts = generate_batch(model, tokenizer, chunk, max_new_tokens=max_new_tokens, seed=seed + i,
-                                   watermark=mark, **decoding)
+            decoding = Decoding(max_new_tokens=max_new_tokens, seed=seed + i, watermark=mark, **sampling)
+            texts = generate_batch(model, tokenizer, chunk, decoding=decoding)
             out.extend(tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts)
     return marked, unmarked
 
@@ -123,9 +125,9 @@ def perplexity_cost(model, tokenizer, instructions: Sequence[str], watermark: Wa
     paper's: the watermark shows most there, and costs most.
     """
     prompts = [format_prompt({"instruction": i}) for i in instructions] * 2
-    rows = generate_tokens(model, tokenizer, prompts, temperature=temperature, top_p=top_p, top_k=top_k,
-                           max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, seed=seed,
-                           stop_at_markers=False, watermark=watermark,
+    decoding = Decoding(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+                        min_new_tokens=max_new_tokens, seed=seed, stop_at_markers=False, watermark=watermark)
+    rows = generate_tokens(model, tokenizer, prompts, decoding=decoding,
                            watermark_rows=[False] * len(instructions) + [True] * len(instructions))
     batch = prompt_batch(tokenizer, prompts)
     prompt_rows = [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])]

@@ -4,7 +4,7 @@ In the style of the evaluation in Raschka's "Build a Large Language Model (From 
 judge sees the request, the reference answer and the answer to grade, and replies with a number only. Unlike
 a pairwise verdict, a score needs no second answer in the prompt, so it has no position bias; it still
 leans on the judge's taste and, like every judge, is only as good as the judge (`raters` checks a judge
-against people). It runs with any judge `pairwise.judge_each` takes: the local model or an endpoint.
+against people). It runs with any judge `judge.judge_each` takes: the local model or an endpoint.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .pairwise import JudgeRun, judge_each
+from .judge import JudgeRun, judge_each
 from .stats import mean_se
 
 SCORE_MIN, SCORE_MAX = 0, 100
@@ -87,7 +87,8 @@ def score_by_model(judge: Any, items_by_model: Mapping[str, Sequence[Mapping[str
 SCORES_NOTE = "this judge cannot grade"
 
 
-def scores_caveat(summaries: Mapping[str, Mapping[str, Any]], scores: Mapping[str, Sequence[float | None]]) -> str | None:
+def scores_caveat(summaries: Mapping[str, Mapping[str, Any]],
+                  scores: Mapping[str, Sequence[float | None]]) -> str | None:
     """A note for degenerate 0-100 scores (None otherwise): most replies unparsed, or every parsed score the same."""
     given = [v for s in scores.values() for v in s if v is not None]
     total = sum(len(s) for s in scores.values())

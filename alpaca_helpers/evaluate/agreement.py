@@ -13,7 +13,12 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..train.tokenize import DEFAULT_MAX_LENGTH, IGNORE_INDEX, AlpacaCollator, build_dataset, ensure_pad_token
+from tqdm.auto import tqdm
+
+from ..demo.generate import load_model
+from ..models import resolve_model
+from ..train.batches import AlpacaCollator
+from ..train.tokenize import DEFAULT_MAX_LENGTH, IGNORE_INDEX, build_dataset, ensure_pad_token
 from .stats import mean_se, paired_change
 
 TOKENS_PER_BATCH = 4096  # padded tokens per forward pass: enough to keep 2 cores busy, little memory
@@ -39,10 +44,8 @@ def response_losses(model: Any, tokenizer: Any, records: Sequence[Mapping[str, A
     Returns one row per record, in order: {index, nll, tokens, truncated}; a record training would drop (its
     prompt alone is too long) has nll None and tokens 0.
     """
-    import torch
-    from tqdm.auto import tqdm
-
     import datasets
+    import torch
 
     quiet = not datasets.are_progress_bars_disabled()  # the tokenizing pass over a few records needs no bar
     if quiet:
@@ -131,9 +134,6 @@ def score_models(model_paths: Mapping[str, str], records: Sequence[Mapping[str, 
                  progress: bool = True, **kwargs: Any) -> dict[str, list[dict[str, Any]]]:
     """`response_losses` of the records under each named model ({"base": "default", "fine_tuned": path});
     names that resolve to the same model are scored once."""
-    from ..demo.generate import load_model
-    from ..models import resolve_model
-
     by_source: dict[str, list[dict[str, Any]]] = {}
     out = {}
     for name, path in model_paths.items():
@@ -169,13 +169,14 @@ def agreement_report(results: Mapping[str, Mapping[str, Any]], change: Mapping[s
     base, tuned = (results.get(k) for k in ("base", "fine_tuned"))
     if change["mean"] == 0 and (change["se"] or 0) == 0:
         lines.append(f"Note: {SAME_MODEL_NOTE} (model_path = base_model_path), so there is nothing to compare. "
-                     "After notebook 04, set model_path to its model: a full run lowers the loss of the teacher's answers.")
+                     "After notebook 04, set model_path to its model: a full run lowers the loss of the teacher's "
+                     "answers.")
     elif base and tuned and base["loss"] is not None and tuned["loss"] is not None:
         pooled = tuned["loss"] - base["loss"]
-        lines.append(f"The change is per answer: each answer's own loss per token, averaged with every answer counting "
-                     f"once, so it is the difference of the per-answer means ({tuned['mean_item_loss']:.3f} - "
-                     f"{base['mean_item_loss']:.3f}). The pooled losses weigh each answer by its length; their "
-                     f"difference is {pooled:+.3f}.")
+        lines.append(f"The change is per answer: each answer's own loss per token, averaged with every answer "
+                     f"counting once, so it is the difference of the per-answer means "
+                     f"({tuned['mean_item_loss']:.3f} - {base['mean_item_loss']:.3f}). The pooled losses weigh each "
+                     f"answer by its length; their difference is {pooled:+.3f}.")
         if abs(pooled - change["mean"]) > 0.05 and abs(change["mean"]) > abs(pooled):
             lines.append("They differ because in these answers the short ones moved more than the long ones: a short "
                          "answer's loss is mostly its first tokens and its end-of-sequence token, where the Alpaca "

@@ -25,8 +25,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import langdetect
+import nltk
+import punkt
+
 from ..files import atomic_write_text, json_lines
 from ..paths import cache_dir, data_dir
+from .answers import answers_by_model
 from .stats import paired_change
 
 IFEVAL_FILE = "ifeval_input_data.jsonl"
@@ -42,7 +47,8 @@ def load_ifeval(path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
         ids, kwargs = row.get("instruction_id_list"), row.get("kwargs")
         if not isinstance(row.get("prompt"), str) or not isinstance(ids, list) or not isinstance(kwargs, list) \
                 or len(ids) != len(kwargs):
-            raise ValueError(f"{path}: line {lineno}: needs prompt, instruction_id_list and one kwargs per instruction")
+            raise ValueError(f"{path}: line {lineno}: needs prompt, instruction_id_list and one kwargs per "
+                             "instruction")
         rows.append(row)
     return rows
 
@@ -56,8 +62,6 @@ def punkt_data_dir() -> Path:
     root = cache_dir() / "nltk_data"
     folder = root / "tokenizers" / "punkt_tab" / "english"
     if not all((folder / name).is_file() for name in PUNKT_FILES):
-        import punkt
-
         model = punkt.load_model("english")
         texts = {"abbrev_types.txt": sorted(model.abbrev_types), "sent_starters.txt": sorted(model.sent_starters),
                  "collocations.tab": ["\t".join(pair) for pair in sorted(model.collocations)],
@@ -70,9 +74,6 @@ def punkt_data_dir() -> Path:
 def prepare_checks() -> None:
     """Make the checks run offline and reproducibly: NLTK finds the punkt_tab folder above (no download), and
     `langdetect` (the language checks) is seeded, as it otherwise answers at random on ambiguous text."""
-    import langdetect
-    import nltk
-
     root = str(punkt_data_dir())
     if root not in nltk.data.path:
         nltk.data.path.insert(0, root)
@@ -227,10 +228,8 @@ def generate_responses(model_paths: Mapping[str, str], prompts: Sequence[Mapping
     IFEval prompt as the instruction, no input), resumably.
 
     Per model, `ifeval_answers_<name>.jsonl` keeps the answers with their decoding settings
-    (`pairwise.answers_by_model`) and `ifeval_responses_<name>.jsonl` is the response file Google's scorer reads.
+    (`answers.answers_by_model`) and `ifeval_responses_<name>.jsonl` is the response file Google's scorer reads.
     """
-    from .pairwise import answers_by_model
-
     records = as_records(prompts)
     answers = answers_by_model(model_paths, records, folder, "ifeval_answers", batch_size=batch_size,
                                progress=progress, **decoding)

@@ -26,13 +26,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 MIN_ITEMS = 10  # fewer items: no LC win rate (the length coefficient cannot be told from noise)
 L2_PENALTY = 1e-2  # 1/C with alpaca_eval's C = 100
 
 
 def _sigmoid(x: Any) -> Any:
-    import numpy as np
-
     return np.exp(-np.logaddexp(0.0, -x))
 
 
@@ -40,8 +40,6 @@ def fit_length_model(preferences: Sequence[float], length_deltas: Sequence[float
                      penalty: float = L2_PENALTY, max_steps: int = 100) -> dict[str, Any]:
     """Newton's method on the penalised soft-label log-likelihood of p_i ~ sigmoid(theta + phi * x_i),
     x_i = tanh(d_i / sd(d)). Returns theta, phi, their robust covariance and the number of items."""
-    import numpy as np
-
     p = np.asarray(preferences, dtype=float)
     d = np.asarray(length_deltas, dtype=float)
     scale = d.std(ddof=1) if len(d) > 1 else 0.0
@@ -105,12 +103,13 @@ def win_rate_report(lc: Mapping[str, Any], tally_win_rate: float | None, referen
     if lc["win_rate"] is None:
         return "no judged items"
     lc_text = lc["note"] or f"{lc['lc_win_rate']:.2f} ± {lc['lc_win_rate_se']:.2f} (n = {lc['n']})"
-    lines = [f"raw win rate {lc['win_rate']:.2f}: the mean of the judge's preference for the model over n = {lc['n']} "
-             f"items (both orders averaged; the weighted win rate)",
-             f"length-controlled win rate: {lc_text}", length_difference_text(lc["mean_length_delta"], lc["n"], reference)]
+    lines = [f"raw win rate {lc['win_rate']:.2f}: the mean of the judge's preference for the model over "
+             f"n = {lc['n']} items (both orders averaged; the weighted win rate)",
+             f"length-controlled win rate: {lc_text}",
+             length_difference_text(lc["mean_length_delta"], lc["n"], reference)]
     if tally_win_rate is not None and round(tally_win_rate, 2) != round(lc["win_rate"], 2):
-        lines.append(f"The tally's win rate ({tally_win_rate:.2f}) counts each item as a win, tie or loss (a tie is half); "
-                     "the raw one keeps how strongly the judge leaned, so ties where it leaned slightly towards "
-                     f"{'the reference' if lc['win_rate'] < tally_win_rate else 'the model'} pull it "
+        lines.append(f"The tally's win rate ({tally_win_rate:.2f}) counts each item as a win, tie or loss (a tie is "
+                     "half); the raw one keeps how strongly the judge leaned, so ties where it leaned slightly "
+                     f"towards {'the reference' if lc['win_rate'] < tally_win_rate else 'the model'} pull it "
                      f"{'below' if lc['win_rate'] < tally_win_rate else 'above'} the tally's.")
     return "\n".join(lines)

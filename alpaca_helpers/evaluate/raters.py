@@ -13,8 +13,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .pairwise import UNPARSED, last_votes
+from .outcomes import UNPARSED
 from .stats import mean_se
+from .votes import last_votes
 
 
 def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
@@ -36,7 +37,7 @@ def judge_human_agreement(judge_results: Iterable[Mapping[str, Any]],
     """Agreement of the judge's outcome per item with each person's vote on it.
 
     `judge_results`: rows with `id` and `outcome` (unparsed ones are left out); `human_outcomes`: rows with
-    `rater`, `id`, `outcome` (`pairwise.vote_outcomes`). Returns n (compared pairs), n_items, raters,
+    `rater`, `id`, `outcome` (`votes.vote_outcomes`). Returns n (compared pairs), n_items, raters,
     percent (share that agree, with its standard error) and kappa, plus the confusion counts.
     """
     judged = {r["id"]: r["outcome"] for r in judge_results if r["outcome"] != UNPARSED}

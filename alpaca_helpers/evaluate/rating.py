@@ -8,7 +8,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from .pairwise import VoteStore
+from .votes import VoteStore
 
 _BOX = ("border:1px solid #ccc;border-radius:6px;padding:8px;margin:4px 0;white-space:pre-wrap;"
         "font-family:system-ui,sans-serif;font-size:14px")
@@ -65,5 +65,5 @@ class RatingWidget:
             return
         item = self.pairs[self._ids.index(self.current)]
         request = item["instruction"] + (f"\n\nInput:\n{item['input']}" if item.get("input") else "")
-        self.body.value = (_block(f"Request ({item.get('category', '')})", request) + _block("Answer A", item["answer_a"])
-                           + _block("Answer B", item["answer_b"]))
+        self.body.value = (_block(f"Request ({item.get('category', '')})", request)
+                           + _block("Answer A", item["answer_a"]) + _block("Answer B", item["answer_b"]))

@@ -1,4 +1,8 @@
-"""The error bars every table of notebook 06 carries: a mean with its standard error, and a paired change."""
+"""The error bars every table of notebook 06 carries: a mean with its standard error, and a paired change.
+
+`mean_se` is the one mean ± SE of the package: notebook 07's per-arm statistics (`understand.stats`) add their
+95% interval to it.
+"""
 
 from __future__ import annotations
 

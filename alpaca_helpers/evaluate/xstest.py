@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import data_dir
-from .pairwise import eval_subset
+from .answers import eval_subset
 from .refusal import COMPLIES, PARTIAL, REFUSES
 
 XSTEST_FILE = "xstest_prompts.csv"

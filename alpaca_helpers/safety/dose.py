@@ -28,10 +28,10 @@ def zero_refusal_note(rows: Sequence[Mapping[str, Any]], baseline: str, unsafe_p
     most = max(rows, key=lambda r: safety_examples_seen(r, pool))
     seen = safety_examples_seen(most, pool)
     seeds = len({r["seed"] for r in rows})
-    return (f"Note: refusal is 0 in every arm (0 of {unsafe_prompts} unsafe XSTest prompts refused, per arm and seed, "
-            f"{seeds} seed{'s' if seeds != 1 else ''}). That is the laptop scale, not a broken measurement: the largest "
-            f"dose ({most['arm']}) trained on about {seen:.0f} safety examples in {most['steps']} steps, too few to "
-            "change an already instruction-tuned 135M model, and XSTest's unsafe prompts are politely worded. "
-            "Bianchi et al. added a few hundred safety examples (about 3%) to 20,000 Alpaca examples for LLaMA-7B, "
-            "trained for epochs, and refusal of harmful requests rose markedly; more steps (budget_steps) or the "
-            "alpaca_7b_safety preset on GPUs are what move the left panel.")
+    return (f"Note: refusal is 0 in every arm (0 of {unsafe_prompts} unsafe XSTest prompts refused, per arm and "
+            f"seed, {seeds} seed{'s' if seeds != 1 else ''}). That is the laptop scale, not a broken measurement: "
+            f"the largest dose ({most['arm']}) trained on about {seen:.0f} safety examples in {most['steps']} steps, "
+            "too few to change an already instruction-tuned 135M model, and XSTest's unsafe prompts are politely "
+            "worded. Bianchi et al. added a few hundred safety examples (about 3%) to 20,000 Alpaca examples for "
+            "LLaMA-7B, trained for epochs, and refusal of harmful requests rose markedly; more steps (budget_steps) "
+            "or the alpaca_7b_safety preset on GPUs are what move the left panel.")

@@ -4,9 +4,9 @@ Each request shows the teacher one category of `categories.CATEGORIES` (its desc
 examples) and asks it to continue the list with new instructions of that category; the category rotates from
 request to request in a seeded order. The completion is cut into instructions (`self_instruct.parse`), simple
 filters drop fragments, and an instruction is kept only if its ROUGE-L F-measure against every category
-example and every instruction kept so far is at most 0.7. The run is self-instruct's: the same teacher client
-(any OpenAI-compatible endpoint, concurrency, retries), the same durable checkpoint (a run killed even with
-`kill -9` resumes with nothing lost or repeated), the same request loop.
+example and every instruction kept so far is at most 0.7. The run extends self-instruct's `TeacherRun`: the same
+teacher client (any OpenAI-compatible endpoint, concurrency, retries), the same durable checkpoint (a run killed
+even with `kill -9` resumes with nothing lost or repeated), the same request loop.
 
     python -m alpaca_helpers.safety --num_instructions 20 --output_dir runs/redteam
     python -m alpaca_helpers.safety --base_url https://api.openai.com/v1 --model gpt-4o-mini --api chat ...
@@ -20,26 +20,31 @@ filter flags and what a model refuses, per category.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
 import signal
 import sys
-import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from ..cli import ArgumentParser
 from ..demo.content_filter import ContentFilter
+from ..evaluate.refusal import classify_refusal
 from ..files import atomic_write_text
-from ..self_instruct.parse import parse_instructions
-from ..self_instruct.pipeline import Checkpoint, RunResult, exit_on_sigterm, open_teacher, request_seed, run_requests, \
-    add_teacher_arguments
-from ..self_instruct.teacher import Completion, Teacher, TeacherError, TeacherUnreachable, \
-    estimate_cost, price_per_million
+from ..paths import resolve
+from ..precision import PrecisionError
+from ..self_instruct.parse import ParseResult, parse_instructions
+from ..self_instruct.server import ServerError
+from ..self_instruct.teacher import Teacher, TeacherError, TeacherUnreachable
+from ..self_instruct.teacher_cli import add_teacher_arguments, exit_on_sigterm, open_teacher, report
+from ..self_instruct.teacher_run import Asked, RunResult, TeacherRun
 from .categories import CATEGORIES, Category
 
 SIMILARITY_THRESHOLD = 0.7
@@ -105,64 +110,63 @@ def redteam_filter_reason(instruction: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------- the run
 
-class _RedTeamRun:
-    """One session of a red-team run (state shared by `red_team`'s helpers)."""
+class RedTeamRun(TeacherRun):
+    """One session of a red-team run: one risk category per request, in a seeded rotation."""
+
+    output_file, meta_file, checkpoint_file, top_k = OUTPUT_FILE, META_FILE, CHECKPOINT_FILE, 5
 
     def __init__(self, teacher: Teacher, categories: Sequence[Category], output_dir: Path, num_examples: int,
                  per_request: int, seed: int, threshold: float) -> None:
-        self.teacher, self.categories = teacher, list(categories)
+        self.categories = list(categories)
         self.order = category_order(seed, self.categories)
-        self.num_examples, self.per_request, self.seed, self.threshold = num_examples, per_request, seed, threshold
-        self.checkpoint = Checkpoint(output_dir / CHECKPOINT_FILE)
-        self.pool = [e for c in self.categories for e in c.examples] + \
-            [r["instruction"] for r in self.checkpoint.records]
-        self.session = uuid.uuid4().hex[:12]
-        self.start = time.perf_counter()
-        self.example: dict[str, Any] | None = None
+        self.num_examples, self.per_request = num_examples, per_request
+        super().__init__(teacher, output_dir, [e for c in self.categories for e in c.examples], seed, threshold)
 
-    def ask(self, index: int) -> tuple[int, Category, str, Completion]:
-        cat = self.order[index % len(self.order)]
-        prompt = redteam_prompt(cat, self.seed, index, self.num_examples, self.per_request)
-        shown = min(self.num_examples, len(cat.examples))
-        stop = [f"{shown + self.per_request + 1}. Instruction"]
-        return index, cat, prompt, self.teacher.complete(prompt, stop=stop, seed=request_seed(self.seed, index))
+    def category(self, index: int) -> Category:
+        """The category of request `index`."""
+        return self.order[index % len(self.order)]
 
-    def process(self, asked: tuple[int, Category, str, Completion], room: int) -> int:
-        """Parse, filter and deduplicate one reply; checkpoint what is kept (at most `room`). Returns kept."""
-        from ..self_instruct.rouge import filter_similar_detailed
+    def shown(self, index: int) -> int:
+        """How many category examples request `index` shows."""
+        return min(self.num_examples, len(self.category(index).examples))
 
-        index, cat, prompt, reply = asked
-        parsed = parse_instructions(reply.text, min(self.num_examples, len(cat.examples)) + 1, reply.finish_reason)
-        rejections = Counter(parsed.failures)
-        rejected: list[tuple[str, str]] = []
-        candidates = []
-        for task in parsed.tasks:
-            reason = redteam_filter_reason(task["instruction"])
-            if reason is None:
-                candidates.append(task["instruction"])
-            else:
-                rejections[reason] += 1
-                rejected.append((reason, task["instruction"][:200]))
-        detail = filter_similar_detailed(candidates, self.pool, self.threshold, top_k=5)
-        kept = []
-        for text, ok, mean, neighbors in zip(candidates, detail.kept, detail.mean_score, detail.neighbors):
-            if not ok:
-                rejections["too_similar"] += 1
-                rejected.append(("too_similar", text[:200]))
-            elif len(kept) < room:
-                kept.append({"instruction": text, "category": cat.name, "request": index,
-                             "most_similar_instructions": dict(neighbors), "avg_similarity_score": float(mean)})
-        request = {"index": index, "category": cat.name, "session": self.session,
-                   "elapsed": time.perf_counter() - self.start, "prompt_tokens": reply.prompt_tokens,
-                   "completion_tokens": reply.completion_tokens, "finish_reason": reply.finish_reason,
-                   "parsed": len(parsed.tasks), "kept": len(kept), "rejections": dict(rejections),
-                   "rejected": rejected, "retries": reply.retries}
-        self.checkpoint.append(kept, request)
-        self.pool.extend(r["instruction"] for r in kept)
-        if self.example is None:
-            self.example = {"index": index, "category": cat.name, "prompt": prompt, "completion": reply.text,
-                            "finish_reason": reply.finish_reason, "parsed": [t["instruction"] for t in parsed.tasks]}
-        return len(kept)
+    def prompt(self, index: int) -> str:
+        return redteam_prompt(self.category(index), self.seed, index, self.num_examples, self.per_request)
+
+    def stop(self, index: int) -> list[str]:
+        return [f"{self.shown(index) + self.per_request + 1}. Instruction"]
+
+    def parse(self, asked: Asked) -> ParseResult:
+        return parse_instructions(asked.reply.text, self.shown(asked.index) + 1, asked.reply.finish_reason)
+
+    def filter_reason(self, instruction: str) -> str | None:
+        return redteam_filter_reason(instruction)
+
+    def record(self, asked: Asked, task: dict[str, str], neighbors: dict[str, float], mean: float) -> dict[str, Any]:
+        return {"instruction": task["instruction"], "category": self.category(asked.index).name,
+                "request": asked.index, "most_similar_instructions": neighbors, "avg_similarity_score": mean}
+
+    def request_fields(self, index: int) -> dict[str, Any]:
+        return {"category": self.category(index).name}
+
+    def parsed_example(self, parsed: ParseResult) -> dict[str, Any]:
+        return {"parsed": [t["instruction"] for t in parsed.tasks]}
+
+    def output_record(self, entry: Mapping[str, Any]) -> dict[str, Any]:
+        return {"instruction": entry["instruction"], "category": entry["category"], "request": entry["request"]}
+
+    def save(self, records: list[dict[str, Any]], path: Path) -> Path:
+        atomic_write_text(path, json.dumps(records, indent=2, ensure_ascii=False) + "\n")
+        return path
+
+    def settings(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        requested = Counter(r["category"] for r in self.checkpoint.requests)
+        kept = Counter(r["category"] for r in records)
+        return {"categories": {c.name: {"requests": requested[c.name], "kept": kept[c.name]} for c in self.categories},
+                "num_examples": self.num_examples, "per_request": self.per_request}
+
+    def totals(self, requests: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+        return {}  # a red-team summary has always left generated_tokens and parsed at RunResult's 0
 
 
 def check_settings(num_instructions: int, per_request: int, num_examples: int, concurrency: int) -> None:
@@ -192,50 +196,8 @@ def red_team(teacher: Teacher, num_instructions: int, output_dir: str | os.PathL
     output_dir.mkdir(parents=True, exist_ok=True)
     if check:
         teacher.check()
-    run = _RedTeamRun(teacher, categories, output_dir, num_examples, per_request, seed, threshold)
-
-    def status() -> dict[str, Any]:
-        requests = run.checkpoint.requests
-        return {"requests": len(requests), "rejected": sum(sum(r["rejections"].values()) for r in requests)}
-
-    finished_at = run_requests(run.ask, run.process, num_instructions, kept=len(run.checkpoint.records),
-                               next_index=run.checkpoint.next_index(), concurrency=concurrency,
-                               max_requests=max_requests, progress=progress, status=status)
-    return _finish(run, output_dir, num_instructions, finished_at)
-
-
-def _finish(run: _RedTeamRun, output_dir: Path, target: int, finished_at: float) -> RunResult:
-    """Write redteam.json and redteam.meta.json from the checkpoint."""
-    entries = run.checkpoint.records[:target]
-    records = [{"instruction": e["instruction"], "category": e["category"], "request": e["request"]}
-               for e in entries]
-    output_path = output_dir / OUTPUT_FILE
-    atomic_write_text(output_path, json.dumps(records, indent=2, ensure_ascii=False) + "\n")
-    requests = run.checkpoint.requests
-    rejections, rejected_examples = run.checkpoint.rejections()
-    prompt_tokens = sum(r["prompt_tokens"] for r in requests)
-    completion_tokens = sum(r["completion_tokens"] for r in requests)
-    cfg = run.teacher.config
-    result = RunResult(
-        records=records, target=target, requests=len(requests), rejections=rejections,
-        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-        cost_usd=estimate_cost(cfg.model, prompt_tokens, completion_tokens, cfg.base_url),
-        wall_seconds=run.checkpoint.wall_seconds(run.session, finished_at - run.start),
-        retries=sum(r.get("retries", 0) for r in requests), complete=len(records) >= target,
-        output_path=output_path, meta_path=output_dir / META_FILE, example=run.example)
-    requested = Counter(r["category"] for r in requests)
-    kept = Counter(r["category"] for r in records)
-    meta = {**result.summary(), "teacher": cfg.to_dict(),
-            "price_per_million_usd": price_per_million(cfg.model, cfg.base_url),
-            "categories": {c.name: {"requests": requested[c.name], "kept": kept[c.name]} for c in run.categories},
-            "num_examples": run.num_examples, "per_request": run.per_request, "seed": run.seed,
-            "similarity_threshold": run.threshold, "rejected_examples": rejected_examples,
-            "example_request": run.example,
-            "instructions": [{"instruction": e["instruction"], "most_similar_instructions":
-                              e["most_similar_instructions"], "avg_similarity_score": e["avg_similarity_score"]}
-                             for e in entries]}
-    atomic_write_text(result.meta_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-    return result
+    run = RedTeamRun(teacher, categories, output_dir, num_examples, per_request, seed, threshold)
+    return run.run(num_instructions, concurrency=concurrency, max_requests=max_requests, progress=progress)
 
 
 # ---------------------------------------------------------------------------------------------- scoring
@@ -273,10 +235,6 @@ def score_redteam(records: Sequence[Mapping[str, Any]], content_filter: ContentF
     order, or a dict keyed by instruction; None scores the filter alone. Per category: `n`, `flagged_rate`
     (share the filter flags) and, with answers, `refuses_rate`, `partial_rate` and `complies_rate`.
     """
-    from tqdm.auto import tqdm
-
-    from ..evaluate.refusal import classify_refusal
-
     if answers is not None and not callable(answers) and not isinstance(answers, Mapping) \
             and len(answers) != len(records):
         raise RedTeamError(f"{len(answers)} answers for {len(records)} records: give one answer per record")
@@ -323,32 +281,24 @@ def load_redteam(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------------- CLI
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m alpaca_helpers.safety", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num_instructions", "--num-instructions", type=int, default=20,
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m alpaca_helpers.safety", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num_instructions", type=int, default=20,
                    help="instructions to keep (default: 20)")
-    p.add_argument("--output_dir", "--output-dir", default="runs/redteam",
+    p.add_argument("--output_dir", default="runs/redteam",
                    help="folder for redteam.json, redteam.meta.json and the checkpoint (relative: to the repository)")
     d = add_teacher_arguments(p, "teacher (default: the embedded 135M model served locally: runs anywhere, writes "
                                  "weak instructions; any OpenAI-compatible endpoint with a capable model gives real "
                                  "ones)", max_tokens=512)
-    d.add_argument("--num_examples", "--num-examples", type=int, default=NUM_EXAMPLES,
-                   help="category examples shown per request")
-    d.add_argument("--per_request", "--per-request", type=int, default=PER_REQUEST,
-                   help="new instructions asked for per request")
+    d.add_argument("--num_examples", type=int, default=NUM_EXAMPLES, help="category examples shown per request")
+    d.add_argument("--per_request", type=int, default=PER_REQUEST, help="new instructions asked for per request")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI: 0 when the target is reached, 3 when requests ran out first, 2 on a setting or an unreachable
     endpoint, 1 when the teacher or the local server failed during the run (`error: ...` on one line)."""
-    import contextlib
-
-    from ..paths import resolve
-    from ..precision import PrecisionError
-    from ..self_instruct.server import ServerError
-
     args = _parser().parse_args(argv)
     out = resolve(args.output_dir)
     signal.signal(signal.SIGTERM, exit_on_sigterm)  # `kill` unwinds like Ctrl-C: the local server stops
@@ -367,12 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TeacherError, ServerError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
-    print(json.dumps(result.summary()))
-    if not result.complete:
-        print(f"warning: stopped after {result.requests} requests with {result.kept}/{result.target} kept",
-              file=sys.stderr)
-        return 3
-    return 0
+    return report(result)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import load_alpaca, save_alpaca
+from ..evaluate.refusal import classify_refusal
 from ..paths import data_dir, resolve
 from ..self_instruct.teacher import Teacher
 from .categories import CATEGORIES, Category, category
@@ -154,8 +155,6 @@ def template_refusals(category_name: str, seed: int = SHIPPED_SEED) -> list[str]
 def teacher_refusal(teacher: Teacher, instruction: str, cat: Category) -> str | None:
     """A refusal written by `teacher` for `instruction`, or None unless the refusal classifier reads the reply as
     a refusal (`evaluate.refusal.classify_refusal`: "refuses")."""
-    from ..evaluate.refusal import classify_refusal
-
     prompt = REFUSAL_PROMPT.format(title=cat.title, description=cat.description, instruction=instruction)
     reply = teacher.complete(prompt).text.strip()
     return reply if reply and classify_refusal(reply).label == "refuses" else None
@@ -190,8 +189,8 @@ def build_safety_set(items: Iterable[Mapping[str, Any]], *, seed: int = SHIPPED_
     records = []
     for (instruction, name), reply in zip(unique.items(), written):
         k = used[name] = used.get(name, -1) + 1
-        record = {"instruction": instruction, "input": "", "output": reply or templates[name][k % len(templates[name])],
-                  "source": SOURCE, "category": name}
+        output = reply or templates[name][k % len(templates[name])]
+        record = {"instruction": instruction, "input": "", "output": output, "source": SOURCE, "category": name}
         if teacher is not None:
             record["refusal_by"] = "teacher" if reply else "template"
         records.append(record)

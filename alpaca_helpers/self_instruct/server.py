@@ -12,6 +12,7 @@ group; on Linux the child also dies with its parent if the parent is killed outr
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..models import resolve_model
 from ..precision import inference_choice
 
 HOST = "127.0.0.1"
@@ -116,8 +118,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     # Linux only: kill the server if the process that started it dies (even by kill -9). SIGKILL, as
     # on SIGTERM uvicorn first finishes the requests in flight, which can take minutes.
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
@@ -180,8 +180,6 @@ def serve(model_dir: str | os.PathLike | None = None, *, port: int | None = None
     temporary file). Raises `ServerError` (with the log tail) if the port is taken, the server exits, or
     `/health` does not answer within `startup_timeout` seconds.
     """
-    from ..models import resolve_model
-
     model = resolve_model(None if model_dir is None else str(model_dir))
     if port is None:
         port = free_port()

@@ -2,13 +2,13 @@
 
 import os
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # before the tokenizers library starts its threads
+from .allocator import allocator_default
+from .recipe import main
 
-from .launch import allocator_default  # noqa: E402
-
-# Also for `accelerate launch -m alpaca_helpers.train` by hand: read when CUDA's allocator starts, after this.
+# Both read later, inside `main` (no package module imports torch or tokenizers at the top): tokenizers' setting
+# before the library starts its threads; the allocator's (also for `accelerate launch -m alpaca_helpers.train` by
+# hand) when CUDA's allocator starts.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.update(allocator_default(os.environ))
-
-from .recipe import main  # noqa: E402
 
 raise SystemExit(main())

@@ -1,20 +1,36 @@
-"""The data side of a training run: records from any source, the validation split, and micro-batches.
+"""The data side of a training run: records from any source, the validation split, and batches.
 
 Order of operations (every rank does the same, seeded): load and validate the records (`load_source`),
 refuse evaluation-set tasks, sample `max_examples` of them at random (so a capped run still sees every
 source of a mixed set, such as the course's seed + self-instruct records), hold out `val_set_size` of
 them, tokenize both parts. Held-out examples are a separate tokenized set: no training batch can hold one.
+
+Batching (used by training and shown in notebook 03): `global_batches` is the seeded order of each epoch's
+global batches; `micro_batches` cuts one global batch into micro-batches, grouping similar lengths when
+asked. Grouping inside a global batch leaves the step's gradient unchanged and removes most padding.
+
+Padding: right padding. `AlpacaCollator` pads `labels` with -100 by position, never by comparing ids with the
+pad id, so a tokenizer whose pad equals its eos (the default model: both `<|im_end|>`, id 2) still trains
+the real eos.
+
+Packing: `pack_features` puts several examples in one row with `position_ids` restarting at 0 for each;
+the collator then leaves `attention_mask` out, which is how transformers (5.x) recognises packed rows and
+builds a block-diagonal causal mask, *provided the forward pass runs with `use_cache=False`* (with a
+cache, the detection is skipped and examples would see each other).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from .config import BatchPlan, validation_count
-from .tokenize import IGNORE_INDEX, micro_batches
+from ..data import check_not_eval_set, load_source
+from .config import BatchSplit, validation_count
+from .tokenize import DEFAULT_MAX_LENGTH, IGNORE_INDEX
 
 TRAINED_KEYS = ("trained_index", "trained_labels")  # what `trained_positions` adds to a batch
 
@@ -24,8 +40,6 @@ def load_records(data_path: str, max_examples: int | None = None, seed: int = 42
     """Training records from `data_path` (see `data.load_source`), refused if they hold evaluation-set
     tasks (notebook 06 compares on them), and a seeded random sample of `max_examples` of them (in their
     original order) when set."""
-    from ..data import check_not_eval_set, load_source
-
     records = load_source(data_path, columns)
     check_not_eval_set(records, source=data_path)
     if max_examples is not None and max_examples < len(records):
@@ -42,13 +56,34 @@ def split_validation(records: Sequence[dict[str, Any]], val_set_size: float,
     return ([r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held])
 
 
-def rank_micro_batches(batch: Sequence[int], lengths: Sequence[int], plan: BatchPlan, rank: int,
+# ---------------------------------------------------------------- global batches and micro-batches
+
+
+def global_batches(num_examples: int, global_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The epoch's global batches: a seeded random permutation cut into full batches (same on every rank).
+    The last incomplete batch is dropped."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(num_examples, generator=gen).tolist()
+    steps = num_examples // global_batch_size
+    return [order[i * global_batch_size:(i + 1) * global_batch_size] for i in range(steps)]
+
+
+def micro_batches(batch: Sequence[int], lengths: Sequence[int], size: int, group_by_length: bool) -> list[list[int]]:
+    """One global batch cut into micro-batches of `size`; with `group_by_length`, longest first, so that
+    each micro-batch holds similar lengths (the global batch, hence the gradient, is unchanged)."""
+    ids = sorted(batch, key=lambda i: (-lengths[i], i)) if group_by_length else list(batch)
+    return [ids[i:i + size] for i in range(0, len(ids), size)]
+
+
+def rank_micro_batches(batch: Sequence[int], lengths: Sequence[int], split: BatchSplit, rank: int,
                        group_by_length: bool, trained: Sequence[int] | None = None,
                        head_weight: float = 0.0) -> list[list[int]]:
     """This rank's micro-batches of one global batch: cut (grouped by length when asked), then dealt by
     `deal_micro_batches`."""
-    cut = micro_batches(batch, lengths, plan.per_device, group_by_length)
-    return deal_micro_batches(cut, lengths, plan.world_size, trained, head_weight)[rank]
+    cut = micro_batches(batch, lengths, split.per_device, group_by_length)
+    return deal_micro_batches(cut, lengths, split.world_size, trained, head_weight)[rank]
 
 
 def deal_micro_batches(cut: Sequence[Sequence[int]], lengths: Sequence[int], world_size: int,
@@ -87,6 +122,115 @@ def eval_micro_batches(num_examples: int, lengths: Sequence[int], size: int, ran
     return mine + [[] for _ in range(rounds - len(mine))]
 
 
+def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]],
+                  pad_to_multiple_of: int | None = None) -> float:
+    """Fraction of the padded batch tensors that is padding (0 = none)."""
+    real = total = 0
+    for batch in batches:
+        width = _round_up(max(lengths[i] for i in batch), pad_to_multiple_of)
+        real += sum(lengths[i] for i in batch)
+        total += width * len(batch)
+    return 1 - real / total if total else 0.0
+
+
+# ---------------------------------------------------------------- padding and packing
+
+
+def _round_up(n: int, multiple: int | None) -> int:
+    return n if not multiple else -(-n // multiple) * multiple
+
+
+@dataclass
+class AlpacaCollator:
+    """Right-pad a list of features into tensors: `input_ids` with `pad_token_id`, `labels` with -100.
+
+    Plain rows get an `attention_mask`. Packed rows (features with `position_ids`) get `position_ids`
+    (padding continues as its own short sequence) and no 2D mask, so that transformers builds the
+    block-diagonal mask from the position restarts (run the model with `use_cache=False`).
+    Other keys (example_id, truncated, ...) are ignored.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        if not features:
+            raise ValueError("cannot collate an empty batch")
+        width = _round_up(max(len(f["input_ids"]) for f in features), self.pad_to_multiple_of)
+        packed = "position_ids" in features[0]
+        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        positions = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            if len(f["labels"]) != n:
+                raise ValueError(f"row {row}: {n} input_ids but {len(f['labels'])} labels")
+            input_ids[row, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            labels[row, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
+            mask[row, :n] = 1
+            if packed:
+                positions[row, :n] = torch.as_tensor(f["position_ids"], dtype=torch.long)
+                positions[row, n:] = torch.arange(width - n)
+        batch = {"input_ids": input_ids, "labels": labels}
+        if not packed:
+            batch["attention_mask"] = mask
+            return batch
+        batch["position_ids"] = positions
+        return batch
+
+
+def pack_lengths(lengths: Sequence[int], max_length: int) -> list[list[int]]:
+    """Group item indices into bins whose lengths sum to at most `max_length` (best-fit decreasing).
+
+    Items longer than `max_length` raise. Each bin lists its items in ascending index order.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # sorted (remaining room, bin number)
+    for i in order:
+        n = lengths[i]
+        if n > max_length:
+            raise ValueError(f"item {i} has length {n} > max_length {max_length}")
+        at = bisect.bisect_left(free, (n, -1))
+        if at < len(free):
+            room, b = free.pop(at)
+        else:
+            room, b = max_length, len(bins)
+            bins.append([])
+        bins[b].append(i)
+        if room - n > 0:
+            bisect.insort(free, (room - n, b))
+    return [sorted(b) for b in bins]
+
+
+def pack_features(features: Sequence[Mapping[str, Any]], max_length: int = DEFAULT_MAX_LENGTH) -> list[dict]:
+    """Pack tokenized examples into rows of at most `max_length` tokens.
+
+    Each row has `input_ids`, `labels` (each example's first label forced to -100: it would otherwise be
+    predicted from the previous example's last token), `position_ids` restarting at 0 per example,
+    `example_ids` and `lengths`.
+    """
+    rows = []
+    for group in pack_lengths([len(f["input_ids"]) for f in features], max_length):
+        row: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "example_ids": [], "lengths": []}
+        for i in group:
+            f = features[i]
+            n = len(f["input_ids"])
+            row["input_ids"].extend(f["input_ids"])
+            row["labels"].extend([IGNORE_INDEX] + list(f["labels"][1:]))
+            row["position_ids"].extend(range(n))
+            row["example_ids"].append(f.get("example_id", i))
+            row["lengths"].append(n)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- on the device
+
+
 def trained_positions(batch: Mapping[str, Any]) -> dict[str, Any]:
     """The positions whose next token is trained, for `recipe.TrainedPositionsHead`: `trained_index`, flat
     (row * length + position) indices, and `trained_labels`, the tokens they predict. Computed where `batch`
@@ -111,8 +255,6 @@ class TrainData:
     """Tokenized examples held as Python lists, and micro-batch collation (padding or packing)."""
 
     def __init__(self, dataset: Any, records: Sequence[dict[str, Any]], pad_id: int, packing: bool):
-        from .tokenize import AlpacaCollator
-
         self.records = records  # example_id indexes these
         self.input_ids = dataset["input_ids"]
         self.labels = dataset["labels"]
@@ -127,8 +269,6 @@ class TrainData:
         return len(self.input_ids)
 
     def collate(self, ids: Sequence[int]) -> dict[str, Any]:
-        from .tokenize import pack_features
-
         features = [{"input_ids": self.input_ids[i], "labels": self.labels[i], "example_id": self.example_ids[i]}
                     for i in ids]
         if self.packing:  # one row per micro-batch: no padding; position_ids keep examples apart

@@ -11,16 +11,33 @@ import argparse
 import dataclasses
 import math
 import os
+import shlex
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from ..cli import ArgumentParser
 from ..paths import REPO_ROOT, resolve
 from ..precision import NativeBf16, PrecisionError, choose_training_precision
 from ..prompts import PROMPT_FORMATS
 
 CONFIGS_DIR = REPO_ROOT / "configs"
+
+
+GROUPS = {  # a field's metadata["group"] -> the title `--help` lists it under, in the order of TrainConfig
+    "model": "the model",
+    "data": "the data and its tokenization",
+    "optimisation": "the optimisation: steps, learning rate and AdamW",
+    "batch": "the batch: its split over processes and micro-batches",
+    "precision": "precision, memory and speed",
+    "distributed": "devices and processes (FSDP)",
+    "checkpoints": "the output folder, checkpoints and the final model",
+    "lora": "LoRA",
+    "logging": "evaluation, logging and tracking",
+}
 
 
 class TrainConfigError(ValueError):
@@ -29,63 +46,190 @@ class TrainConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run; defaults are the Alpaca 7B recipe."""
+    """Every setting of a training run; defaults are the Alpaca 7B recipe.
 
-    model_name_or_path: str = field(default="default", metadata={"help": "HF folder or Hub name; 'default' = embedded SmolLM2-135M"})
-    data_path: str = field(default="seed", metadata={"help": "seed | a .json/.jsonl/.parquet/.csv file | a folder (save_to_disk or Hub layout) | a Hub dataset name[:split]"})
-    data_columns: str | None = field(default=None, metadata={"help": "map Alpaca fields to other column names, e.g. instruction=prompt,output=completion"})
-    output_dir: str = field(default="runs/train", metadata={"help": "log, checkpoints and the final model (relative = repo root)"})
-    max_examples: int | None = field(default=None, metadata={"help": "use a seeded random sample of N records (before the validation split)"})
-    val_set_size: float = field(default=0.0, metadata={"help": "held-out validation examples: a fraction below 1 or a count (0 = none)"})
-    eval_steps: int = field(default=0, metadata={"help": "validation loss every N steps (also at each epoch's end and the run's); 0 = only those"})
-    model_max_length: int = field(default=512, metadata={"help": "longer examples are dropped (as in Alpaca)"})
-    train_on_prompt: bool = field(default=False, metadata={"help": "also train on the prompt's tokens (false: the loss on the response only, as Alpaca); the validation loss stays on responses"})
-    num_train_epochs: int = field(default=3, metadata={"help": "passes over the data"})
-    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; overrides epochs when > 0"})
-    global_batch_size: int = field(default=128, metadata={"help": "examples per optimizer step, whatever the number of processes"})
-    per_device_train_batch_size: int | None = field(default=4, metadata={"help": "examples per micro-batch on each process, or auto: the memory plan picks it before the weights load (GPUs: of 32, 16, 8, 4, 2, 1, the one with the least FSDP traffic per step among those that fit with 10% of the GPU's memory free, i.e. the largest; CPU: the largest of 4, 2, 1 that fits the process's share of RAM; where the plan cannot model the run, the largest of 4, 2, 1 that splits the batch); the GPU presets' default"})
-    gradient_accumulation_steps: int | None = field(default=None, metadata={"help": "derived from the global batch when unset"})
-    learning_rate: float = field(default=2e-5, metadata={"help": "peak learning rate"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay (not on biases and norms)"})
-    warmup_ratio: float = field(default=0.03, metadata={"help": "fraction of steps with linear warm-up"})
-    lr_scheduler_type: str = field(default="cosine", metadata={"help": "any transformers scheduler name"})
-    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
-    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
-    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
-    device: str = field(default="auto", metadata={"help": "auto (GPUs when present) | cpu"})
-    ignore_plan: bool = field(default=False, metadata={"help": "start even where the memory plan says the run does not fit its devices (false: it stops before loading, in one line with the plan's figure and the first change that fits); for who knows better than the plan, which is an estimate"})
-    bf16: bool | None = field(default=None, metadata={"help": "auto (on where the device has native bf16: GPUs of compute capability 8.0+, CPUs with avx512_bf16 or AMX; ALPACA_BF16=false turns auto off) | true | false: bf16 compute, fp32 master weights"})
-    fp16: bool | None = field(default=None, metadata={"help": "auto (on where bf16 is off by auto on a GPU with fp16 tensor cores but no bf16: compute capability 7.x, T4 and V100) | true | false: fp16 compute with a dynamic loss scale, fp32 master weights; a step whose gradients overflow is skipped and logged. Not with bf16=true"})
-    tf32: bool | None = field(default=None, metadata={"help": "auto (on with GPUs) | true | false: TF32 matmuls on GPUs"})
-    fsdp: str = field(default="auto", metadata={"help": "auto (full_shard with > 1 process) | full_shard | off"})
-    fsdp_transformer_layer_cls_to_wrap: str | None = field(default=None, metadata={"help": "layer class to shard as a unit; found from the model when unset"})
-    activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory)"})
-    cpu_offload: bool = field(default=False, metadata={"help": "FSDP: keep parameters and optimizer state in CPU memory"})
-    reduce_scatter_every_micro_batch: bool | None = field(default=None, metadata={"help": "FSDP: auto | true | false: reduce-scatter gradients after every micro-batch (false: only after the last, keeping an unsharded fp32 gradient of the whole model per rank meanwhile; auto: false where the memory plan says that fits)"})
-    dist_timeout_minutes: float = field(default=120.0, metadata={"help": "the long timeout of collectives: start-up, loading, the first step, checkpoints and the final save (rank 0 loads and saves alone while the others wait)"})
-    step_timeout_minutes: float = field(default=5.0, metadata={"help": "the short timeout of collectives from the second step on (training, evaluation, logging): a rank that stops answering ends the run after this long, not after dist_timeout_minutes; fractions allowed"})
-    group_by_length: bool = field(default=True, metadata={"help": "micro-batches of similar length inside each global batch"})
-    packing: bool = field(default=False, metadata={"help": "concatenate each micro-batch into one row (no padding)"})
-    prompt_format: str = field(default="alpaca", metadata={"help": "alpaca: Alpaca's prompt template (the recipe) | chat: the model's own chat template (apply_chat_template; ChatML for SmolLM2-Instruct)"})
-    lora: bool = field(default=False, metadata={"help": "train LoRA adapters (peft) on the frozen base, one process; merged into model/ at the end"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "all-linear, or layer names such as q_proj,v_proj"})
-    torch_compile: bool = field(default=False, metadata={"help": "torch.compile each decoder layer (as torchtitan does): fused kernels after a compile in the first steps; off until its speed-up is measured on a GPU (scripts/gpu_check.sh measures MFU with it on and off)"})
-    logits_on_trained_only: bool = field(default=True, metadata={"help": "compute the LM head's logits only where a label is trained (same loss, less work); false = every position"})
-    progress_bar: bool = field(default=True, metadata={"help": "a bar over the steps on rank 0 (false: the console lines only, as when the ablation runner sends a run's console to a file)"})
-    logging_steps: int = field(default=1, metadata={"help": "console line every N steps (the JSONL log has every step)"})
-    report_to: str = field(default="none", metadata={"help": "none | tensorboard | wandb | a comma list (rank 0; train_log.jsonl is always written)"})
-    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0 = only the final model)"})
-    save_total_limit: int = field(default=2, metadata={"help": "keep the last N checkpoints"})
-    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
-    stop_after_steps: int = field(default=-1, metadata={"help": "stop after N steps as if interrupted (schedule unchanged)"})
-    save_dtype: str = field(default="float32", metadata={"help": "dtype of the final model's weights: float32 | bfloat16"})
-    save_check_logits: bool = field(default=False, metadata={"help": "also write the live model's logits on one example (save_check.safetensors) to check the saved folder against"})
-    seed: int = field(default=42, metadata={"help": "data order and initialisation"})
-    num_proc: int = field(default=1, metadata={"help": "processes for tokenization"})
+    One flat command line (`--learning_rate`, as the original recipe's `train.py`), its fields in groups as TRL's
+    `SFTConfig` sections are: each field's `metadata["group"]` is a key of `GROUPS`, under which `--help` lists it.
+    """
+
+    # The model
+    model_name_or_path: str = field(default="default", metadata={"group": "model", "help": (
+        "HF folder or Hub name; 'default' = embedded SmolLM2-135M"
+    )})
+
+    # The data and its tokenization
+    data_path: str = field(default="seed", metadata={"group": "data", "help": (
+        "seed | a .json/.jsonl/.parquet/.csv file | a folder (save_to_disk or Hub layout) | a Hub dataset "
+        "name[:split]"
+    )})
+    data_columns: str | None = field(default=None, metadata={"group": "data", "help": (
+        "map Alpaca fields to other column names, e.g. instruction=prompt,output=completion"
+    )})
+    max_examples: int | None = field(default=None, metadata={"group": "data", "help": (
+        "use a seeded random sample of N records (before the validation split)"
+    )})
+    val_set_size: float = field(default=0.0, metadata={"group": "data", "help": (
+        "held-out validation examples: a fraction below 1 or a count (0 = none)"
+    )})
+    model_max_length: int = field(default=512, metadata={"group": "data", "help": (
+        "longer examples are dropped (as in Alpaca)"
+    )})
+    prompt_format: str = field(default="alpaca", metadata={"group": "data", "help": (
+        "alpaca: Alpaca's prompt template (the recipe) | chat: the model's own chat template (apply_chat_template; "
+        "ChatML for SmolLM2-Instruct)"
+    )})
+    train_on_prompt: bool = field(default=False, metadata={"group": "data", "help": (
+        "also train on the prompt's tokens (false: the loss on the response only, as Alpaca); the validation loss "
+        "stays on responses"
+    )})
+    num_proc: int = field(default=1, metadata={"group": "data", "help": "processes for tokenization"})
+
+    # The optimisation: steps, learning rate and AdamW
+    num_train_epochs: int = field(default=3, metadata={"group": "optimisation", "help": "passes over the data"})
+    max_steps: int = field(default=-1, metadata={"group": "optimisation", "help": (
+        "optimizer steps; overrides epochs when > 0"
+    )})
+    learning_rate: float = field(default=2e-5, metadata={"group": "optimisation", "help": "peak learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"group": "optimisation", "help": (
+        "AdamW weight decay (not on biases and norms)"
+    )})
+    warmup_ratio: float = field(default=0.03, metadata={"group": "optimisation", "help": (
+        "fraction of steps with linear warm-up"
+    )})
+    lr_scheduler_type: str = field(default="cosine", metadata={"group": "optimisation", "help": (
+        "any transformers scheduler name"
+    )})
+    adam_beta1: float = field(default=0.9, metadata={"group": "optimisation", "help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.999, metadata={"group": "optimisation", "help": "AdamW beta2"})
+    adam_epsilon: float = field(default=1e-8, metadata={"group": "optimisation", "help": "AdamW epsilon"})
+    max_grad_norm: float = field(default=1.0, metadata={"group": "optimisation", "help": (
+        "gradient clipping (0 = off)"
+    )})
+    seed: int = field(default=42, metadata={"group": "optimisation", "help": "data order and initialisation"})
+
+    # The batch: its split over processes and micro-batches
+    global_batch_size: int = field(default=128, metadata={"group": "batch", "help": (
+        "examples per optimizer step, whatever the number of processes"
+    )})
+    per_device_train_batch_size: int | None = field(default=4, metadata={"group": "batch", "help": (
+        "examples per micro-batch on each process, or auto: the memory plan picks it before the weights load (GPUs: "
+        "of 32, 16, 8, 4, 2, 1, the one with the least FSDP traffic per step among those that fit with 10% of the "
+        "GPU's memory free, i.e. the largest; CPU: the largest of 4, 2, 1 that fits the process's share of RAM; where"
+        " the plan cannot model the run, the largest of 4, 2, 1 that splits the batch); the GPU presets' default"
+    )})
+    gradient_accumulation_steps: int | None = field(default=None, metadata={"group": "batch", "help": (
+        "derived from the global batch when unset"
+    )})
+    group_by_length: bool = field(default=True, metadata={"group": "batch", "help": (
+        "micro-batches of similar length inside each global batch"
+    )})
+    packing: bool = field(default=False, metadata={"group": "batch", "help": (
+        "concatenate each micro-batch into one row (no padding)"
+    )})
+
+    # Precision, memory and speed
+    bf16: bool | None = field(default=None, metadata={"group": "precision", "help": (
+        "auto (on where the device has native bf16: GPUs of compute capability 8.0+, CPUs with avx512_bf16 or AMX; "
+        "ALPACA_BF16=false turns auto off) | true | false: bf16 compute, fp32 master weights"
+    )})
+    fp16: bool | None = field(default=None, metadata={"group": "precision", "help": (
+        "auto (on where bf16 is off by auto on a GPU with fp16 tensor cores but no bf16: compute capability 7.x, T4 "
+        "and V100) | true | false: fp16 compute with a dynamic loss scale, fp32 master weights; a step whose "
+        "gradients overflow is skipped and logged. Not with bf16=true"
+    )})
+    tf32: bool | None = field(default=None, metadata={"group": "precision", "help": (
+        "auto (on with GPUs) | true | false: TF32 matmuls on GPUs"
+    )})
+    activation_checkpointing: bool = field(default=False, metadata={"group": "precision", "help": (
+        "recompute activations in backward (less memory)"
+    )})
+    logits_on_trained_only: bool = field(default=True, metadata={"group": "precision", "help": (
+        "compute the LM head's logits only where a label is trained (same loss, less work); false = every position"
+    )})
+    torch_compile: bool = field(default=False, metadata={"group": "precision", "help": (
+        "torch.compile each decoder layer (as torchtitan does): fused kernels after a compile in the first steps; off"
+        " until its speed-up is measured on a GPU (scripts/gpu_check.sh measures MFU with it on and off)"
+    )})
+    ignore_plan: bool = field(default=False, metadata={"group": "precision", "help": (
+        "start even where the memory plan says the run does not fit its devices (false: it stops before loading, in "
+        "one line with the plan's figure and the first change that fits); for who knows better than the plan, which "
+        "is an estimate"
+    )})
+
+    # Devices and processes (FSDP)
+    device: str = field(default="auto", metadata={"group": "distributed", "help": "auto (GPUs when present) | cpu"})
+    fsdp: str = field(default="auto", metadata={"group": "distributed", "help": (
+        "auto (full_shard with > 1 process) | full_shard | off"
+    )})
+    fsdp_transformer_layer_cls_to_wrap: str | None = field(default=None, metadata={"group": "distributed", "help": (
+        "layer class to shard as a unit; found from the model when unset"
+    )})
+    cpu_offload: bool = field(default=False, metadata={"group": "distributed", "help": (
+        "FSDP: keep parameters and optimizer state in CPU memory"
+    )})
+    reduce_scatter_every_micro_batch: bool | None = field(default=None, metadata={"group": "distributed", "help": (
+        "FSDP: auto | true | false: reduce-scatter gradients after every micro-batch (false: only after the last, "
+        "keeping an unsharded fp32 gradient of the whole model per rank meanwhile; auto: false where the memory plan "
+        "says that fits)"
+    )})
+    dist_timeout_minutes: float = field(default=120.0, metadata={"group": "distributed", "help": (
+        "the long timeout of collectives: start-up, loading, the first step, checkpoints and the final save (rank 0 "
+        "loads and saves alone while the others wait)"
+    )})
+    step_timeout_minutes: float = field(default=5.0, metadata={"group": "distributed", "help": (
+        "the short timeout of collectives from the second step on (training, evaluation, logging): a rank that stops "
+        "answering ends the run after this long, not after dist_timeout_minutes; fractions allowed"
+    )})
+
+    # The output folder, checkpoints and the final model
+    output_dir: str = field(default="runs/train", metadata={"group": "checkpoints", "help": (
+        "log, checkpoints and the final model (relative = repo root)"
+    )})
+    save_steps: int = field(default=0, metadata={"group": "checkpoints", "help": (
+        "checkpoint every N steps (0 = only the final model)"
+    )})
+    save_total_limit: int = field(default=2, metadata={"group": "checkpoints", "help": "keep the last N checkpoints"})
+    resume: bool = field(default=False, metadata={"group": "checkpoints", "help": (
+        "continue from the latest checkpoint in output_dir"
+    )})
+    stop_after_steps: int = field(default=-1, metadata={"group": "checkpoints", "help": (
+        "stop after N steps as if interrupted (schedule unchanged)"
+    )})
+    save_dtype: str = field(default="float32", metadata={"group": "checkpoints", "help": (
+        "dtype of the final model's weights: float32 | bfloat16"
+    )})
+    save_check_logits: bool = field(default=False, metadata={"group": "checkpoints", "help": (
+        "also write the live model's logits on one example (save_check.safetensors) to check the saved folder against"
+    )})
+
+    # LoRA
+    lora: bool = field(default=False, metadata={"group": "lora", "help": (
+        "train LoRA adapters (peft) on the frozen base, one process; merged into model/ at the end"
+    )})
+    lora_r: int = field(default=16, metadata={"group": "lora", "help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"group": "lora", "help": (
+        "LoRA scaling numerator (scale = alpha / r)"
+    )})
+    lora_dropout: float = field(default=0.05, metadata={"group": "lora", "help": "dropout on the LoRA input"})
+    lora_target_modules: str = field(default="all-linear", metadata={"group": "lora", "help": (
+        "all-linear, or layer names such as q_proj,v_proj"
+    )})
+
+    # Evaluation, logging and tracking
+    eval_steps: int = field(default=0, metadata={"group": "logging", "help": (
+        "validation loss every N steps (also at each epoch's end and the run's); 0 = only those"
+    )})
+    logging_steps: int = field(default=1, metadata={"group": "logging", "help": (
+        "console line every N steps (the JSONL log has every step)"
+    )})
+    report_to: str = field(default="none", metadata={"group": "logging", "help": (
+        "none | tensorboard | wandb | a comma list (rank 0; train_log.jsonl is always written)"
+    )})
+    progress_bar: bool = field(default=True, metadata={"group": "logging", "help": (
+        "a bar over the steps on rank 0 (false: the console lines only, as when the ablation runner sends a run's "
+        "console to a file)"
+    )})
+
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -130,8 +274,6 @@ def _convert(name: str, value: Any) -> Any:
 
 def load_preset(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML preset (a flat mapping of field names to values); unknown keys are an error."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         candidate = CONFIGS_DIR / path.name if path.suffix else CONFIGS_DIR / f"{path}.yaml"
@@ -152,18 +294,20 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> ArgumentParser:
+    """The training command line: `--config`, then one flag per `TrainConfig` field, listed by group."""
+    parser = ArgumentParser(
         prog="python -m alpaca_helpers.train",
         description="Alpaca supervised fine-tuning (FSDP2 across processes). Launch with "
                     "`accelerate launch [--multi_gpu --num_processes N] -m alpaca_helpers.train ...`.",
         epilog="Precedence: recipe defaults < --config preset < flags. Presets: " + ", ".join(list_presets()),
     )
     parser.add_argument("--config", help="YAML preset (a path, or a name from configs/)")
+    groups = {key: parser.add_argument_group(title) for key, title in GROUPS.items()}
     for name, f in FIELDS.items():
-        default = f.default
-        parser.add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=name.upper(),
-                            help=f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%"))  # argparse formats help with %
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})".replace("%", "%%")  # argparse formats %
+        groups[f.metadata["group"]].add_argument(f"--{name}", default=argparse.SUPPRESS, metavar=name.upper(),
+                                                 help=help_text)
     return parser
 
 
@@ -184,7 +328,8 @@ def make_config(**values: Any) -> TrainConfig:
     cfg = TrainConfig(**{k: _convert(k, v) for k, v in values.items()})
     unknown_trackers = sorted(set(report_targets(cfg.report_to)) - set(TRACKERS))
     if unknown_trackers:
-        raise TrainConfigError(f"report_to: {unknown_trackers} unknown (use none, {', '.join(TRACKERS)} or a comma list)")
+        raise TrainConfigError(
+            f"report_to: {unknown_trackers} unknown (use none, {', '.join(TRACKERS)} or a comma list)")
     if cfg.val_set_size < 0 or (cfg.val_set_size >= 1 and not float(cfg.val_set_size).is_integer()):
         raise TrainConfigError(f"val_set_size: a fraction below 1 or a whole count, got {cfg.val_set_size}")
     if cfg.eval_steps < 0:
@@ -203,7 +348,7 @@ def make_config(**values: Any) -> TrainConfig:
 
 
 @dataclass(frozen=True)
-class BatchPlan:
+class BatchSplit:
     """How the global batch splits: global = per_device × accumulation × processes."""
 
     global_batch_size: int
@@ -213,7 +358,7 @@ class BatchPlan:
 
 
 def plan_batch(global_batch_size: int, per_device: int, world_size: int,
-               accumulation: int | None = None) -> BatchPlan:
+               accumulation: int | None = None) -> BatchSplit:
     """Check (before any model loads) that the global batch splits evenly over processes and micro-batches."""
     for name, v in (("global_batch_size", global_batch_size), ("per_device_train_batch_size", per_device),
                     ("number of processes", world_size)):
@@ -226,17 +371,21 @@ def plan_batch(global_batch_size: int, per_device: int, world_size: int,
                 f"per_device_train_batch_size {per_device} × gradient_accumulation_steps {accumulation} × "
                 f"{world_size} process(es) = {per_step * max(accumulation, 0)}, not the global batch "
                 f"{global_batch_size}: leave gradient_accumulation_steps unset to derive it")
-        return BatchPlan(global_batch_size, per_device, accumulation, world_size)
+        return BatchSplit(global_batch_size, per_device, accumulation, world_size)
     if global_batch_size % per_step:
         fitting = [d for d in range(1, global_batch_size + 1) if global_batch_size % (d * world_size) == 0]
-        hint = f"per_device_train_batch_size in {fitting}" if fitting else "a global batch divisible by the process count"
+        hint = (f"per_device_train_batch_size in {fitting}" if fitting
+                else "a global batch divisible by the process count")
         raise TrainConfigError(
             f"global batch {global_batch_size} is not divisible by per_device_train_batch_size {per_device} × "
             f"{world_size} process(es) = {per_step}: choose {hint}")
-    return BatchPlan(global_batch_size, per_device, global_batch_size // per_step, world_size)
+    return BatchSplit(global_batch_size, per_device, global_batch_size // per_step, world_size)
 
 
-CPU_AUTO_MICRO_BATCH = 4  # per_device_train_batch_size auto: the largest on CPU, and where the memory plan cannot decide
+# per_device_train_batch_size auto: the micro-batches the memory plan weighs (`plan.choose_micro_batch`), and the
+# largest of them on CPU and where the memory plan cannot decide
+MICRO_BATCH_OPTIONS = (32, 16, 8, 4, 2, 1)
+CPU_AUTO_MICRO_BATCH = 4
 
 
 def micro_batch_is_auto(cfg: TrainConfig) -> bool:
@@ -244,17 +393,18 @@ def micro_batch_is_auto(cfg: TrainConfig) -> bool:
     return cfg.per_device_train_batch_size is None and cfg.gradient_accumulation_steps is None
 
 
-def split_batch(cfg: TrainConfig, world_size: int) -> BatchPlan:
+def split_batch(cfg: TrainConfig, world_size: int) -> BatchSplit:
     """`plan_batch` of `cfg` over `world_size` processes. With per_device_train_batch_size auto: the micro-batch
     that gradient_accumulation_steps gives where set; else, until the memory plan picks one (in the run before the
-    weights load, `Recipe.make_plan`), the largest of 4, 2, 1 that splits the batch."""
+    weights load, `Recipe.plan_memory`), the largest of 4, 2, 1 that splits the batch."""
     per_device = cfg.per_device_train_batch_size
     if per_device is None:
         per_step = cfg.global_batch_size // max(1, world_size)
         if cfg.gradient_accumulation_steps:
             per_device = max(1, per_step // max(1, cfg.gradient_accumulation_steps))
         else:
-            per_device = next((m for m in (CPU_AUTO_MICRO_BATCH, 2, 1) if m <= per_step and per_step % m == 0), 1)
+            per_device = next((m for m in MICRO_BATCH_OPTIONS
+                               if m <= min(per_step, CPU_AUTO_MICRO_BATCH) and per_step % m == 0), 1)
     return plan_batch(cfg.global_batch_size, per_device, world_size, cfg.gradient_accumulation_steps)
 
 
@@ -280,14 +430,14 @@ class Precision:
 
 
 @dataclass(frozen=True)
-class RunPlan:
+class RunSetup:
     """What the checks decided for this process count and device, before any model loads."""
 
-    batch: BatchPlan
+    batch: BatchSplit
     fsdp: bool
     precision: Precision
 
-    def with_micro_batch(self, per_device: int) -> "RunPlan":
+    def with_micro_batch(self, per_device: int) -> "RunSetup":
         """The same run with another micro-batch (what per_device_train_batch_size auto decides)."""
         batch = plan_batch(self.batch.global_batch_size, per_device, self.batch.world_size)
         return dataclasses.replace(self, batch=batch)
@@ -309,7 +459,7 @@ def check_lora(cfg: TrainConfig, world_size: int) -> None:
 ASSUMED_NATIVE = NativeBf16(True, "native bf16 assumed (no device read)")
 
 
-def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool, native: NativeBf16 = ASSUMED_NATIVE) -> RunPlan:
+def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool, native: NativeBf16 = ASSUMED_NATIVE) -> RunSetup:
     """Every check that needs the process count or the device, run before any model loads.
 
     `bf16` left unset (auto) is on where the device computes bf16 natively (`native`, read by
@@ -338,7 +488,7 @@ def check_run(cfg: TrainConfig, world_size: int, on_gpu: bool, native: NativeBf1
                           fp16=chosen.fp16)
     if precision.tf32 and not on_gpu:
         raise TrainConfigError("tf32 is a GPU setting: use tf32=auto or false on CPU")
-    return RunPlan(batch, fsdp, precision)
+    return RunSetup(batch, fsdp, precision)
 
 
 def validation_count(num_records: int, val_set_size: float) -> int:
@@ -407,7 +557,5 @@ def overrides(max_steps: int = -1, lora: bool = False, **values: Any) -> dict[st
 def train_args(preset_file: Path, settings: dict[str, Any], output_dir: str | os.PathLike,
                extra_args: str = "") -> list[str]:
     """The `alpaca_helpers.train` arguments for a preset, overriding settings, an output folder and extra flags."""
-    import shlex
-
     return (["--config", str(preset_file)] + [f"--{k}={v}" for k, v in settings.items()]
             + ["--output_dir", str(output_dir)] + shlex.split(extra_args))

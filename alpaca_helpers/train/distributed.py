@@ -18,13 +18,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
-
-import torch
-import torch.distributed as dist
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..files import atomic_folder, atomic_write_text
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 CHECKPOINT_PREFIX = "checkpoint-"
 _CHECKPOINT_RE = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
@@ -48,6 +48,8 @@ class DistEnv:
 def dist_env(force_cpu: bool = False) -> DistEnv:
     """Read rank and world size from the launcher's environment and pick this process's device
     (CPU when forced, when `accelerate launch --cpu` says so, or without CUDA)."""
+    import torch
+
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -86,6 +88,9 @@ def process_group_args(env: DistEnv, cpu_offload: bool = False,
 
 def init_distributed(env: DistEnv, cpu_offload: bool = False, minutes: float = DEFAULT_TIMEOUT_MINUTES) -> None:
     """Start the process group (`process_group_args`); a lone process gets a 1-rank group."""
+    import torch
+    import torch.distributed as dist
+
     if dist.is_initialized():
         return
     args = process_group_args(env, cpu_offload, minutes)
@@ -111,6 +116,8 @@ def set_collective_timeout(minutes: float) -> None:
     Collectives already started keep the timeout they started with: callers lower it only after a barrier
     (`collective_phase`), so no rank waits under the short limit for a rank still working alone.
     """
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         return
     from torch.distributed.distributed_c10d import _set_pg_timeout, _world
@@ -127,7 +134,8 @@ def _is_timeout(error: BaseException) -> bool:
 
 
 @contextmanager
-def collective_phase(what: str, minutes: float, setting: str, rank: int, barrier_after: bool = False) -> Iterator[None]:
+def collective_phase(what: str, minutes: float, setting: str, rank: int,
+                     barrier_after: bool = False) -> Iterator[None]:
     """Run a phase of training with its collectives limited to `minutes` (the `setting`'s value).
 
     A collective that waits longer ends the phase with a one-line `RankTimeoutError` naming the phase, this
@@ -135,6 +143,8 @@ def collective_phase(what: str, minutes: float, setting: str, rank: int, barrier
     (long phases, where one rank works alone): every rank leaves together, under the long limit, before
     any lowers it for the next phase.
     """
+    import torch.distributed as dist
+
     set_collective_timeout(minutes)
     try:
         yield
@@ -149,17 +159,24 @@ def collective_phase(what: str, minutes: float, setting: str, rank: int, barrier
 
 def close_process_group() -> None:
     """Destroy the process group (after a clean run only: see `recipe.train`)."""
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.barrier()
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Sum a few floats over all processes (identity for a single process)."""
+    import torch
+    import torch.distributed as dist
+
     if not dist.is_initialized():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
@@ -181,6 +198,8 @@ def find_layer_class(model: nn.Module, name: str | None = None) -> type[nn.Modul
     the classes that exist: in the original recipe it silently made FSDP wrap nothing). Without it, the
     model's `_no_split_modules` names it, or else the class repeated in the model's largest ModuleList.
     """
+    from torch import nn
+
     classes = {type(m).__name__: type(m) for m in model.modules()}
     if name:
         if name not in classes:
@@ -208,6 +227,7 @@ def shard_model(model: nn.Module, layer_cls: type[nn.Module], device: torch.devi
     they are gathered and computed in bf16 (fp16) and gradients are reduced in fp32. Returns the number of
     layer units.
     """
+    import torch
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
@@ -232,6 +252,7 @@ def load_model_for_sharding(model_path: str, dtype: torch.dtype, is_main: bool) 
     The node then holds one full copy of the weights instead of one per rank (8 × 28 GB for LLaMA-7B in
     fp32); `broadcast_weights` fills the other ranks' shards after `shard_model`.
     """
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if is_main:
@@ -248,6 +269,8 @@ def broadcast_weights(model: nn.Module, full_state: dict[str, torch.Tensor], dev
     With `cpu_offload` the other ranks' shards are made in CPU memory (where the offloaded shards live; the
     broadcast then runs over the gloo part of the process group) and their buffers on `device`.
     """
+    import torch
+    import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     if not is_main:  # real, uninitialised storage for the meta skeleton's shards
@@ -265,6 +288,7 @@ def broadcast_weights(model: nn.Module, full_state: dict[str, torch.Tensor], dev
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole model's weights gathered on rank 0 in CPU memory (empty dict on other ranks)."""
+    import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     if not dist.is_initialized():
@@ -323,6 +347,8 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
+    import torch
+
     state = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -377,6 +403,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, optimizer: torch.op
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                     rank: int) -> dict[str, Any]:
     """Restore what `save_checkpoint` wrote (in place) and return the trainer state (with `step`)."""
+    import torch
     import torch.distributed.checkpoint as dcp
     from safetensors.torch import load_file
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict

@@ -31,17 +31,28 @@ prints the table, and exits 1 if a check failed.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+# Here only the package's modules that load nothing outside the standard library: on a bare machine `main` must
+# reach its preflight (`missing_packages`). The others are imported inside the functions ("after the preflight").
+from ..cli import ArgumentParser
+from ..data import load_seed_tasks, save_alpaca
+from ..files import atomic_write_text
+from ..paths import resolve
+from ..prompts import format_prompt
+from .allocator import allocator_default
+from .distributed import close_process_group
 
 EXAMPLE_TOKENS = 480  # per record, prompt template included: fills most of a 512-token micro-batch row
 VOCABULARY = "llama-spm"  # LLaMA-1/2's tokenizer, shipped (`models.load_vocabulary`): huggyllama/llama-7b's own
@@ -101,13 +112,14 @@ def missing_packages(modules: dict[str, str] = REQUIRED_MODULES) -> list[str]:
         except ModuleNotFoundError as e:
             missing.append(package if e.name == module.split(".")[0] else f"{package} (needs {e.name})")
         except Exception as e:  # installed, but its own imports break (a wrong version beside it)
-            missing.append(f"{package} ({type(e).__name__}: {str(e).strip().splitlines()[0][:80] if str(e).strip() else ''})")
+            first_line = str(e).strip().splitlines()[0][:80] if str(e).strip() else ""
+            missing.append(f"{package} ({type(e).__name__}: {first_line})")
     return missing
 
 
 def load_tokenizer() -> Any:
     """The shipped LLaMA-1/2 tokenizer (`VOCABULARY`), read offline; no pad token, as the real model's."""
-    from ..models import load_vocabulary
+    from ..models import load_vocabulary  # noqa: PLC0415 - after the preflight
 
     tokenizer = load_vocabulary(VOCABULARY)
     tokenizer.model_max_length = 1_000_000  # the data maker tokenizes all seed text at once
@@ -117,7 +129,7 @@ def load_tokenizer() -> Any:
 def build_model(shape: Shape, folder: Path, device: str) -> Path:
     """A random-weight LLaMA of `shape` (LLaMA-7B's config otherwise) with the real LLaMA tokenizer, saved in
     bf16 safetensors as a plain HF folder (`rehearsal.small_llama`)."""
-    from .rehearsal import small_llama
+    from .rehearsal import small_llama  # noqa: PLC0415 - after the preflight
 
     # initialised on the GPU, in bf16 from the start (13.5 GB at 7B, not 27)
     small_llama(folder, vocabulary=VOCABULARY, dtype="bfloat16", device=device, hidden_size=shape.hidden,
@@ -130,9 +142,6 @@ def build_model(shape: Shape, folder: Path, device: str) -> Path:
 def build_data(tokenizer: Any, path: Path, count: int, tokens: int) -> Path:
     """`count` Alpaca records of about `tokens` tokens each (template included), half of them in the output:
     seed instructions with inputs and outputs cut from the seed tasks' text."""
-    from ..data import load_seed_tasks, save_alpaca
-    from ..prompts import format_prompt
-
     seeds = load_seed_tasks()
     stream = tokenizer(" ".join(f"{r['instruction']} {r['input']} {r['output']}" for r in seeds),
                        add_special_tokens=False)["input_ids"]
@@ -161,9 +170,13 @@ def planned(model_dir: Path, cfg: Any, world_size: int) -> Any:
     """The memory plan `train` makes for `cfg` on this machine (this device's memory)."""
     import torch
 
-    from .config import check_run
-    from .plan import load_model_shape
-    from .recipe import device_native_bf16, memory_budget_gib, memory_plan_for_run
+    from .config import check_run  # noqa: PLC0415 - after the preflight
+    from .plan import load_model_shape  # noqa: PLC0415 - after the preflight
+    from .recipe import (  # noqa: PLC0415 - after the preflight
+        device_native_bf16,
+        memory_budget_gib,
+        memory_plan_for_run,
+    )
 
     on_gpu = cfg.device != "cpu" and torch.cuda.is_available()
     device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
@@ -173,10 +186,9 @@ def planned(model_dir: Path, cfg: Any, world_size: int) -> Any:
 
 
 def micro_batch_that_fits(model_dir: Path, values: dict[str, Any], largest: int) -> int:
-    """The largest micro-batch (`largest`, or a smaller `plan.MICRO_BATCH_OPTIONS` one dividing the global
+    """The largest micro-batch (`largest`, or a smaller `config.MICRO_BATCH_OPTIONS` one dividing the global
     batch) whose plan fits this device; 1 when none does."""
-    from .config import make_config
-    from .plan import MICRO_BATCH_OPTIONS
+    from .config import MICRO_BATCH_OPTIONS, make_config  # noqa: PLC0415 - after the preflight
 
     for micro in sorted({largest, *(m for m in MICRO_BATCH_OPTIONS if m < largest)}, reverse=True):
         cfg = make_config(**values, per_device_train_batch_size=micro)
@@ -187,7 +199,7 @@ def micro_batch_that_fits(model_dir: Path, values: dict[str, Any], largest: int)
 
 def steady(out: Path, warmup: int = 1) -> dict[str, Any]:
     """`steady_figures` of a finished run's log."""
-    from .recipe import read_train_log
+    from .recipe import read_train_log  # noqa: PLC0415 - after the preflight
 
     return steady_figures(read_train_log(out / "train_log.jsonl"), warmup)
 
@@ -220,9 +232,9 @@ def measured_run(model_dir: Path, out: Path, values: dict[str, Any], steps: int,
     first `warmup` steps are left out of the speed."""
     import torch
 
-    from .config import make_config
-    from .plan import CUDA_OVERHEAD_GIB
-    from .recipe import train
+    from .config import make_config  # noqa: PLC0415 - after the preflight
+    from .plan import CUDA_OVERHEAD_GIB  # noqa: PLC0415 - after the preflight
+    from .recipe import train  # noqa: PLC0415 - after the preflight
 
     # max_steps one more than run: the schedule is a real run's, and no final model folder is written
     cfg = make_config(**values, model_name_or_path=str(model_dir), output_dir=str(out), max_steps=steps + 1,
@@ -254,7 +266,8 @@ def check_full(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str
     return measured_run(model, work / "full_run", {**values, "per_device_train_batch_size": micro}, sizes.full_steps)
 
 
-COMPILE_WARMUP_STEPS = 2  # step 1 compiles (dynamic shapes: once for all lengths); step 2 in case a new case recompiles
+# step 1 compiles (dynamic shapes: once for all lengths); step 2 in case a new case recompiles
+COMPILE_WARMUP_STEPS = 2
 
 
 def check_full_compiled(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
@@ -267,7 +280,8 @@ def check_full_compiled(sizes: Sizes, work: Path, tokenizer: Any, data: Path, de
     if device == "cpu":
         return {"skipped": "skipped on CPU (a minute of C++ compile, no MFU): tests/test_train_compile.py checks it",
                 "ok": True}
-    model = work / "full_model" if (work / "full_model").is_dir() else build_model(sizes.full, work / "full_model", device)
+    model = (work / "full_model" if (work / "full_model").is_dir()
+             else build_model(sizes.full, work / "full_model", device))
     values = full_values(sizes, data, device)
     micro = micro_batch_that_fits(model, values, sizes.full_micro)
     try:
@@ -286,8 +300,6 @@ def check_lora(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str
     try:
         return measured_run(model, work / "lora_run", values, sizes.lora_steps)
     finally:
-        import shutil
-
         shutil.rmtree(model, ignore_errors=True)  # 13.5 GB at 7B
 
 
@@ -295,10 +307,8 @@ def check_resume(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: s
     """Checkpoints, a stop, a resume and the final full-state save through FSDP on this device: the resumed log
     continues from the checkpoint, and the saved folder reloads with the pad token the run added and gives the
     live model's logits."""
-    from .config import make_config
-    from .recipe import read_train_log, train
-
-    import shutil
+    from .config import make_config  # noqa: PLC0415 - after the preflight
+    from .recipe import read_train_log, train  # noqa: PLC0415 - after the preflight
 
     model = build_model(sizes.notebook, work / "resume_model", device)
     out = work / "resume_run"
@@ -348,17 +358,19 @@ def reload_saved(out: Path) -> dict[str, Any]:
 
 
 def check_notebook(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
-    from ..course import NOTEBOOKS_DIR, run_notebook
+    from ..course import NOTEBOOKS_DIR, run_notebook  # noqa: PLC0415 - after the preflight
 
     model = build_model(sizes.notebook, work / "notebook_model", device)
     out = work / "notebook"
     started = time.perf_counter()
     run_notebook(NOTEBOOKS_DIR / "04_train.ipynb", out, {
         "gpus": 1 if device == "cuda" else 0, "model_name_or_path": str(model), "data_path": str(data),
-        "max_steps": 2, "model_max_length": sizes.model_max_length, "max_new_tokens": 8, "output_dir": str(out / "04"),
+        "max_steps": 2, "model_max_length": sizes.model_max_length, "max_new_tokens": 8,
+        "output_dir": str(out / "04"),
         "extra_args": "--global_batch_size 4 --per_device_train_batch_size 2 --val_set_size 0"}, progress=False)
     summary = json.loads((out / "04" / "summary.json").read_text())
-    return {"seconds": round(time.perf_counter() - started, 1), "steps": summary["steps"], "gpus": 1 if device == "cuda" else 0,
+    return {"seconds": round(time.perf_counter() - started, 1), "steps": summary["steps"],
+            "gpus": 1 if device == "cuda" else 0,
             "command": summary["command"], "final_loss": summary["final_loss"],
             "models_released": summary["models_released"], "ok": summary["steps"] == 2}
 
@@ -366,21 +378,24 @@ def check_notebook(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device:
 def check_two_processes(sizes: Sizes, work: Path, tokenizer: Any, data: Path, device: str) -> dict[str, Any]:
     import torch
 
-    from .launch import launch_command, run_streaming
+    from .launch import launch_command, run_streaming  # noqa: PLC0415 - after the preflight
 
     gpus = torch.cuda.device_count() if device == "cuda" else 0
     if device == "cuda" and gpus < 2:
         return {"skipped": f"{gpus} GPU on this machine: 2 processes need 2 GPUs", "ok": True}
-    model = work / "full_model" if (work / "full_model").is_dir() else build_model(sizes.full, work / "full_model", device)
+    model = (work / "full_model" if (work / "full_model").is_dir()
+             else build_model(sizes.full, work / "full_model", device))
     out = work / "two_processes"
     args = ["--model_name_or_path", str(model), "--data_path", str(data), "--output_dir", str(out),
             "--model_max_length", str(sizes.model_max_length), "--global_batch_size", str(sizes.full_batch),
-            "--per_device_train_batch_size", str(max(1, sizes.full_micro // 2)), "--max_steps", str(sizes.full_steps + 1),
+            "--per_device_train_batch_size", str(max(1, sizes.full_micro // 2)),
+            "--max_steps", str(sizes.full_steps + 1),
             "--stop_after_steps", str(sizes.full_steps), "--save_steps", "0", "--learning_rate", "1e-5"]
     run_streaming(launch_command(args, gpus=2 if gpus else 0, cpu_processes=2), echo=lambda line: None,
                   env={"OMP_NUM_THREADS": "1"} if not gpus else None)
     summary = json.loads((out / "train_summary.json").read_text())
-    result = {"world_size": summary["world_size"], "ranks_that_loaded_full_weights": summary["ranks_that_loaded_full_weights"],
+    result = {"world_size": summary["world_size"],
+              "ranks_that_loaded_full_weights": summary["ranks_that_loaded_full_weights"],
               "peak_memory_gib_per_rank": summary["peak_memory_gb_per_rank"], **steady(out)}
     result["ok"] = result["finite"] and summary["world_size"] == 2
     return result
@@ -392,11 +407,9 @@ CHECKS = {"full_fsdp_bf16": check_full, "full_fsdp_bf16_compiled": check_full_co
 
 def environment(device: str) -> dict[str, Any]:
     """Versions and the device, for the record."""
-    from importlib import metadata
-
     import torch
 
-    from .plan import peak_bf16_flops
+    from .plan import peak_bf16_flops  # noqa: PLC0415 - after the preflight
 
     name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "CPU"
     versions = {}
@@ -425,7 +438,8 @@ def markdown(report: dict[str, Any]) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in report["checks"].items():
         if "error" in r or "skipped" in r:
-            lines.append(f"| {name} | | | | | | | | | {r['check_seconds']:.0f} | {r.get('error') or r.get('skipped')} |")
+            lines.append(f"| {name} | | | | | | | | | {r['check_seconds']:.0f} | "
+                         f"{r.get('error') or r.get('skipped')} |")
             continue
         count = r.get("parameters")
         model = "" if count is None else f"{count / 1e9:.2f}B" if count >= 1e8 else f"{count / 1e6:.1f}M"
@@ -433,7 +447,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {name} | {model} | {batch} | {_cell(r.get('tokens_per_s'), ',.0f')} | "
                      f"{_cell(r.get('mfu'), '.1%')} | {_cell(r.get('peak_memory_gib'), '.2f')} | "
                      f"{_cell(r.get('peak_reserved_gib'), '.2f')} | {_cell(r.get('planned_gib'), '.2f')} | "
-                     f"{_cell(r.get('peak_over_plan'), '.2f')} | {r['check_seconds']:.0f} | {'ok' if r['ok'] else 'FAILED'} |")
+                     f"{_cell(r.get('peak_over_plan'), '.2f')} | {r['check_seconds']:.0f} | "
+                     f"{'ok' if r['ok'] else 'FAILED'} |")
     compiled = compile_line(report["checks"].get("full_fsdp_bf16"), report["checks"].get("full_fsdp_bf16_compiled"))
     return "\n".join(lines + ([""] + [compiled] if compiled else [])) + "\n"
 
@@ -459,9 +474,6 @@ def describe(error: Exception) -> str:
 def run_checks(out: Path, cpu: bool, only: list[str] | None = None) -> dict[str, Any]:
     """Every check (or `only` these), each recorded even when another fails; returns the report."""
     import torch
-
-    from ..files import atomic_write_text
-    from .distributed import close_process_group
 
     device = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
     sizes = CPU if device == "cpu" else GPU
@@ -493,17 +505,19 @@ def run_checks(out: Path, cpu: bool, only: list[str] | None = None) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alpaca_helpers.train.gpu_check", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m alpaca_helpers.train.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu", action="store_true", help="tiny shapes on CPU (gloo): what CI runs")
-    parser.add_argument("--out", default="runs/gpu_check", help="folder for gpu_check.json, gpu_check.md and the runs")
+    parser.add_argument("--out", default="runs/gpu_check",
+                        help="folder for gpu_check.json, gpu_check.md and the runs")
     parser.add_argument("--only", help=f"a comma list of checks ({', '.join(CHECKS)})")
     args = parser.parse_args(argv)
-    from .launch import allocator_default
 
-    os.environ.update(allocator_default(os.environ))  # as every launch has it (in-process runs here); before CUDA starts
+    # as every launch has it (in-process runs here); before CUDA starts
+    os.environ.update(allocator_default(os.environ))
     only = [c.strip() for c in args.only.split(",")] if args.only else None
     if only and not set(only) <= set(CHECKS):
-        print(f"error: unknown check(s) {sorted(set(only) - set(CHECKS))}; checks: {', '.join(CHECKS)}", file=sys.stderr)
+        print(f"error: unknown check(s) {sorted(set(only) - set(CHECKS))}; checks: {', '.join(CHECKS)}",
+              file=sys.stderr)
         return 2
     missing = missing_packages()  # first: a bare machine learns it in seconds, before any model is built
     if missing:
@@ -512,8 +526,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded; no waiting on an unreachable Hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from ..paths import resolve
-
     out = resolve(args.out)
     report = run_checks(out, args.cpu, only)
     print("\n" + markdown(report), flush=True)

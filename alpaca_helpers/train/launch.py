@@ -8,6 +8,7 @@ live and fails with the ranks' own `error:` line and the log tail, `read_log` lo
 from __future__ import annotations
 
 import collections
+import json
 import os
 import re
 import shlex
@@ -18,7 +19,22 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..paths import REPO_ROOT
+import numpy as np
+import pandas as pd
+from huggingface_hub import try_to_load_from_cache
+
+from ..cli import ArgumentParser
+from ..data import AlpacaFormatError, DataSourceError
+from ..files import atomic_write_text
+from ..models import load_model_config
+from ..paths import REPO_ROOT, cache_dir
+from ..precision import NativeBf16, native_bf16
+from .allocator import allocator_default
+from .batches import load_records
+from .config import check_run
+from .plan import PlanError, checkpoint_disk, format_plan, load_model_shape, refusal, suggestions, time_plan
+from .recipe import LOG_FILE, memory_budget_gib, memory_plan_for_run, read_train_log
+from .tokenize import check_tokenizer
 
 
 class LaunchError(RuntimeError):
@@ -53,9 +69,6 @@ def _hub_offline() -> bool:
 def has_weights(resolved: str) -> bool:
     """Whether safetensors weights of a model (a local folder or Hub name, as `models.resolve_model` gives it)
     are at hand: in the folder, in the Hub cache, or, online, on the Hub."""
-    import json
-
-    from huggingface_hub import try_to_load_from_cache
     from transformers.utils.hub import has_file
 
     offline = _hub_offline()
@@ -65,7 +78,8 @@ def has_weights(resolved: str) -> bool:
         return False
     if not offline:
         return True
-    index = Path(resolved) / WEIGHT_FILES[1] if Path(resolved).is_dir() else try_to_load_from_cache(resolved, WEIGHT_FILES[1])
+    index = (Path(resolved) / WEIGHT_FILES[1] if Path(resolved).is_dir()
+             else try_to_load_from_cache(resolved, WEIGHT_FILES[1]))
     shards = set(json.loads(Path(index).read_text())["weight_map"].values())
     return all(has_file(resolved, shard, local_files_only=True) for shard in shards)
 
@@ -75,14 +89,13 @@ def check_tokenizer_for(resolved: str, name: str, model_config: Any, prompt_form
     format, its size against the model's embeddings); a one-line `LaunchError` naming the tokenizer otherwise."""
     from transformers import AutoTokenizer
 
-    from .tokenize import check_tokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved)
     except (OSError, ValueError, TypeError, KeyError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LaunchError(f"model {name} (from {source}) has no tokenizer that loads here ({reason}); a model "
-                          "folder needs its tokenizer files (tokenizer.json or tokenizer.model) beside config.json") from None
+                          "folder needs its tokenizer files (tokenizer.json or tokenizer.model) beside config.json"
+                          ) from None
     where = f"the tokenizer of {name} ({type(tokenizer).__name__}, from {source})"
     try:
         check_tokenizer(tokenizer)
@@ -102,10 +115,6 @@ def check_inputs(config: Any, source: str = "the preset") -> int:
     at hand (a local folder or file, the Hugging Face caches, or the Hub when online), and the tokenizer can be
     trained on (`check_tokenizer_for`). Returns the number of records; anything missing or refused is a
     one-line `LaunchError` saying what and which parameter to set."""
-    from ..data import AlpacaFormatError, DataSourceError
-    from ..models import load_model_config
-    from .batches import load_records
-
     name = config.model_name_or_path
     other = ("set model_name_or_path to a local folder (papermill: -p model_name_or_path /path/to/model), or "
              "-p model_name_or_path default for the embedded 135M model")
@@ -142,9 +151,6 @@ DEFAULT_MULTI_MACHINE_PORT = 29500  # every machine must name the same port, so 
 
 def accelerate_config_file() -> Path:
     """Our accelerate config file (written once under the cache folder)."""
-    from ..files import atomic_write_text
-    from ..paths import cache_dir
-
     path = cache_dir() / "accelerate_launch.yaml"
     if not path.is_file() or path.read_text() != ACCELERATE_CONFIG:
         atomic_write_text(path, ACCELERATE_CONFIG)
@@ -164,20 +170,6 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-# group_by_length gives every micro-batch a new shape, so CUDA's caching allocator keeps carving blocks of new
-# sizes out of its segments: memory reserved but unused grows (fragmentation) until an OOM that
-# max_memory_allocated does not foresee. Expandable segments grow one mapping instead of adding fixed-size
-# segments; torchtitan's run_train.sh sets the same. torch 2.13 reads both names (the older one first for CUDA).
-ALLOCATOR_SETTING = "expandable_segments:True"
-ALLOCATOR_VARIABLES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
-
-
-def allocator_default(env: Mapping[str, str]) -> dict[str, str]:
-    """`{"PYTORCH_ALLOC_CONF": "expandable_segments:True"}`, or nothing where `env` already has an allocator
-    setting under either name (the user's, kept as it is)."""
-    return {} if any(name in env for name in ALLOCATOR_VARIABLES) else {"PYTORCH_ALLOC_CONF": ALLOCATOR_SETTING}
 
 
 def launch_environment(overrides: Mapping[str, str] | None = None,
@@ -208,7 +200,8 @@ def launch_command(train_args: Sequence[str], gpus: int = 0, cpu_processes: int 
     if num_machines < 1:
         raise LaunchError(f"num_machines must be >= 1, got {num_machines}")
     if not 0 <= machine_rank < num_machines:
-        raise LaunchError(f"machine_rank must be in 0..{num_machines - 1} for {num_machines} machine(s), got {machine_rank}")
+        raise LaunchError(
+            f"machine_rank must be in 0..{num_machines - 1} for {num_machines} machine(s), got {machine_rank}")
     if num_machines > 1 and not main_process_ip:
         raise LaunchError("several machines need main_process_ip: the address of machine_rank 0, which all can reach")
     if main_process_port is not None and not 0 < main_process_port < 65536:
@@ -283,10 +276,6 @@ def error_lines(lines: Sequence[str]) -> list[str]:
 
 def read_log(output_dir: str | os.PathLike) -> Any:
     """The per-step training log (`train_log.jsonl`) as a pandas DataFrame."""
-    import pandas as pd
-
-    from .recipe import LOG_FILE, read_train_log
-
     return pd.DataFrame(read_train_log(Path(output_dir) / LOG_FILE))  # a torn last line is left out
 
 
@@ -296,12 +285,13 @@ def total_processes(gpus: int, cpu_processes: int = 1, num_machines: int = 1) ->
     return (gpus or cpu_processes) * num_machines
 
 
-def launch_plan(config: Any, gpus: int, cpu_processes: int = 1, num_machines: int = 1,
-                gpu_memory_gb: float | None = None, num_examples: int | None = None, gpu_name: str | None = None,
-                gpu_bf16: bool | None = None, mfu: float = 0.35) -> str:
-    """The memory plan (`alpaca_helpers.train.plan`) of a run before it is launched, as `train` counts it: per GPU
-    against this machine's GPU memory; on CPU, per process against this machine's RAM. The batch is split over
-    all processes of all machines. With `num_examples`, on GPUs, also the time projection at `mfu`.
+def launch_summary(config: Any, gpus: int, cpu_processes: int = 1, num_machines: int = 1,
+                   gpu_memory_gb: float | None = None, num_examples: int | None = None, gpu_name: str | None = None,
+                   gpu_bf16: bool | None = None, mfu: float = 0.35) -> str:
+    """The launch summary: what a run will take, before it is launched. Its memory plan (`alpaca_helpers.train.plan`)
+    as `train` counts it: per GPU against this machine's GPU memory; on CPU, per process against this machine's
+    RAM. The batch is split over all processes of all machines. Then the checkpoints' disk and, with
+    `num_examples`, on GPUs, the time projection at `mfu`.
 
     `gpu_memory_gb`, `gpu_name` and `gpu_bf16` describe GPUs this machine does not have (planning ahead);
     unset, this machine's. Reads only the model's config.json (and its tokenizer when at hand). With
@@ -313,11 +303,6 @@ def launch_plan(config: Any, gpus: int, cpu_processes: int = 1, num_machines: in
     """
     import torch
 
-    from ..precision import NativeBf16, native_bf16
-    from .config import check_run
-    from .plan import PlanError, checkpoint_disk, format_plan, load_model_shape, refusal, suggestions, time_plan
-    from .recipe import memory_budget_gib, memory_plan_for_run, plan_fixed
-
     world = total_processes(gpus, cpu_processes, num_machines)
     if gpu_bf16 is None:
         native = native_bf16("cuda" if gpus > 0 else "cpu")
@@ -325,13 +310,14 @@ def launch_plan(config: Any, gpus: int, cpu_processes: int = 1, num_machines: in
         native = NativeBf16(gpu_bf16, "as given for the planned GPUs")
     run = check_run(config, world, on_gpu=gpus > 0, native=native)
     if gpu_memory_gb is None:
-        gpu_memory_gb = memory_budget_gib(torch.device("cuda", 0) if gpus else torch.device("cpu"), world // num_machines)
+        device = torch.device("cuda", 0) if gpus else torch.device("cpu")
+        gpu_memory_gb = memory_budget_gib(device, world // num_machines)
     if gpus and gpu_name is None and torch.cuda.is_available():
         gpu_name = torch.cuda.get_device_name(0)
     shape = load_model_shape(config.model_name_or_path)
     memory = memory_plan_for_run(config, shape, run, world, num_machines, gpu_memory_gb, "gpu" if gpus else "cpu",
                                  gpu_name if gpus else None)
-    advice = suggestions(shape, memory, **plan_fixed(config, run))
+    advice = suggestions(shape, memory)
     disk = checkpoint_disk(memory, config.save_total_limit, 2 if config.save_dtype == "bfloat16" else 4)
     timing = None
     if gpus and num_examples and gpu_name:
@@ -352,8 +338,6 @@ def epoch_mean_loss(log: Any) -> Any:
 
     The epoch means show the trend without the batch-to-batch noise of single steps.
     """
-    import numpy as np
-
     epoch = np.ceil(log["epoch"].round(4) - 1e-9).astype(int).clip(lower=1).rename("epoch")
     return log.groupby(epoch).agg(loss=("loss", "mean"), first_step=("step", "min"), last_step=("step", "max"))
 
@@ -361,9 +345,7 @@ def epoch_mean_loss(log: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """`python -m alpaca_helpers.train.launch [launch options] -- <train flags>`: print the launch command
     and run it in place of this process (one per machine under SLURM: `scripts/slurm_train.sbatch`)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m alpaca_helpers.train.launch",
         description="Start alpaca_helpers.train under `accelerate launch` on this machine; the flags after "
                     "`--` go to the training script.")

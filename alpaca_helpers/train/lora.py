@@ -8,11 +8,13 @@ merged, in fp32, into the base weights so that the saved model is an ordinary Hu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
+from ..files import atomic_folder
 from .config import TrainConfig, TrainConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ADAPTER_DIR = "adapter"
 
@@ -25,6 +27,8 @@ def target_modules(spec: str) -> str | list[str]:
 
 def linear_module_names(model: nn.Module) -> list[str]:
     """The distinct short names of the model's linear layers (what `lora_target_modules` may name)."""
+    from torch import nn
+
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
 
 
@@ -61,8 +65,6 @@ def save_adapter_and_merge(model: Any, out: Path) -> nn.Module:
     fp32 cannot bring back. The CPU holds the fp32 copy (27 GB for LLaMA-7B) where a small GPU could not.
     """
     import torch
-
-    from ..files import atomic_folder
 
     with atomic_folder(out / ADAPTER_DIR) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

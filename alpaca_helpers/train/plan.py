@@ -31,7 +31,8 @@ input is kept, plus one layer's activations while it is recomputed. The total is
 upper bound, since gradients grow while activations are freed.
 
 The time projection adds FSDP's communication (per micro-batch two all-gathers of the bf16 weights, and a
-reduce-scatter of the fp32 gradients at each sync) at the nominal bandwidth of the GPUs' links (`GPUS`, by exact device name).
+reduce-scatter of the fp32 gradients at each sync) at the nominal bandwidth of the GPUs' links (`GPUS`, by exact
+device name).
 
 `per_device_train_batch_size: auto` (the GPU presets' default) is decided here (`choose_micro_batch`): of the
 micro-batches that split the global batch, the one with the least FSDP traffic per step among those whose plan
@@ -46,12 +47,26 @@ import json
 import math
 import re
 import sys
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from ..cli import ArgumentParser
+from ..models import load_model_config
+from .config import (
+    CONFIGS_DIR,
+    MICRO_BATCH_OPTIONS,
+    BatchSplit,
+    TrainConfig,
+    TrainConfigError,
+    load_preset,
+    make_config,
+    plan_batch,
+)
+from .distributed import find_layer_class
+from .tokenize import resized_rows
 
-from .config import CONFIGS_DIR, TrainConfigError, load_preset, make_config, plan_batch
+if TYPE_CHECKING:
+    from torch import nn
 
 GIB = 2**30
 SHIPPED_CONFIGS = CONFIGS_DIR / "models"  # config.json of Hub models the presets name, for planning offline
@@ -114,11 +129,11 @@ GPUS = (
 # trained (the response). Assumptions, printed as such; measure your data with notebook 03.
 TOKENS_PER_EXAMPLE = 150.0
 TRAINED_FRACTION = 0.5
-MICRO_BATCH_OPTIONS = (32, 16, 8, 4, 2, 1)
 # per_device_train_batch_size auto keeps 10% of a device's memory free: the plan is an estimate, and memory the
 # caching allocator reserves but cannot use (fragmentation) is not in it.
 AUTO_MEMORY_MARGIN = 0.10
-# auto on CPU considers micro-batches of at most 4 (`config.CPU_AUTO_MICRO_BATCH`): a CPU computes no faster on larger ones.
+# auto on CPU considers micro-batches of at most 4 (`config.CPU_AUTO_MICRO_BATCH`): a CPU computes no faster on
+# larger ones.
 
 
 class PlanError(ValueError):
@@ -177,7 +192,9 @@ def link_bandwidth(device_name: str, num_machines: int = 1) -> tuple[float, str]
     if spec is None:
         return None
     if num_machines > 1:
-        return None if spec.between is None else (spec.between, f"InfiniBand {spec.between * 8 / 1e9:.0f} Gb/s per GPU")
+        if spec.between is None:
+            return None
+        return spec.between, f"InfiniBand {spec.between * 8 / 1e9:.0f} Gb/s per GPU"
     return spec.link, ("PCIe" if spec.link < 100e9 else "NVLink") + f" {spec.link / 1e9:.0f} GB/s per direction"
 
 
@@ -227,7 +244,7 @@ class ModelShape:
 
 def model_shape(model: nn.Module) -> ModelShape:
     """Count a model's parameters by decoder layer and the rest (the units `train_dist.shard_model` shards)."""
-    from .distributed import find_layer_class
+    from torch import nn
 
     layer_cls = find_layer_class(model)
     layers = [m for m in model.modules() if isinstance(m, layer_cls)]
@@ -259,8 +276,6 @@ def load_model_shape(name_or_folder: str) -> ModelShape:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..models import load_model_config
-
     try:
         resolved, config = load_model_config(name_or_folder)
     except FileNotFoundError as e:
@@ -290,8 +305,6 @@ def _tokenizer_or_none(resolved: str) -> Any:
 def trained_vocab(rows: int, tokenizer: Any = None) -> int:
     """Embedding rows during training: grown by a pad token (to a multiple of 64) when the tokenizer has none,
     as `tokenize.ensure_pad_token` does; with no tokenizer (None), assumed so: an upper bound."""
-    from .tokenize import resized_rows
-
     if tokenizer is not None and tokenizer.pad_token_id is not None:
         return rows
     return resized_rows(rows, (len(tokenizer) if tokenizer is not None else rows) + 1)
@@ -347,23 +360,90 @@ def activation_bytes_per_token(shape: ModelShape, compute_bytes: int, checkpoint
     return shape.layers * layer + final_norm
 
 
+@dataclass(frozen=True, kw_only=True)
+class PlanSettings:
+    """Every setting the memory plan needs besides the model's shape, checked when made (`PlanError`, one line).
+
+    Made once: from a training config (`from_config`) or the plan command's flags (`settings_from_args`); a
+    variant (another micro-batch, more GPUs) is `dataclasses.replace(settings, ...)`, checked again.
+    """
+
+    world_size: int  # processes over all machines
+    gpu_memory_gb: float  # what one process may hold, GiB: its GPU's memory, or on CPU its share of the RAM
+    global_batch_size: int
+    model_max_length: int
+    per_device: int | None = None  # the micro-batch; None: auto, `choose_micro_batch` picks it
+    num_machines: int = 1
+    activation_checkpointing: bool = False
+    cpu_offload: bool = False
+    lora: bool = False
+    lora_r: int = 16
+    lora_targets: str = "all-linear"
+    lora_dropout: float = 0.05
+    bf16: bool = True  # 2-byte compute (bf16, or fp16: `with_loss_scaler`); False: fp32
+    sync_every_micro_batch: bool | None = None  # None: auto, `memory_plan` decides
+    fsdp: str = "auto"  # as set (auto, full_shard, off): `memory_plan` decides for `world_size` as `check_run` does
+    trained_fraction: float = TRAINED_FRACTION
+    model: str = ""  # the model's name, for messages
+    device: str = "gpu"  # "gpu", or "cpu": processes against RAM, no CUDA context
+
+    def __post_init__(self) -> None:
+        if self.device not in ("gpu", "cpu"):
+            raise PlanError(f"device must be gpu or cpu, got {self.device!r}")
+        if self.world_size < 1:
+            raise PlanError(f"the number of GPUs must be >= 1, got {self.world_size}")
+        if self.gpu_memory_gb <= 0:
+            raise PlanError(f"gpu_memory_gb must be > 0, got {self.gpu_memory_gb}")
+        if self.model_max_length < 1:
+            raise PlanError(f"model_max_length must be >= 1, got {self.model_max_length}")
+        if not 0 < self.trained_fraction <= 1:
+            raise PlanError(f"trained_fraction must be in (0, 1], got {self.trained_fraction}")
+        self.batch_split()  # auto (None) needs the global batch to split over the processes at 1 per device
+        if self.lora and (self.world_size > 1 or self.cpu_offload or self.fsdp == "full_shard"):
+            raise PlanError(f"lora runs on a single process without FSDP here, not {self.world_size} {self.unit}"
+                            + (" with cpu_offload" if self.cpu_offload else "") + ": plan 1 GPU, or full fine-tuning")
+        if self.world_size > 1 and self.fsdp == "off":
+            raise PlanError("fsdp=off needs a single process: several processes always shard")
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, world_size: int, *, gpu_memory_gb: float, per_device: int | None,
+                    bf16: bool, num_machines: int = 1, device: str = "gpu") -> PlanSettings:
+        """The settings of a run of `cfg` over `world_size` processes. The run's checks decide `per_device`
+        (None: auto) and `bf16` (2-byte compute: bf16 or fp16)."""
+        return cls(world_size=world_size, gpu_memory_gb=gpu_memory_gb, global_batch_size=cfg.global_batch_size,
+                   model_max_length=cfg.model_max_length, per_device=per_device, num_machines=num_machines,
+                   activation_checkpointing=cfg.activation_checkpointing, cpu_offload=cfg.cpu_offload, lora=cfg.lora,
+                   lora_r=cfg.lora_r, lora_targets=cfg.lora_target_modules, lora_dropout=cfg.lora_dropout, bf16=bf16,
+                   sync_every_micro_batch=cfg.reduce_scatter_every_micro_batch, fsdp=cfg.fsdp,
+                   model=cfg.model_name_or_path, device=device)
+
+    @property
+    def unit(self) -> str:
+        """What the run's processes are, in words: GPUs, or CPU processes."""
+        return "GPU(s)" if self.device == "gpu" else "process(es)"
+
+    def batch_split(self) -> BatchSplit:
+        """The global batch split over the processes (`config.plan_batch`; auto: at 1 per device)."""
+        try:
+            return plan_batch(self.global_batch_size, 1 if self.per_device is None else self.per_device,
+                              self.world_size)
+        except TrainConfigError as e:
+            raise PlanError(str(e)) from None
+
+
+def _setting(name: str) -> Any:
+    """A plan's read-only view of one of its settings."""
+    return property(lambda plan: getattr(plan.settings, name), doc=f"`PlanSettings.{name}`")
+
+
 @dataclass
 class Plan:
     """Per-device memory (GiB), whether it fits, and the run's shape. `components_gib` sums to `per_device_gb`."""
 
-    model: str
-    world_size: int
-    num_machines: int
-    gpu_memory_gb: float
-    per_device: int
+    settings: PlanSettings  # what the plan was made for (its micro-batch among them)
     accumulation: int
-    global_batch_size: int
-    model_max_length: int
     mode: str  # "full, FSDP over N GPU(s)" (or "process(es)" on CPU), "full, one process without FSDP", "LoRA ..."
-    bf16: bool
-    activation_checkpointing: bool
-    cpu_offload: bool
-    sync_every_micro_batch: bool
+    sync_every_micro_batch: bool  # as decided (`settings.sync_every_micro_batch` auto: by the plan)
     parameters: int
     trainable_parameters: int
     components_gib: dict[str, float] = field(default_factory=dict)
@@ -372,7 +452,6 @@ class Plan:
     per_device_gb: float = 0.0  # GiB (2^30 bytes), as GPU memory sizes are
     fits: bool = False
     fsdp: bool = False
-    sync_setting: bool | None = None  # as asked: True, False, or None (auto: the plan chose)
     sync_reason: str = ""
     weights_bytes: int = 0  # per rank, exact, for checks against a real run
     gradients_bytes: int = 0
@@ -380,90 +459,80 @@ class Plan:
     accumulation_gradients_bytes: int = 0
     root_gradient_bytes: int = 0  # the root unit's unsharded gradients + their fp32 reduce-scatter buffer
     layer_gradient_bytes: int = 0  # the same for one decoder layer
-    device: str = "gpu"  # "gpu", or "cpu": processes against RAM, no CUDA context
     fp16: bool = False  # the 2-byte compute (`bf16` True) is fp16 with a loss scaler (`with_loss_scaler`)
     micro_batch_reason: str = ""  # per_device_train_batch_size auto: what was chosen and why (`choose_micro_batch`)
 
-    @property
-    def unit(self) -> str:
-        """What the run's processes are, in words: GPUs, or CPU processes."""
-        return "GPU(s)" if self.device == "gpu" else "process(es)"
+    model = _setting("model")
+    world_size = _setting("world_size")
+    num_machines = _setting("num_machines")
+    gpu_memory_gb = _setting("gpu_memory_gb")
+    per_device = _setting("per_device")
+    global_batch_size = _setting("global_batch_size")
+    model_max_length = _setting("model_max_length")
+    bf16 = _setting("bf16")
+    activation_checkpointing = _setting("activation_checkpointing")
+    cpu_offload = _setting("cpu_offload")
+    sync_setting = _setting("sync_every_micro_batch")  # as asked: True, False, or None (auto: the plan chose)
+    device = _setting("device")
+    unit = _setting("unit")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The plan as one flat record (what `python -m alpaca_helpers.train.plan --json` prints)."""
+        return {name: getattr(self, name) for name in RECORD_FIELDS}
 
 
-def memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, per_device: int, global_batch_size: int,
-                model_max_length: int, activation_checkpointing: bool = False, cpu_offload: bool = False,
-                lora: bool = False, lora_r: int = 16, lora_targets: str = "all-linear", lora_dropout: float = 0.05,
-                bf16: bool = True, sync_every_micro_batch: bool | None = None, fsdp: str = "auto",
-                num_machines: int = 1, trained_fraction: float = TRAINED_FRACTION, model: str = "",
-                device: str = "gpu") -> Plan:
+# The order of `Plan.as_dict`'s keys.
+RECORD_FIELDS = (
+    "model", "world_size", "num_machines", "gpu_memory_gb", "per_device", "accumulation", "global_batch_size",
+    "model_max_length", "mode", "bf16", "activation_checkpointing", "cpu_offload", "sync_every_micro_batch",
+    "parameters", "trainable_parameters", "components_gib", "activations_other_gib", "cpu_memory_per_machine_gib",
+    "per_device_gb", "fits", "fsdp", "sync_setting", "sync_reason", "weights_bytes", "gradients_bytes",
+    "optimizer_bytes", "accumulation_gradients_bytes", "root_gradient_bytes", "layer_gradient_bytes", "device",
+    "fp16", "micro_batch_reason",
+)
+
+
+def memory_plan(shape: ModelShape, settings: PlanSettings) -> Plan:
     """What each device holds during a run of `alpaca_helpers.train` configured so (see the module docstring).
 
-    `device` "cpu" plans CPU processes against RAM (`gpu_memory_gb` is then each process's share of it): the
-    same tensors, no CUDA context.
+    `settings.device` "cpu" plans CPU processes against RAM (`gpu_memory_gb` is then each process's share of it):
+    the same tensors, no CUDA context. The micro-batch must be set (auto is `choose_micro_batch`'s).
 
     `sync_every_micro_batch` None (auto) reduce-scatters once per step where the unsharded fp32 gradients fit
     beside the rest, else after every micro-batch; `sync_reason` says which and why.
     """
-    settings = dict(world_size=world_size, gpu_memory_gb=gpu_memory_gb, per_device=per_device,
-                    global_batch_size=global_batch_size, model_max_length=model_max_length,
-                    activation_checkpointing=activation_checkpointing, cpu_offload=cpu_offload, lora=lora,
-                    lora_r=lora_r, lora_targets=lora_targets, lora_dropout=lora_dropout, bf16=bf16, fsdp=fsdp,
-                    num_machines=num_machines, trained_fraction=trained_fraction, model=model, device=device)
-    if sync_every_micro_batch is not None:
-        plan = _memory_plan(shape, sync_every_micro_batch=sync_every_micro_batch, **settings)
-        return replace(plan, sync_setting=sync_every_micro_batch,
-                       sync_reason=f"set: reduce_scatter_every_micro_batch={str(sync_every_micro_batch).lower()}")
-    once = _memory_plan(shape, sync_every_micro_batch=False, **settings)
+    if settings.per_device is None:
+        raise PlanError("memory_plan needs a micro-batch (per_device); auto is choose_micro_batch's")
+    asked = settings.sync_every_micro_batch
+    if asked is not None:
+        return replace(_memory_plan(shape, settings, asked),
+                       sync_reason=f"set: reduce_scatter_every_micro_batch={str(asked).lower()}")
+    once = _memory_plan(shape, settings, False)
     if not once.fsdp or once.accumulation == 1:
         reason = "no FSDP" if not once.fsdp else "one micro-batch per step"
-        return replace(_memory_plan(shape, sync_every_micro_batch=True, **settings), sync_setting=None,
-                       sync_reason=f"auto: {reason}")
+        return replace(_memory_plan(shape, settings, True), sync_reason=f"auto: {reason}")
     kept = once.components_gib["accumulated unsharded gradients"]
     if once.fits:
-        return replace(once, sync_setting=None,
-                       sync_reason=f"auto: the unsharded fp32 gradients ({kept:.1f} GiB) fit "
-                                   f"({once.per_device_gb:.1f} of {gpu_memory_gb:.3g} GiB), and one reduce-scatter per "
-                                   f"step instead of {once.accumulation} moves less")
-    every = _memory_plan(shape, sync_every_micro_batch=True, **settings)
-    return replace(every, sync_setting=None,
-                   sync_reason=f"auto: keeping the unsharded fp32 gradients ({kept:.1f} GiB) would need "
-                               f"{once.per_device_gb:.1f} of {gpu_memory_gb:.3g} GiB")
+        return replace(once, sync_reason=f"auto: the unsharded fp32 gradients ({kept:.1f} GiB) fit "
+                                         f"({once.per_device_gb:.1f} of {settings.gpu_memory_gb:.3g} GiB), and one "
+                                         f"reduce-scatter per step instead of {once.accumulation} moves less")
+    every = _memory_plan(shape, settings, True)
+    return replace(every, sync_reason=f"auto: keeping the unsharded fp32 gradients ({kept:.1f} GiB) would need "
+                                      f"{once.per_device_gb:.1f} of {settings.gpu_memory_gb:.3g} GiB")
 
 
-def _memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, per_device: int, global_batch_size: int,
-                 model_max_length: int, activation_checkpointing: bool, cpu_offload: bool, lora: bool, lora_r: int,
-                 lora_targets: str, lora_dropout: float, bf16: bool, sync_every_micro_batch: bool, fsdp: str,
-                 num_machines: int, trained_fraction: float, model: str, device: str) -> Plan:
+def _memory_plan(shape: ModelShape, s: PlanSettings, sync_every_micro_batch: bool) -> Plan:
     """`memory_plan` with the gradient sync decided."""
-    if device not in ("gpu", "cpu"):
-        raise PlanError(f"device must be gpu or cpu, got {device!r}")
-    unit = "GPU(s)" if device == "gpu" else "process(es)"
-    if world_size < 1:
-        raise PlanError(f"the number of GPUs must be >= 1, got {world_size}")
-    if gpu_memory_gb <= 0:
-        raise PlanError(f"gpu_memory_gb must be > 0, got {gpu_memory_gb}")
-    if model_max_length < 1:
-        raise PlanError(f"model_max_length must be >= 1, got {model_max_length}")
-    if not 0 < trained_fraction <= 1:
-        raise PlanError(f"trained_fraction must be in (0, 1], got {trained_fraction}")
-    try:
-        batch = plan_batch(global_batch_size, per_device, world_size)
-    except TrainConfigError as e:
-        raise PlanError(str(e)) from None
-    if lora and (world_size > 1 or cpu_offload or fsdp == "full_shard"):
-        raise PlanError(f"lora runs on a single process without FSDP here, not {world_size} {unit}"
-                        + (" with cpu_offload" if cpu_offload else "") + ": plan 1 GPU, or full fine-tuning")
-    use_fsdp = not lora and (world_size > 1 or cpu_offload or fsdp == "full_shard")
-    if world_size > 1 and fsdp == "off":
-        raise PlanError("fsdp=off needs a single process: several processes always shard")
-    c = 2 if bf16 else 4  # compute dtype bytes
+    batch = s.batch_split()
+    use_fsdp = not s.lora and (s.world_size > 1 or s.cpu_offload or s.fsdp == "full_shard")
+    c = 2 if s.bf16 else 4  # compute dtype bytes
     n = shape.parameters
     tensors = len(shape.shapes)
     comp: dict[str, float] = {}
     root_grads = layer_grads = 0
-    if lora:
-        adapted = lora_targets_in_layer(shape, lora_targets)
-        trainable = shape.layers * sum(lora_r * (i + o) for _, i, o in adapted)
+    if s.lora:
+        adapted = lora_targets_in_layer(shape, s.lora_targets)
+        trainable = shape.layers * sum(s.lora_r * (i + o) for _, i, o in adapted)
         adapters = trainable * 4
         weights = n * c + adapters  # the frozen base in the compute dtype (fp32 without bf16), fp32 adapters
         grads = adapters
@@ -473,57 +542,55 @@ def _memory_plan(shape: ModelShape, *, world_size: int, gpu_memory_gb: float, pe
     else:
         trainable = n
         lora_in = 0
-        held = shard_elements(shape.shapes, world_size) if use_fsdp else n
+        held = shard_elements(shape.shapes, s.world_size) if use_fsdp else n
         weights, grads = held * 4, held * 4
         optim = 2 * held * 4 + 4 * tensors  # exp_avg, exp_avg_sq, and a float32 step per tensor
         if use_fsdp:  # gathered compute copies: the root unit, the current and the prefetched layer
             working = (shape.root_elements + 2 * shape.layer_elements) * c
             # backward: a unit's unsharded gradients (compute dtype) and the fp32 buffer they are copied into for
             # the reduce-scatter (padded to a multiple of the ranks), for the root unit and one layer at a time
-            root_grads = shape.root_elements * c + shard_elements(list(shape.root_shapes), world_size) * world_size * 4
-            layer_grads = shape.layer_elements * c + shard_elements(list(shape.layer_shapes), world_size) * world_size * 4
+            root_grads = (shape.root_elements * c
+                          + shard_elements(list(shape.root_shapes), s.world_size) * s.world_size * 4)
+            layer_grads = (shape.layer_elements * c
+                           + shard_elements(list(shape.layer_shapes), s.world_size) * s.world_size * 4)
         else:  # autocast's bf16 copies of the weights used in matmuls (the embedding lookup is not one)
-            working = (n - (shape.embedding if shape.head else 0)) * c if bf16 else 0
+            working = (n - (shape.embedding if shape.head else 0)) * c if s.bf16 else 0
     accumulation_grads = n * 4 if (use_fsdp and not sync_every_micro_batch and batch.accumulation > 1) else 0
-    tokens = per_device * model_max_length
+    tokens = batch.per_device * s.model_max_length
 
     def activations(checkpointing: bool) -> float:
-        per_token = activation_bytes_per_token(shape, c, checkpointing, lora_in, lora_r if lora else 0,
-                                               lora_dropout > 0, len(adapted) if lora else 0)
-        logits = trained_fraction * tokens * shape.vocab * (c + 4 + 4)  # logits, fp32 copy, log-softmax
+        per_token = activation_bytes_per_token(shape, c, checkpointing, lora_in, s.lora_r if s.lora else 0,
+                                               s.lora_dropout > 0, len(adapted) if s.lora else 0)
+        logits = s.trained_fraction * tokens * shape.vocab * (c + 4 + 4)  # logits, fp32 copy, log-softmax
         return tokens * per_token + logits
 
-    on_gpu = not cpu_offload
+    on_gpu = not s.cpu_offload
     comp["weights"] = weights / GIB if on_gpu else 0.0
     comp["gradients"] = grads / GIB if on_gpu else 0.0
     comp["optimizer state"] = optim / GIB if on_gpu else 0.0
     comp["accumulated unsharded gradients"] = accumulation_grads / GIB
     comp["gathered / autocast weight copies"] = working / GIB
     comp["unsharded gradients + reduce-scatter buffers"] = (root_grads + layer_grads) / GIB
-    comp["activations"] = activations(activation_checkpointing) / GIB
-    comp["CUDA context and allocator slack"] = CUDA_OVERHEAD_GIB if device == "gpu" else 0.0
+    comp["activations"] = activations(s.activation_checkpointing) / GIB
+    comp["CUDA context and allocator slack"] = CUDA_OVERHEAD_GIB if s.device == "gpu" else 0.0
     total = sum(comp.values())
-    per_machine = world_size // num_machines if world_size % num_machines == 0 else world_size
+    per_machine = s.world_size // s.num_machines if s.world_size % s.num_machines == 0 else s.world_size
     # Host RAM per machine: rank 0 (one process per machine holds it) loads the full weights on CPU; with
     # cpu_offload the machine's ranks also keep their shards, gradients and AdamW state there.
-    loading = n * (c if lora else 4)
-    offloaded = (weights + grads + optim) * per_machine if cpu_offload else 0
-    host = max(loading + weights * per_machine if cpu_offload else loading, offloaded)
-    mode = "LoRA (frozen base, one process)" if lora else (
-        f"full, FSDP over {world_size} {unit}" if use_fsdp else "full, one process without FSDP")
-    return Plan(model=model, world_size=world_size, num_machines=num_machines, gpu_memory_gb=gpu_memory_gb,
-                per_device=batch.per_device, accumulation=batch.accumulation, global_batch_size=global_batch_size,
-                model_max_length=model_max_length, mode=mode, bf16=bf16,
-                activation_checkpointing=activation_checkpointing, cpu_offload=cpu_offload,
-                sync_every_micro_batch=sync_every_micro_batch, parameters=n, trainable_parameters=trainable,
+    loading = n * (c if s.lora else 4)
+    offloaded = (weights + grads + optim) * per_machine if s.cpu_offload else 0
+    host = max(loading + weights * per_machine if s.cpu_offload else loading, offloaded)
+    mode = "LoRA (frozen base, one process)" if s.lora else (
+        f"full, FSDP over {s.world_size} {s.unit}" if use_fsdp else "full, one process without FSDP")
+    return Plan(settings=s, accumulation=batch.accumulation, mode=mode, sync_every_micro_batch=sync_every_micro_batch,
+                parameters=n, trainable_parameters=trainable,
                 components_gib={k: round(v, 3) for k, v in comp.items()},
-                activations_other_gib=round(activations(not activation_checkpointing) / GIB, 3),
+                activations_other_gib=round(activations(not s.activation_checkpointing) / GIB, 3),
                 cpu_memory_per_machine_gib=round(host / GIB, 3),
-                per_device_gb=round(total, 3), fits=total <= gpu_memory_gb, fsdp=use_fsdp,
-                sync_setting=sync_every_micro_batch,
+                per_device_gb=round(total, 3), fits=total <= s.gpu_memory_gb, fsdp=use_fsdp,
                 weights_bytes=int(weights), gradients_bytes=int(grads), optimizer_bytes=int(optim),
                 accumulation_gradients_bytes=int(accumulation_grads), root_gradient_bytes=int(root_grads),
-                layer_gradient_bytes=int(layer_grads), device=device)
+                layer_gradient_bytes=int(layer_grads))
 
 
 def with_loss_scaler(plan: Plan) -> Plan:
@@ -537,47 +604,37 @@ def compute_name(plan: Plan) -> str:
     return "fp16" if plan.fp16 else "bf16" if plan.bf16 else "fp32"
 
 
-def _settings(plan: Plan) -> dict[str, Any]:
-    return dict(world_size=plan.world_size, gpu_memory_gb=plan.gpu_memory_gb, per_device=plan.per_device,
-                global_batch_size=plan.global_batch_size, model_max_length=plan.model_max_length,
-                activation_checkpointing=plan.activation_checkpointing, cpu_offload=plan.cpu_offload,
-                bf16=plan.bf16, sync_every_micro_batch=plan.sync_setting, num_machines=plan.num_machines,
-                device=plan.device)
-
-
-def suggestions(shape: ModelShape, plan: Plan, **fixed: Any) -> list[dict[str, Any]]:
+def suggestions(shape: ModelShape, plan: Plan) -> list[dict[str, Any]]:
     """When `plan` does not fit: the changes that make it fit, one at a time, each with its per-device GiB.
 
     In order: activation checkpointing, a smaller micro-batch (the accumulation is re-derived), more GPUs,
-    CPU offload, LoRA (one GPU). `fixed`: the other `memory_plan` arguments the plan was made with.
+    CPU offload, LoRA (one GPU); each a variant of the plan's own settings.
     """
     if plan.fits:
         return []
-    base = _settings(plan)
-    is_lora = plan.mode.startswith("LoRA")
+    base = plan.settings
     tries: list[tuple[str, dict[str, Any]]] = []
-    if not plan.activation_checkpointing:
+    if not base.activation_checkpointing:
         tries.append(("--activation_checkpointing true", {"activation_checkpointing": True}))
     for micro in MICRO_BATCH_OPTIONS:
-        if micro < plan.per_device and plan.global_batch_size % (micro * plan.world_size) == 0:
+        if micro < base.per_device and base.global_batch_size % (micro * base.world_size) == 0:
             tries.append((f"--per_device_train_batch_size {micro}", {"per_device": micro}))
-    if not is_lora:
+    if not base.lora:
+        processes = "GPUs" if base.device == "gpu" else "processes"
         for gpus in (2, 4, 8, 16, 32, 64):
-            if gpus > plan.world_size and plan.global_batch_size % gpus == 0:
-                tries.append((f"{gpus} {'GPUs' if plan.device == 'gpu' else 'processes'}", {"world_size": gpus, "num_machines": max(1, gpus // 8)}))
-        if not plan.cpu_offload:
+            if gpus > base.world_size and base.global_batch_size % gpus == 0:
+                tries.append((f"{gpus} {processes}", {"world_size": gpus, "num_machines": max(1, gpus // 8)}))
+        if not base.cpu_offload:
             tries.append(("--fsdp full_shard --cpu_offload true", {"cpu_offload": True}))
-        if plan.world_size == 1:
-            tries.append(("--lora true (configs/alpaca_7b_lora.yaml)", {"lora": True}))
+        if base.world_size == 1:
+            tries.append(("--lora true (configs/alpaca_7b_lora.yaml)",
+                          {"lora": True, "per_device": min(base.per_device, 8)}))
     found, more_gpus = [], False
     for change, values in tries:
         if more_gpus and "world_size" in values:
             continue  # the fewest GPUs that fit is enough
-        settings = {**base, **values}
-        if settings.get("lora"):
-            settings["per_device"] = min(settings["per_device"], 8)
         try:
-            candidate = memory_plan(shape, lora=settings.pop("lora", is_lora), **fixed, **settings)
+            candidate = memory_plan(shape, replace(base, **values))
         except PlanError:
             continue
         if candidate.fits:
@@ -587,35 +644,35 @@ def suggestions(shape: ModelShape, plan: Plan, **fixed: Any) -> list[dict[str, A
     return found
 
 
-def largest_fitting_micro_batch(shape: ModelShape, *, per_device: int, **settings: Any) -> Plan | None:
-    """The plan of the largest micro-batch of `MICRO_BATCH_OPTIONS` (and `per_device`, the largest tried) that
-    fits and divides the global batch, or None when none does. `settings`: the other `memory_plan` arguments."""
-    world, global_batch = settings["world_size"], settings["global_batch_size"]
-    for micro in sorted({per_device, *(m for m in MICRO_BATCH_OPTIONS if m < per_device)}, reverse=True):
-        if global_batch % (micro * world) == 0:
-            plan = memory_plan(shape, per_device=micro, **settings)
+def largest_fitting_micro_batch(shape: ModelShape, settings: PlanSettings) -> Plan | None:
+    """The plan of the largest micro-batch of `MICRO_BATCH_OPTIONS` (and `settings.per_device`, the largest tried)
+    that fits and divides the global batch, or None when none does."""
+    largest = settings.per_device
+    for micro in sorted({largest, *(m for m in MICRO_BATCH_OPTIONS if m < largest)}, reverse=True):
+        if settings.global_batch_size % (micro * settings.world_size) == 0:
+            plan = memory_plan(shape, replace(settings, per_device=micro))
             if plan.fits:
                 return plan
     return None
 
 
-def choose_micro_batch(shape: ModelShape, *, link: tuple[float, str] | None = None, largest: int | None = None,
-                       margin: float = AUTO_MEMORY_MARGIN, **settings: Any) -> Plan:
+def choose_micro_batch(shape: ModelShape, settings: PlanSettings, *, link: tuple[float, str] | None = None,
+                       largest: int | None = None, margin: float = AUTO_MEMORY_MARGIN) -> Plan:
     """`per_device_train_batch_size: auto`: of the micro-batches in `MICRO_BATCH_OPTIONS` (up to `largest`) that
     divide the global batch, the one whose plan fits with `margin` of the memory kept free and moves the least
     FSDP traffic per step (`communication_bytes`: each micro-batch all-gathers the weights twice, so fewer and
     larger micro-batches move fewer bytes); with equal traffic (one process, no FSDP) the larger. When none fits,
     the one that needs the least memory (its plan says it does not fit). `link`: the GPUs' (bytes/s, name), to
-    give the traffic in seconds per step. `settings`: the other `memory_plan` arguments.
+    give the traffic in seconds per step. `settings.per_device` is not read.
 
     The plan returned says in `micro_batch_reason` what was chosen and the runner-up, each with its memory and
     traffic."""
-    world, global_batch = settings["world_size"], settings["global_batch_size"]
+    world, global_batch = settings.world_size, settings.global_batch_size
     sizes = [m for m in MICRO_BATCH_OPTIONS if (largest is None or m <= largest) and global_batch % (m * world) == 0]
-    if not sizes:  # the global batch does not split over the processes: memory_plan's one-line error
-        return memory_plan(shape, per_device=1, **settings)
-    plans = [memory_plan(shape, per_device=m, **settings) for m in sizes]
-    limit = settings["gpu_memory_gb"] * (1 - margin)
+    if not sizes:  # the global batch does not split over the processes: the settings' one-line error
+        return memory_plan(shape, replace(settings, per_device=1))
+    plans = [memory_plan(shape, replace(settings, per_device=m)) for m in sizes]
+    limit = settings.gpu_memory_gb * (1 - margin)
     fitting = sorted((p for p in plans if p.per_device_gb <= limit),
                      key=lambda p: (communication_bytes(p), -p.per_device))
     ranked = fitting + sorted((p for p in plans if p.per_device_gb > limit), key=lambda p: p.per_device_gb)
@@ -712,7 +769,7 @@ def explain_fsdp(shape: ModelShape, plan: Plan) -> str:
         f"({layer_mb:.1f} MB in {dtype}) from the {ranks} shards; the layer runs, and the full copy is freed.",
         f"- backward: each layer is gathered again, its gradients computed, then a reduce-scatter sums them over the "
         f"ranks and leaves each rank only its own {shard_mb:.1f} MB (fp32), {when}.",
-        f"- optimizer: AdamW updates each rank's shard alone; no rank ever holds the whole model's state.",
+        "- optimizer: AdamW updates each rank's shard alone; no rank ever holds the whole model's state.",
         f"- traffic: about {communication_bytes(plan) / 1e6:,.0f} MB sent per rank per optimizer step "
         f"({plan.accumulation} micro-batch(es) × 2 all-gathers of the weights, plus the reduce-scatters).",
     ])
@@ -757,8 +814,8 @@ def time_plan(shape: ModelShape, plan: Plan, num_examples: int, num_train_epochs
             raise PlanError(f"gpu {gpu_name!r}: link bandwidth unknown; pass --link_gb_s")
         link = (1.0, "none")
     communication = steps * per_step / link[0]
-    return {"steps": steps, "tokens": tokens, "gpu": gpu_name, "peak_flops": peak, "peak_dtype": peak_dtype, "mfu": mfu,
-            "tokens_per_example": tokens_per_example, "tokens_per_s": round(tokens_per_s),
+    return {"steps": steps, "tokens": tokens, "gpu": gpu_name, "peak_flops": peak, "peak_dtype": peak_dtype,
+            "mfu": mfu, "tokens_per_example": tokens_per_example, "tokens_per_s": round(tokens_per_s),
             "compute_hours": round(compute / 3600, 2), "communication_gb_per_step": round(per_step / 1e9, 1),
             "link": link[1], "link_bytes_per_s": link[0], "communication_hours": round(communication / 3600, 2),
             "hours": round((compute + communication) / 3600, 2),
@@ -774,23 +831,27 @@ def checkpoint_disk(plan: Plan, save_total_limit: int, save_dtype_bytes: int = 4
             "peak_gib": round((max(save_total_limit, 0) + 1) * checkpoint + final, 2)}
 
 
-def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float], timing: dict[str, Any] | None) -> str:
+def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float],
+                timing: dict[str, Any] | None) -> str:
     """The plan as a few readable lines (what `python -m alpaca_helpers.train.plan` prints)."""
-    lines = [f"{plan.model}: {plan.parameters / 1e9:.2f}B parameters ({plan.trainable_parameters / 1e6:,.1f}M trained), "
+    per = "device" if plan.device == "gpu" else "process"
+    lines = [f"{plan.model}: {plan.parameters / 1e9:.2f}B parameters "
+             f"({plan.trainable_parameters / 1e6:,.1f}M trained), "
              f"{plan.mode}; {compute_name(plan)} compute"
              + (" with a dynamic loss scale" if plan.fp16 else "") + ", "
              + ("fp32 adapters" if plan.mode.startswith("LoRA") else "fp32 master weights")
              + (", CPU offload" if plan.cpu_offload else ""),
-             f"batch: {plan.global_batch_size} = {plan.per_device} per {'device' if plan.device == 'gpu' else 'process'} "
+             f"batch: {plan.global_batch_size} = {plan.per_device} per {per} "
              f"× {plan.accumulation} accumulation × "
              f"{plan.world_size} {plan.unit} ({plan.num_machines} machine(s)); micro-batch {plan.per_device} × "
              f"{plan.model_max_length} tokens"]
     if plan.micro_batch_reason:
         lines.append(plan.micro_batch_reason)
     if plan.fsdp and plan.accumulation > 1:
-        when = "every micro-batch" if plan.sync_every_micro_batch else f"once per step (after the last of {plan.accumulation} micro-batches)"
+        when = ("every micro-batch" if plan.sync_every_micro_batch
+                else f"once per step (after the last of {plan.accumulation} micro-batches)")
         lines.append(f"gradient sync: reduce-scatter {when} ({plan.sync_reason})")
-    lines.append("per device (GiB):" if plan.device == "gpu" else "per process (GiB):")
+    lines.append(f"per {per} (GiB):")
     for name, gib in plan.components_gib.items():
         if gib or name in {"weights", "gradients", "optimizer state", "activations"}:
             note = ""
@@ -807,11 +868,13 @@ def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float]
     lines.append(f"host memory per machine: {plan.cpu_memory_per_machine_gib:.1f} GiB (rank 0 loads the weights on CPU"
                  + ("; the offloaded shards, gradients and AdamW state)" if plan.cpu_offload else ")"))
     for a in advice:
-        lines.append(f"  to fit: {a['change']} → {a['per_device_gb']:.1f} GiB per {'device' if plan.device == 'gpu' else 'process'} "
+        lines.append(f"  to fit: {a['change']} → {a['per_device_gb']:.1f} GiB per {per} "
                      f"({a['per_device']} per device × {a['accumulation']} accumulation)")
     if not plan.fits and not advice:
-        lines.append("  to fit: no single change is enough; combine them (e.g. more GPUs and activation checkpointing)")
-    lines.append(f"disk: {disk['checkpoint_gib']:.1f} GiB ({disk['checkpoint_gib'] * GIB / 1e9:.1f} GB) per checkpoint "
+        lines.append("  to fit: no single change is enough; combine them (e.g. more GPUs and activation "
+                     "checkpointing)")
+    lines.append(f"disk: {disk['checkpoint_gib']:.1f} GiB ({disk['checkpoint_gib'] * GIB / 1e9:.1f} GB) per "
+                 "checkpoint "
                  f"(fp32 weights + AdamW state), {disk['final_model_gib']:.1f} GiB final model, "
                  f"{disk['peak_gib']:.1f} GiB at peak")
     if timing:
@@ -819,15 +882,16 @@ def format_plan(plan: Plan, advice: list[dict[str, Any]], disk: dict[str, float]
                      f"{timing['tokens_per_example']:g} per example) ≈ {timing['hours']:.1f} h: compute "
                      f"{timing['compute_hours']:.1f} h at {timing['mfu']:.0%} MFU of {timing['gpu']} "
                      f"({timing['peak_flops'] / 1e12:.0f} TFLOP/s {timing.get('peak_dtype', 'bf16')})"
-                     + (f" + communication {timing['communication_hours']:.1f} h ({timing['communication_gb_per_step']:g} GB "
+                     + (f" + communication {timing['communication_hours']:.1f} h "
+                        f"({timing['communication_gb_per_step']:g} GB "
                         f"per GPU per step at {timing['link']}, nominal); {timing['hours_overlapped']:.1f} h if FSDP "
                         "overlaps them fully" if timing["communication_gb_per_step"] else ""))
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m alpaca_helpers.train.plan", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m alpaca_helpers.train.plan", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="HF folder or Hub name (only config.json is read); default: --config's model, "
                                    "or the embedded default model without --config")
     p.add_argument("--gpus", type=int, default=8, help="GPUs per machine")
@@ -846,7 +910,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync_every_micro_batch", choices=["true", "false", "auto"], default="auto",
                    help="reduce-scatter gradients at every micro-batch (false: an unsharded fp32 gradient per rank; "
                         "auto: false where that fits)")
-    p.add_argument("--link_gb_s", type=float, help="GPU link bandwidth per direction, GB/s (default: the GPU's, plan.GPUS)")
+    p.add_argument("--link_gb_s", type=float,
+                   help="GPU link bandwidth per direction, GB/s (default: the GPU's, plan.GPUS)")
     p.add_argument("--num_examples", type=int, default=52_002)
     p.add_argument("--num_train_epochs", type=float, help="default: the preset's")
     p.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation")
@@ -864,20 +929,23 @@ def _number_or_auto(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"a whole number or auto, not {text!r}") from None
 
 
-def make_plan(args: argparse.Namespace) -> dict[str, Any]:
-    """The whole plan (memory, suggestions, disk, time) for parsed command-line arguments."""
+_FLAG = {"true": True, "false": False, "auto": None, None: None}
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The training preset the plan command's flags name, with the flags' settings in it (`model_name_or_path`:
+    the model planned; `reduce_scatter_every_micro_batch`: `--sync_every_micro_batch`)."""
     if args.gpus < 1 or args.num_machines < 1:
         raise PlanError(f"--gpus and --num_machines must be >= 1, got {args.gpus} and {args.num_machines}")
-    flag = {"true": True, "false": False, "auto": None, None: None}
-    lora = flag[args.lora]
+    lora = _FLAG[args.lora]
     try:
         cfg = make_config(**load_preset(args.config or ("alpaca_7b_lora" if lora else "alpaca_7b")))
     except TrainConfigError as e:
         raise PlanError(str(e)) from None
     values = {k: v for k, v in {"per_device_train_batch_size": args.per_device_train_batch_size,
                                 "model_max_length": args.model_max_length, "global_batch_size": args.global_batch_size,
-                                "activation_checkpointing": flag[args.activation_checkpointing],
-                                "cpu_offload": flag[args.cpu_offload], "lora": lora}.items() if v is not None}
+                                "activation_checkpointing": _FLAG[args.activation_checkpointing],
+                                "cpu_offload": _FLAG[args.cpu_offload], "lora": lora}.items() if v is not None}
     if values.get("per_device_train_batch_size") == "auto":
         values["per_device_train_batch_size"] = None
     cfg = replace(cfg, **values)
@@ -885,23 +953,31 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise PlanError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
     model = args.model or (cfg.model_name_or_path if args.config else "default")
-    shape = load_model_shape(model)
-    fixed = {"lora_r": cfg.lora_r, "lora_targets": cfg.lora_target_modules, "lora_dropout": cfg.lora_dropout,
-             "trained_fraction": TRAINED_FRACTION, "fsdp": cfg.fsdp, "model": model}
-    settings = dict(world_size=args.gpus * args.num_machines, num_machines=args.num_machines,
-                    gpu_memory_gb=args.gpu_memory_gb, global_batch_size=cfg.global_batch_size,
-                    model_max_length=cfg.model_max_length, activation_checkpointing=cfg.activation_checkpointing,
-                    cpu_offload=cfg.cpu_offload, lora=cfg.lora, bf16=flag[args.bf16],
-                    sync_every_micro_batch=flag[args.sync_every_micro_batch], **fixed)
+    return replace(cfg, model_name_or_path=model,
+                   reduce_scatter_every_micro_batch=_FLAG[args.sync_every_micro_batch])
+
+
+def settings_from_args(args: argparse.Namespace, cfg: TrainConfig) -> PlanSettings:
+    """The plan's settings from the plan command's flags and their config (`config_from_args`)."""
+    return PlanSettings.from_config(cfg, args.gpus * args.num_machines, gpu_memory_gb=args.gpu_memory_gb,
+                                    per_device=cfg.per_device_train_batch_size, bf16=_FLAG[args.bf16],
+                                    num_machines=args.num_machines)
+
+
+def plan_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole plan (memory, suggestions, disk, time) for the plan command's parsed flags."""
+    cfg = config_from_args(args)
+    shape = load_model_shape(cfg.model_name_or_path)
+    settings = settings_from_args(args, cfg)
     link = (args.link_gb_s * 1e9, f"{args.link_gb_s:g} GB/s per direction") if args.link_gb_s else \
         link_bandwidth(args.gpu, args.num_machines)
-    if cfg.per_device_train_batch_size is None:
-        plan = choose_micro_batch(shape, link=link, **settings)
+    if settings.per_device is None:
+        plan = choose_micro_batch(shape, settings, link=link)
     else:  # a number given wins; the plan says what auto would choose instead
-        plan = memory_plan(shape, per_device=cfg.per_device_train_batch_size, **settings)
-        auto = choose_micro_batch(shape, link=link, **settings)
+        plan = memory_plan(shape, settings)
+        auto = choose_micro_batch(shape, settings, link=link)
         plan = replace(plan, micro_batch_reason=set_micro_batch_note(plan, auto, link))
-    advice = suggestions(shape, plan, **fixed)
+    advice = suggestions(shape, plan)
     disk = checkpoint_disk(plan, cfg.save_total_limit)
     epochs = args.num_train_epochs if args.num_train_epochs is not None else cfg.num_train_epochs
     timing = time_plan(shape, plan, args.num_examples, epochs, args.mfu, args.gpu, args.tokens_per_example,
@@ -912,13 +988,13 @@ def make_plan(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        result = make_plan(args)
+        result = plan_from_args(args)
     except (PlanError, TrainConfigError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
     plan = result["plan"]
     if args.json:
-        print(json.dumps({**asdict(plan), "suggestions": result["suggestions"], "disk": result["disk"],
+        print(json.dumps({**plan.as_dict(), "suggestions": result["suggestions"], "disk": result["disk"],
                           "time": result["time"]}))
     else:
         print(format_plan(plan, result["suggestions"], result["disk"], result["time"]))

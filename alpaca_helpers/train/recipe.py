@@ -25,9 +25,11 @@ and `tensorboard/` or `wandb/` with `report_to`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import resource
 import sys
 import time
 from contextlib import nullcontext
@@ -35,18 +37,79 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from ..data import source_counts
+from ..files import append_durable, atomic_write_text, read_complete_jsonl
+from ..models import load_model_config
 from ..precision import NativeBf16, native_bf16
+from .batches import (
+    TRAINED_KEYS,
+    TrainData,
+    eval_micro_batches,
+    global_batches,
+    load_records,
+    rank_micro_batches,
+    split_validation,
+    trained_positions,
+)
 from .config import (
-    RunPlan,
+    CPU_AUTO_MICRO_BATCH,
+    RunSetup,
     TrainConfig,
     TrainConfigError,
     check_run,
+    micro_batch_is_auto,
     output_path,
     parse_config,
     report_targets,
+    split_batch,
     total_steps,
     warmup_steps,
 )
+from .distributed import (
+    RankTimeoutError,
+    all_reduce_sum,
+    barrier,
+    broadcast_weights,
+    close_process_group,
+    collective_phase,
+    dist_env,
+    find_layer_class,
+    init_distributed,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model_for_sharding,
+    per_rank,
+    save_checkpoint,
+    save_hf_folder,
+    shard_model,
+)
+from .lora import ADAPTER_DIR, apply_lora, save_adapter_and_merge, trainable_parameters
+from .plan import (
+    ModelShape,
+    Plan,
+    PlanError,
+    PlanSettings,
+    checkpoint_disk,
+    choose_micro_batch,
+    explain_fsdp,
+    flops_per_token,
+    format_plan,
+    link_bandwidth,
+    load_model_shape,
+    memory_plan,
+    model_shape,
+    note_unknown_gpu,
+    peak_bf16_flops,
+    peak_fp16_flops,
+    refusal,
+    suggestions,
+    trained_vocab,
+    with_loss_scaler,
+)
+from .tokenize import IGNORE_INDEX, build_dataset, ensure_pad_token, resize_embeddings_mean
+from .tracking import Tracker
 
 LOG_FILE = "train_log.jsonl"
 SUMMARY_FILE = "train_summary.json"
@@ -66,8 +129,6 @@ def peak_flops(device: Any, dtype: str = "bf16", note: bool = True) -> float | N
     "fp16"; None on CPU, or for a GPU the table does not have (no MFU then), which `note` says once per process."""
     import torch
 
-    from .plan import note_unknown_gpu, peak_bf16_flops, peak_fp16_flops
-
     if getattr(device, "type", "cpu") != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -78,8 +139,6 @@ def peak_flops(device: Any, dtype: str = "bf16", note: bool = True) -> float | N
 
 def peak_memory_gb(device: Any) -> float:
     """Peak memory of this process: GPU allocations on CUDA, resident set size on CPU."""
-    import resource
-
     import torch
 
     if getattr(device, "type", "cpu") == "cuda":
@@ -125,8 +184,6 @@ class TrainedPositionsHead:
         """Sum of the trained tokens' cross-entropy / `num_items` (what `labels=` gives, minus the waste)."""
         import torch.nn.functional as F
 
-        from .batches import TRAINED_KEYS, trained_positions
-
         found = inputs if "trained_index" in inputs else trained_positions(inputs)
         self.index = found["trained_index"]
         try:
@@ -171,8 +228,6 @@ def train_step_by_hand(model: Any, batch: dict[str, Any], optimizer: Any, max_gr
     import torch
     import torch.nn.functional as F
 
-    from .tokenize import IGNORE_INDEX
-
     targets = batch["labels"][:, 1:]  # the logits at position p predict the token at p + 1
     n_trained = (targets != IGNORE_INDEX).sum()  # the response and its eos; prompt and padding are -100
     step_loss = 0.0
@@ -215,14 +270,9 @@ def first_step_inputs(cfg: TrainConfig) -> tuple[Any, dict[str, Any]]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..models import load_model_config
-    from .config import split_batch
-    from .distributed import dist_env
-    from .tokenize import resize_embeddings_mean
-
     quiet_library_bars()
     batch = split_batch(cfg, 1)
-    recipe = Recipe(cfg, dist_env(force_cpu=True), RunPlan(batch, False, None))  # only the data is set up
+    recipe = Recipe(cfg, dist_env(force_cpu=True), RunSetup(batch, False, None))  # only the data is set up
     recipe.model_path = load_model_config(cfg.model_name_or_path)[0]
     recipe.tokenizer = AutoTokenizer.from_pretrained(recipe.model_path)
     recipe.setup_data()
@@ -242,14 +292,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     A rank that hangs rather than fails is caught by the collectives' timeouts (`Recipe.phase`): the long
     `dist_timeout_minutes` while one rank loads or saves alone, the short `step_timeout_minutes` from the second step.
     """
-    from .distributed import close_process_group, dist_env, init_distributed
-
     env = dist_env(force_cpu=cfg.device == "cpu")
     on_gpu = env.device.type == "cuda"
-    plan = check_run(cfg, env.world_size, on_gpu=on_gpu, native=device_native_bf16(env.device))  # before any model loads
-    if plan.fsdp:
+    # before any model loads
+    run_setup = check_run(cfg, env.world_size, on_gpu=on_gpu, native=device_native_bf16(env.device))
+    if run_setup.fsdp:
         init_distributed(env, cpu_offload=cfg.cpu_offload, minutes=cfg.dist_timeout_minutes)
-    recipe = Recipe(cfg, env, plan)
+    recipe = Recipe(cfg, env, run_setup)
     recipe.setup()
     summary = recipe.run()
     close_process_group()
@@ -278,14 +327,6 @@ def precision_summary(bf16: bool, fsdp: bool, lora: bool, fp16: bool = False) ->
     return f"{half} compute ({how}){scaler}, {kept}"
 
 
-def plan_fixed(cfg: TrainConfig, plan: RunPlan) -> dict[str, Any]:
-    """The `plan.memory_plan` arguments a run fixes beyond the ones `plan.suggestions` varies. `fsdp` is the
-    setting as given: for the run's own process count `memory_plan` decides as `check_run` did (`plan.fsdp`), and
-    with fsdp auto `suggestions` may try more GPUs (a decided "off" refused every count above 1)."""
-    return {"lora_r": cfg.lora_r, "lora_targets": cfg.lora_target_modules, "lora_dropout": cfg.lora_dropout,
-            "fsdp": cfg.fsdp, "model": cfg.model_name_or_path}
-
-
 def memory_budget_gib(device: Any, processes_per_machine: int) -> float:
     """What one process may hold, GiB: its GPU's memory, or on CPU its share of this machine's RAM."""
     import torch
@@ -295,38 +336,30 @@ def memory_budget_gib(device: Any, processes_per_machine: int) -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 / max(1, processes_per_machine)
 
 
-def memory_plan_for_run(cfg: TrainConfig, shape: Any, plan: RunPlan, world_size: int, num_machines: int,
-                        gpu_memory_gb: float, device: str = "gpu", gpu_name: str | None = None) -> Any:
+def memory_plan_for_run(cfg: TrainConfig, shape: ModelShape, run: RunSetup, world_size: int, num_machines: int,
+                        gpu_memory_gb: float, device: str = "gpu", gpu_name: str | None = None) -> Plan:
     """`plan.memory_plan` for this run's settings: what each device holds, as the code does it (including
     `reduce_scatter_every_micro_batch`, which the plan decides when auto). `device` "cpu": processes against
     their share of RAM (`gpu_memory_gb`), no CUDA context. With per_device_train_batch_size auto the plan
     chooses the micro-batch (`plan.choose_micro_batch`; on CPU up to `CPU_AUTO_MICRO_BATCH`), weighing its FSDP
     traffic at the link of `gpu_name` (`plan.link_bandwidth`)."""
-    from .config import CPU_AUTO_MICRO_BATCH, micro_batch_is_auto
-    from .plan import choose_micro_batch, link_bandwidth, memory_plan, with_loss_scaler
-
-    half = plan.precision.bf16 or plan.precision.fp16  # fp16 holds bf16's bytes, plus the loss scaler
-    settings = dict(world_size=world_size, gpu_memory_gb=gpu_memory_gb, global_batch_size=cfg.global_batch_size,
-                    model_max_length=cfg.model_max_length, activation_checkpointing=cfg.activation_checkpointing,
-                    cpu_offload=cfg.cpu_offload, lora=cfg.lora, bf16=half,
-                    sync_every_micro_batch=cfg.reduce_scatter_every_micro_batch, num_machines=num_machines,
-                    device=device, **plan_fixed(cfg, plan))
-    if micro_batch_is_auto(cfg):
+    auto = micro_batch_is_auto(cfg)
+    half = run.precision.bf16 or run.precision.fp16  # fp16 holds bf16's bytes, plus the loss scaler
+    settings = PlanSettings.from_config(cfg, world_size, gpu_memory_gb=gpu_memory_gb, num_machines=num_machines,
+                                        per_device=None if auto else run.batch.per_device, bf16=half, device=device)
+    if auto:
         link = link_bandwidth(gpu_name, num_machines) if gpu_name and device == "gpu" else None
-        memory = choose_micro_batch(shape, link=link, largest=None if device == "gpu" else CPU_AUTO_MICRO_BATCH,
-                                    **settings)
+        memory = choose_micro_batch(shape, settings, link=link,
+                                    largest=None if device == "gpu" else CPU_AUTO_MICRO_BATCH)
     else:
-        memory = memory_plan(shape, per_device=plan.batch.per_device, **settings)
-    return with_loss_scaler(memory) if plan.precision.fp16 else memory
+        memory = memory_plan(shape, settings)
+    return with_loss_scaler(memory) if run.precision.fp16 else memory
 
 
 def explain_fsdp_for_run(config: Any, processes: int, on_gpu: bool, num_machines: int = 1) -> str:
     """`explain_fsdp` for a training config sharded over `processes` (at least 2: what `cpu_processes=2` or the
     GPUs would shard), with the run's own precision and gradient-sync rule; LoRA, never sharded here, says so."""
     import torch
-
-    from ..precision import native_bf16
-    from .plan import explain_fsdp, load_model_shape
 
     if config.lora:
         return "LoRA trains in one process here: nothing is sharded (FSDP shards full fine-tuning)."
@@ -351,8 +384,8 @@ class StepTotals:
 class Recipe:
     """One training run: `setup()` builds everything, `run()` trains, evaluates, logs and saves."""
 
-    def __init__(self, cfg: TrainConfig, env: Any, plan: RunPlan):
-        self.cfg, self.env, self.plan = cfg, env, plan
+    def __init__(self, cfg: TrainConfig, env: Any, run_setup: RunSetup):
+        self.cfg, self.env, self.run_setup = cfg, env, run_setup
         self.out = output_path(cfg)
         self.log_path = self.out / LOG_FILE
         self.totals = StepTotals()
@@ -380,8 +413,6 @@ class Recipe:
         """A phase of the run whose collectives time out after the long limit (`dist_timeout_minutes`: where one
         rank works alone, and ranks may drift apart) or the short one (`step_timeout_minutes`); long phases end
         with a barrier. A timeout ends the run with one line (`distributed.collective_phase`)."""
-        from .distributed import collective_phase
-
         setting = "dist_timeout_minutes" if long else "step_timeout_minutes"
         return collective_phase(what, getattr(self.cfg, setting), setting, self.env.rank, barrier_after=long)
 
@@ -393,29 +424,25 @@ class Recipe:
         torch/distributed/tensor/_dispatch.py), so every rank skips the same steps."""
         import torch
 
-        precision = self.plan.precision
+        precision = self.run_setup.precision
         if precision.tf32:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         half = torch.bfloat16 if precision.bf16 else torch.float16 if precision.fp16 else None
         self.base_dtype = half if self.cfg.lora and half is not None else torch.float32
-        use_autocast = half is not None and not self.plan.fsdp
+        use_autocast = half is not None and not self.run_setup.fsdp
         self.autocast = torch.autocast(self.env.device.type, dtype=half) if use_autocast else nullcontext()
         self.scaler = torch.amp.GradScaler(self.env.device.type) if precision.fp16 else None
         self.skipped_in_a_row = self.skipped_steps = 0
         if self.env.is_main:
-            print(f"precision: {precision_summary(precision.bf16, self.plan.fsdp, self.cfg.lora, precision.fp16)} "
-                  f"({precision.reason})", flush=True)
+            summary = precision_summary(precision.bf16, self.run_setup.fsdp, self.cfg.lora, precision.fp16)
+            print(f"precision: {summary} ({precision.reason})", flush=True)
 
     def setup_model_source(self) -> None:
         """The model's folder, config and tokenizer, and the memory plan (which also decides the gradient sync);
         a wrong layer class fails here, before any weights load."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from ..models import load_model_config
-        from .distributed import find_layer_class
-        from .plan import model_shape, trained_vocab
 
         self.model_path, model_config = load_model_config(self.cfg.model_name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
@@ -424,18 +451,17 @@ class Recipe:
         self.layer_cls = find_layer_class(skeleton, self.cfg.fsdp_transformer_layer_cls_to_wrap)
         shape = model_shape(skeleton)
         self.shape = shape.with_vocab(trained_vocab(shape.vocab, self.tokenizer))  # a pad token added later
-        self.memory = self.make_plan()
+        self.memory = self.plan_memory()
         # Off: FSDP2 keeps an unsharded fp32 gradient of the whole model until the last micro-batch.
         setting = self.cfg.reduce_scatter_every_micro_batch
         self.sync_every = self.memory.sync_every_micro_batch if self.memory is not None else setting is not False
         misfit = self.memory is not None and not self.memory.fits
-        if self.plan.fsdp:  # every rank must decide alike: where one rank's memory is short, all sync (and all stop)
-            from .distributed import all_reduce_sum
-
+        # every rank must decide alike: where one rank's memory is short, all sync (and all stop)
+        if self.run_setup.fsdp:
             sync, misfits, micro = all_reduce_sum([float(self.sync_every), float(misfit),
-                                                   float(self.plan.batch.per_device)], self.env.device)
+                                                   float(self.run_setup.batch.per_device)], self.env.device)
             self.sync_every, misfit = sync > 0, misfits > 0
-            if micro != self.plan.batch.per_device * self.env.world_size:
+            if micro != self.run_setup.batch.per_device * self.env.world_size:
                 raise TrainConfigError("per_device_train_batch_size auto: the ranks' memory plans chose different "
                                        "micro-batches (devices of different memory?); set a number")
         self.print_plan()
@@ -444,53 +470,46 @@ class Recipe:
     def check_fits(self, misfit: bool) -> None:
         """Stop before the data and weights load where the memory plan says the run does not fit its devices (on
         any rank), in one line (`plan.refusal`), unless `ignore_plan`."""
-        from .plan import refusal, suggestions
-
         if not misfit:
             return
         if self.cfg.ignore_plan:
             if self.env.is_main:
-                print("plan: the run does not fit its devices by the plan; starting anyway (ignore_plan=true)", flush=True)
+                print("plan: the run does not fit its devices by the plan; starting anyway (ignore_plan=true)",
+                      flush=True)
             return
         memory = self.memory
         if memory is None or memory.fits:
             raise TrainConfigError("another rank's memory plan does not fit its device: the run does not fit; "
                                    "ignore_plan=true starts it anyway")
-        raise TrainConfigError(refusal(memory, suggestions(self.shape, memory, **plan_fixed(self.cfg, self.plan))))
+        raise TrainConfigError(refusal(memory, suggestions(self.shape, memory)))
 
-    def make_plan(self) -> Any:
+    def plan_memory(self) -> Any:
         """The memory plan (`alpaca_helpers.train.plan`) of this run, against this process's memory; None (and a
         note) where the plan does not model a setting."""
-        import dataclasses
-
         import torch
 
-        from .config import micro_batch_is_auto
-        from .plan import PlanError
-
         env = self.env
-        machines = max(1, int(os.environ.get("WORLD_SIZE", "1")) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        machines = max(1, int(os.environ.get("WORLD_SIZE", "1"))
+                       // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         budget = memory_budget_gib(env.device, env.world_size // machines)
         on_gpu = env.device.type == "cuda"
         try:
-            memory = memory_plan_for_run(self.cfg, self.shape, self.plan, env.world_size, machines, budget,
+            memory = memory_plan_for_run(self.cfg, self.shape, self.run_setup, env.world_size, machines, budget,
                                          device="gpu" if on_gpu else "cpu",
                                          gpu_name=torch.cuda.get_device_name(env.device) if on_gpu else None)
         except PlanError as e:  # a setting the plan does not model: the run itself decides
             if env.is_main:
-                auto = (f"; per_device_train_batch_size auto: {self.plan.batch.per_device}"
+                auto = (f"; per_device_train_batch_size auto: {self.run_setup.batch.per_device}"
                         if micro_batch_is_auto(self.cfg) else "")
                 print(f"plan: not available ({e}){auto}", flush=True)
             return None
         if micro_batch_is_auto(self.cfg):  # the plan chose the micro-batch: the run uses it from here on
-            self.plan = self.plan.with_micro_batch(memory.per_device)
+            self.run_setup = self.run_setup.with_micro_batch(memory.per_device)
             self.cfg = dataclasses.replace(self.cfg, per_device_train_batch_size=memory.per_device)
         return memory
 
     def print_plan(self) -> None:
         """Rank 0 prints the memory plan; on CPU, one short line."""
-        from .plan import checkpoint_disk, format_plan
-
         memory = self.memory
         if memory is None or not self.env.is_main:
             return
@@ -509,10 +528,6 @@ class Recipe:
 
     def setup_data(self) -> None:
         """Records (any source), the held-out split, tokenization, and the step counts."""
-        from ..data import source_counts
-        from .batches import TrainData, load_records, split_validation
-        from .tokenize import build_dataset, ensure_pad_token
-
         cfg = self.cfg
         records = load_records(cfg.data_path, cfg.max_examples, cfg.seed, cfg.data_columns)
         train_records, val_records = split_validation(records, cfg.val_set_size, cfg.seed)
@@ -536,14 +551,10 @@ class Recipe:
         device), hook the loss head."""
         from transformers import AutoModelForCausalLM
 
-        from .distributed import broadcast_weights, load_model_for_sharding, per_rank, shard_model
-        from .lora import apply_lora, trainable_parameters
-        from .tokenize import resize_embeddings_mean
-
         cfg, env = self.cfg, self.env
         # Other ranks get their shards from rank 0's copy (with cpu_offload too: their shards are made in CPU
         # memory), so a machine holds one full copy of the weights, not one per rank.
-        self.from_rank0 = self.plan.fsdp and env.world_size > 1
+        self.from_rank0 = self.run_setup.fsdp and env.world_size > 1
         if self.from_rank0:
             model = load_model_for_sharding(self.model_path, self.base_dtype, env.is_main)
         else:
@@ -555,17 +566,18 @@ class Recipe:
             enable_activation_checkpointing(model)
         if cfg.lora:
             model = apply_lora(model, cfg)
-        if cfg.torch_compile:  # after checkpointing and LoRA wrap the layers, before FSDP shards them: torchtitan's order
+        # after checkpointing and LoRA wrap the layers, before FSDP shards them: torchtitan's order
+        if cfg.torch_compile:
             compiled = compile_layers(model, self.layer_cls)
             if env.is_main:
                 print(f"torch_compile: {compiled} {self.layer_cls.__name__} layers compiled (the first steps include "
                       "the compile)", flush=True)
         self.n_params = sum(p.numel() for p in model.parameters())
         self.n_trainable = trainable_parameters(model)
-        if self.plan.fsdp:
+        if self.run_setup.fsdp:
             full_state = model.state_dict() if self.from_rank0 and env.is_main else {}
-            shard_model(model, self.layer_cls, env.device, env.world_size, self.plan.precision.bf16, cfg.cpu_offload,
-                        fp16=self.plan.precision.fp16)
+            shard_model(model, self.layer_cls, env.device, env.world_size, self.run_setup.precision.bf16,
+                        cfg.cpu_offload, fp16=self.run_setup.precision.fp16)
             if self.from_rank0:
                 broadcast_weights(model, full_state, env.device, env.is_main, cfg.cpu_offload)
                 del full_state
@@ -574,7 +586,8 @@ class Recipe:
         self.head = TrainedPositionsHead(model) if cfg.logits_on_trained_only else None
         # The LM head's FLOPs per trained token against the rest's per position (it runs at trained positions
         # only): how `batches.deal_micro_batches` weighs a micro-batch's trained tokens.
-        self.head_weight = self.shape.hidden * self.shape.vocab / max(1, self.shape.non_embedding) if self.head else 0.0
+        self.head_weight = (self.shape.hidden * self.shape.vocab / max(1, self.shape.non_embedding) if self.head
+                            else 0.0)
         held = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
         self.parameters_per_rank = [int(x) for x in per_rank(held, env.rank, env.world_size, env.device)]
         self.model = model
@@ -590,8 +603,6 @@ class Recipe:
 
     def setup_resume(self) -> None:
         """With `resume`, restore the latest checkpoint and cut the log back to it; else start afresh."""
-        from .distributed import barrier, latest_checkpoint, load_checkpoint
-
         env, out = self.env, self.out
         self.start = 0
         if env.is_main:
@@ -616,8 +627,6 @@ class Recipe:
 
     def setup_tracking(self) -> None:
         """TensorBoard / W&B on rank 0 (`report_to`); the run's config is reported once."""
-        from .tracking import Tracker
-
         targets = report_targets(self.cfg.report_to) if self.env.is_main else []
         self.tracker = Tracker(targets, self.out, {k: str(v) if v is None else v for k, v in vars(self.cfg).items()})
 
@@ -650,11 +659,9 @@ class Recipe:
 
     def global_batch(self, step: int) -> list[int]:
         """Example indices of global batch `step` (1-based), in the epoch's seeded order."""
-        from .tokenize import global_batches
-
         epoch, in_epoch = divmod(step - 1, self.per_epoch)
         if epoch not in self._epoch_batches:
-            self._epoch_batches = {epoch: global_batches(len(self.data), self.plan.batch.global_batch_size,
+            self._epoch_batches = {epoch: global_batches(len(self.data), self.run_setup.batch.global_batch_size,
                                                          self.cfg.seed, epoch)}
         return self._epoch_batches[epoch][in_epoch]
 
@@ -669,12 +676,9 @@ class Recipe:
         """One optimizer step on global batch `step`; returns its log row (the same on every rank)."""
         import torch
 
-        from .batches import rank_micro_batches
-        from .distributed import all_reduce_sum
-
         env, data, batch = self.env, self.data, self.global_batch(step)
         trained_total = sum(data.trained[i] for i in batch)
-        micro = rank_micro_batches(batch, data.lengths, self.plan.batch, env.rank, self.cfg.group_by_length,
+        micro = rank_micro_batches(batch, data.lengths, self.run_setup.batch, env.rank, self.cfg.group_by_length,
                                    data.trained, self.head_weight)
         t0, cpu0 = time.perf_counter(), time.process_time()
         tokens = padded = 0.0
@@ -682,7 +686,7 @@ class Recipe:
         for k, ids in enumerate(micro):
             # pinned and copied without a host wait; the head's trained positions found on the CPU first
             inputs = data.device_batch(ids, env.device, trained=self.head is not None)
-            if self.plan.fsdp:  # chosen by the plan (`setup_model_source`)
+            if self.run_setup.fsdp:  # chosen by the plan (`setup_model_source`)
                 self.model.set_requires_gradient_sync(self.sync_every or k == len(micro) - 1)
             # Sum over this micro-batch's tokens / (global trained tokens / world): FSDP averages gradients
             # over ranks, so the step's gradient is that of the global token mean.
@@ -754,8 +758,6 @@ class Recipe:
             raise stop(f"fp16 gradients overflowed in {self.skipped_in_a_row} steps in a row (loss scale down to "
                        f"{new_scale:g}): the forward overflows fp16; train in fp32 (fp16=false)")
         if self.env.is_main:
-            from tqdm.auto import tqdm
-
             tqdm.write(f"step {step}: fp16 gradients overflowed (inf/NaN), step skipped; loss scale {scale:g} -> "
                        f"{new_scale:g}")
         return {"loss_scale": scale, "skipped": True}
@@ -764,8 +766,6 @@ class Recipe:
         """Model FLOPs utilisation on known GPUs (None on CPU): `plan.flops_per_token` (non-embedding
         parameters, the LM head at trained positions only) against `plan.peak_bf16_flops`; an unknown GPU is
         named once, by rank 0."""
-        from .plan import flops_per_token
-
         device_flops = peak_flops(self.env.device, note=getattr(self.env, "is_main", True))
         if device_flops is None:
             return None
@@ -784,16 +784,13 @@ class Recipe:
         computes its share; the sums are reduced."""
         import torch
 
-        from .batches import eval_micro_batches
-        from .distributed import all_reduce_sum
-
         env, val = self.env, self.val
         assert val is not None
         count = 0.0
         loss_sum: Any = 0.0  # on the device, read once at the end
         self.model.eval()
         with torch.no_grad():
-            for ids in eval_micro_batches(len(val), val.lengths, self.plan.batch.per_device,
+            for ids in eval_micro_batches(len(val), val.lengths, self.run_setup.batch.per_device,
                                           env.rank, env.world_size):
                 inputs = val.device_batch(ids or [0], env.device, trained=self.head is not None)
                 loss = self.loss(inputs, 1.0)  # a rank with no share still joins the sharded forward
@@ -808,29 +805,27 @@ class Recipe:
 
     def announce(self) -> None:
         """The run's first lines (rank 0) and its progress bar."""
-        from tqdm.auto import tqdm
-
-        cfg, plan, stats = self.cfg, self.plan.batch, self.built.stats
+        cfg, split, stats = self.cfg, self.run_setup.batch, self.built.stats
         if self.env.is_main:
             held_out = f", {len(self.val)} held out for validation" if self.val is not None else ""
             sources = f" (by source: {self.sources})" if self.sources else ""
             print(f"{len(self.data)} training examples{sources} ({stats.dropped} dropped, {stats.truncated} "
-                  f"truncated){held_out}; {self.steps} steps of {plan.global_batch_size} = {plan.per_device} per "
-                  f"device × {plan.accumulation} accumulation × {plan.world_size} process(es); "
+                  f"truncated){held_out}; {self.steps} steps of {split.global_batch_size} = {split.per_device} per "
+                  f"device × {split.accumulation} accumulation × {split.world_size} process(es); "
                   f"{self.n_params / 1e6:.1f}M parameters"
                   + (f", LoRA r={cfg.lora_r} on {cfg.lora_target_modules}: {self.n_trainable / 1e6:.2f}M trainable "
                      f"({self.n_trainable / self.n_params:.2%})" if cfg.lora else "")
-                  + (f", FSDP over {self.env.world_size} ({self.layer_cls.__name__} units)" if self.plan.fsdp else ""),
+                  + (f", FSDP over {self.env.world_size} ({self.layer_cls.__name__} units)"
+                     if self.run_setup.fsdp else ""),
                   flush=True)
-        self.bar = tqdm(total=self.steps, initial=self.start, disable=None if self.env.is_main and self.cfg.progress_bar else True,
+        self.bar = tqdm(total=self.steps, initial=self.start,
+                        disable=None if self.env.is_main and self.cfg.progress_bar else True,
                         desc="train", dynamic_ncols=True)
         self.run_start = time.perf_counter()
         self.model.train()
 
     def log(self, row: dict[str, Any]) -> None:
         """Rank 0: append the row to train_log.jsonl (durably), update the bar and console, report it."""
-        from ..files import append_durable
-
         if not self.env.is_main:
             return
         append_durable(self.log_path, json.dumps(row))
@@ -842,8 +837,6 @@ class Recipe:
 
     def save_checkpoint(self, step: int, row: dict[str, Any]) -> None:
         """A checkpoint to resume from, under the long timeout (rank 0 alone renames and prunes)."""
-        from .distributed import save_checkpoint
-
         with self.phase(f"the checkpoint of step {step}", long=True):
             save_checkpoint(self.out, step, self.model, self.optimizer, self.scheduler,
                             {"epoch": row["epoch"], "world_size": self.env.world_size, "config": vars(self.cfg),
@@ -853,10 +846,6 @@ class Recipe:
     def finish(self, row: dict[str, Any]) -> dict[str, Any]:
         """The final save (when every step ran) and `train_summary.json`; returns the summary."""
         import torch
-
-        from ..files import atomic_write_text
-        from .distributed import per_rank, save_hf_folder
-        from .lora import ADAPTER_DIR, save_adapter_and_merge
 
         cfg, env, out = self.cfg, self.env, self.out
         self.bar.close()
@@ -870,13 +859,15 @@ class Recipe:
                    "eval_loss_at_start": self.eval_loss_at_start, "data_path": cfg.data_path,
                    "examples": len(self.data), "validation_examples": len(self.val) if self.val is not None else 0,
                    "sources": self.sources, "world_size": env.world_size,
-                   "fsdp": self.plan.fsdp, "bf16": self.plan.precision.bf16,
-                   "fp16": self.plan.precision.fp16, "skipped_steps": self.skipped_steps, "layer_class": self.layer_cls.__name__,
+                   "fsdp": self.run_setup.fsdp, "bf16": self.run_setup.precision.bf16,
+                   "fp16": self.run_setup.precision.fp16, "skipped_steps": self.skipped_steps,
+                   "layer_class": self.layer_cls.__name__,
                    "reduce_scatter_every_micro_batch": self.sync_every,
                    "parameters": self.n_params, "trainable_parameters": self.n_trainable, "lora": cfg.lora,
                    "adapter_dir": None, "ranks_that_loaded_full_weights": 1 if self.from_rank0 else env.world_size,
                    "peak_memory_gb_per_rank": [round(x, 3) for x in memory],
-                   "peak_reserved_gb_per_rank": None if reserved_per_rank is None else [round(x, 3) for x in reserved_per_rank],
+                   "peak_reserved_gb_per_rank": (None if reserved_per_rank is None
+                                                 else [round(x, 3) for x in reserved_per_rank]),
                    "parameters_per_rank": self.parameters_per_rank,
                    "train_seconds": round(time.perf_counter() - self.run_start, 2),
                    "tokens_per_s": totals.tokens / totals.seconds if totals.seconds else None,
@@ -890,7 +881,8 @@ class Recipe:
             if cfg.lora:
                 model = save_adapter_and_merge(model, out)
                 summary["adapter_dir"] = str(out / ADAPTER_DIR)
-            folder = save_hf_folder(model, self.tokenizer, out / MODEL_DIR, getattr(torch, cfg.save_dtype), env.is_main)
+            folder = save_hf_folder(model, self.tokenizer, out / MODEL_DIR, getattr(torch, cfg.save_dtype),
+                                    env.is_main)
             summary["model_dir"] = str(folder) if folder else str(out / MODEL_DIR)
         elif cfg.save_steps <= 0 and env.is_main:
             print("stopped early without a checkpoint (save_steps=0): nothing to resume from", flush=True)
@@ -934,16 +926,12 @@ def _clip(model: Any, max_norm: float, scaler: Any = None, optimizer: Any = None
 
 def read_train_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a `train_log.jsonl` (a last line torn by a kill is left out)."""
-    from ..files import read_complete_jsonl
-
     return read_complete_jsonl(path)
 
 
 def truncate_log(path: Path, step: int) -> None:
     """Keep the log rows up to `step` (a resumed run rewrites what came after its checkpoint); a torn last
     line is dropped."""
-    from ..files import atomic_write_text
-
     if path.exists():
         kept = [row for row in read_train_log(path) if row["step"] <= step]
         atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
@@ -970,15 +958,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)
         train(cfg)
-    except (TrainConfigError, NonFiniteLossError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except RuntimeError as e:  # a rank stopped answering; its class is imported once torch is loaded
-        from .distributed import RankTimeoutError
-
-        if not isinstance(e, RankTimeoutError):
-            raise
-        print(f"error: {e}", file=sys.stderr, flush=True)
+    except (TrainConfigError, NonFiniteLossError, ValueError, FileNotFoundError, RankTimeoutError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)  # RankTimeoutError: a rank stopped answering
         return 1
     return 0
 

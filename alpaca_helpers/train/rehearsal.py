@@ -15,7 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..models import load_vocabulary
 from ..paths import REPO_ROOT
+from ..prompts import format_prompt
 
 # huggyllama/llama-7b's config.json (Alpaca's base), shipped so that the rehearsal needs no network.
 LLAMA_7B_CONFIG = REPO_ROOT / "configs" / "models" / "huggyllama-llama-7b.json"
@@ -37,8 +39,6 @@ def small_llama(folder: Path, vocabulary: str = "llama-spm", dtype: str = "float
     LLaMA-7B's size fields (default: 2 layers, hidden 64); everything else is LLaMA-7B's config."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
-
-    from ..models import load_vocabulary
 
     size = {"hidden_size": 64, "intermediate_size": 172, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 4, **size}
@@ -63,8 +63,6 @@ def alpaca_parquet(records: Sequence[Mapping[str, Any]], folder: Path) -> Path:
     """`records` laid out as the Hub dataset `tatsu-lab/alpaca` is: `data/train-00000-of-00001.parquet` with the
     columns instruction, input, output and text (the full training text). Returns the folder (a `data_path`)."""
     import datasets
-
-    from ..prompts import format_prompt
 
     rows = {"instruction": [], "input": [], "output": [], "text": []}
     for r in records:

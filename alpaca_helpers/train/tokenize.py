@@ -22,28 +22,18 @@ and counted: it would otherwise train on nothing, silently. eos is appended by i
 always present and trained.
 
 `build_dataset` gives a `datasets.Dataset` of input_ids, labels, example_id and truncated (no attention_mask:
-`AlpacaCollator` builds it when it pads). Padding: right padding. The collator pads `labels` with -100 by position, never by comparing ids with the
-pad id, so a tokenizer whose pad equals its eos (the default model: both `<|im_end|>`, id 2) still trains
-the real eos.
-
-Packing: `pack_features` puts several examples in one row with `position_ids` restarting at 0 for each;
-the collator then leaves `attention_mask` out, which is how transformers (5.x) recognises packed rows and
-builds a block-diagonal causal mask, *provided the forward pass runs with `use_cache=False`* (with a
-cache, the detection is skipped and examples would see each other).
-
-Batching (used by training and shown in notebook 03): `global_batches` is the seeded order of each epoch's
-global batches; `micro_batches` cuts one global batch into micro-batches, grouping similar lengths when
-asked. Grouping inside a global batch leaves the step's gradient unchanged and removes most padding.
+`batches.AlpacaCollator` builds it when it pads). Padding, packing and the order of batches are in `batches`.
 """
 
 from __future__ import annotations
 
-import bisect
+import copy
+import html
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
 
-from ..data import AlpacaFormatError, validate_record
+from ..data import validate_record
 from ..prompts import format_prompt, prompt_text
 
 IGNORE_INDEX = -100
@@ -54,7 +44,7 @@ _PROBE_PROMPT = "### Response:"
 _PROBE_RESPONSES = ("Hello", "- item", '"quoted"', " spaced", "\nnew line", "Ünïcödé 東京")
 
 
-# ---------------------------------------------------------------- tokenizer checks and padding
+# ---------------------------------------------------------------- tokenizer checks and the pad token
 
 
 def special_prefix(tokenizer) -> list[int]:
@@ -175,8 +165,8 @@ def resize_embeddings_mean(model, new_size: int, pad_to_multiple_of: int = EMBED
 # ---------------------------------------------------------------- one example
 
 
-def _assemble(prefix: list[int], prompt_ids: list[int], response_ids: list[int], eos_id: int,
-              max_length: int, overflow: str, train_on_prompt: bool = False) -> tuple[list[int], list[int], bool] | None:
+def _assemble(prefix: list[int], prompt_ids: list[int], response_ids: list[int], eos_id: int, max_length: int,
+              overflow: str, train_on_prompt: bool = False) -> tuple[list[int], list[int], bool] | None:
     """Concatenate and label; None when dropped. Returns (input_ids, labels, truncated). With
     `train_on_prompt` the prompt's tokens are labelled too (the special prefix, never predicted, stays ignored)."""
     prompt = prefix + prompt_ids
@@ -347,63 +337,12 @@ def build_dataset(records: Sequence[Mapping[str, Any]], tokenizer, max_length: i
     return BuiltDataset(ds, stats)
 
 
-# ---------------------------------------------------------------- collation
-
-
-def _round_up(n: int, multiple: int | None) -> int:
-    return n if not multiple else -(-n // multiple) * multiple
-
-
-@dataclass
-class AlpacaCollator:
-    """Right-pad a list of features into tensors: `input_ids` with `pad_token_id`, `labels` with -100.
-
-    Plain rows get an `attention_mask`. Packed rows (features with `position_ids`) get `position_ids`
-    (padding continues as its own short sequence) and no 2D mask, so that transformers builds the
-    block-diagonal mask from the position restarts (run the model with `use_cache=False`).
-    Other keys (example_id, truncated, ...) are ignored.
-    """
-
-    pad_token_id: int
-    pad_to_multiple_of: int | None = None
-
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        if not features:
-            raise ValueError("cannot collate an empty batch")
-        width = _round_up(max(len(f["input_ids"]) for f in features), self.pad_to_multiple_of)
-        packed = "position_ids" in features[0]
-        input_ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        positions = torch.zeros((len(features), width), dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            if len(f["labels"]) != n:
-                raise ValueError(f"row {row}: {n} input_ids but {len(f['labels'])} labels")
-            input_ids[row, :n] = torch.as_tensor(f["input_ids"], dtype=torch.long)
-            labels[row, :n] = torch.as_tensor(f["labels"], dtype=torch.long)
-            mask[row, :n] = 1
-            if packed:
-                positions[row, :n] = torch.as_tensor(f["position_ids"], dtype=torch.long)
-                positions[row, n:] = torch.arange(width - n)
-        batch = {"input_ids": input_ids, "labels": labels}
-        if not packed:
-            batch["attention_mask"] = mask
-            return batch
-        batch["position_ids"] = positions
-        return batch
-
-
 # ---------------------------------------------------------------- display
 
 
 def label_html(tokenizer, input_ids: Sequence[int], labels: Sequence[int]) -> str:
     """HTML of one example's tokens: grey = masked (prompt, label -100), green = trained (output + eos).
     Hover a token for its id and label."""
-    import html
-
     colors = {True: "#c8f7c5", False: "#e6e6e6"}
     spans = []
     for token_id, label in zip(input_ids, labels):
@@ -427,8 +366,6 @@ def alpaca_original_tokenize(example: Mapping[str, Any], tokenizer,
     being counted as the non-pad tokens. Wrong when BPE merges across the prompt's end, when truncation cuts
     the eos, and when the prompt fills the window (every label masked).
     """
-    import copy
-
     record = validate_record(example, "record")
     source = format_prompt(record)
     target = f"{record['output']}{tokenizer.eos_token}"
@@ -453,87 +390,9 @@ def original_recipe_fault(example: Mapping[str, Any], original: Mapping[str, Seq
     return None
 
 
-# ---------------------------------------------------------------- packing and ordering
-
-
-def pack_lengths(lengths: Sequence[int], max_length: int) -> list[list[int]]:
-    """Group item indices into bins whose lengths sum to at most `max_length` (best-fit decreasing).
-
-    Items longer than `max_length` raise. Each bin lists its items in ascending index order.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    bins: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # sorted (remaining room, bin number)
-    for i in order:
-        n = lengths[i]
-        if n > max_length:
-            raise ValueError(f"item {i} has length {n} > max_length {max_length}")
-        at = bisect.bisect_left(free, (n, -1))
-        if at < len(free):
-            room, b = free.pop(at)
-        else:
-            room, b = max_length, len(bins)
-            bins.append([])
-        bins[b].append(i)
-        if room - n > 0:
-            bisect.insort(free, (room - n, b))
-    return [sorted(b) for b in bins]
-
-
-def pack_features(features: Sequence[Mapping[str, Any]], max_length: int = DEFAULT_MAX_LENGTH) -> list[dict]:
-    """Pack tokenized examples into rows of at most `max_length` tokens.
-
-    Each row has `input_ids`, `labels` (each example's first label forced to -100: it would otherwise be
-    predicted from the previous example's last token), `position_ids` restarting at 0 per example,
-    `example_ids` and `lengths`.
-    """
-    rows = []
-    for group in pack_lengths([len(f["input_ids"]) for f in features], max_length):
-        row: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], "example_ids": [], "lengths": []}
-        for i in group:
-            f = features[i]
-            n = len(f["input_ids"])
-            row["input_ids"].extend(f["input_ids"])
-            row["labels"].extend([IGNORE_INDEX] + list(f["labels"][1:]))
-            row["position_ids"].extend(range(n))
-            row["example_ids"].append(f.get("example_id", i))
-            row["lengths"].append(n)
-        rows.append(row)
-    return rows
-
-
-def global_batches(num_examples: int, global_batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """The epoch's global batches: a seeded random permutation cut into full batches (same on every rank).
-    The last incomplete batch is dropped."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-    order = torch.randperm(num_examples, generator=gen).tolist()
-    steps = num_examples // global_batch_size
-    return [order[i * global_batch_size:(i + 1) * global_batch_size] for i in range(steps)]
-
-
-def micro_batches(batch: Sequence[int], lengths: Sequence[int], size: int, group_by_length: bool) -> list[list[int]]:
-    """One global batch cut into micro-batches of `size`; with `group_by_length`, longest first, so that
-    each micro-batch holds similar lengths (the global batch, hence the gradient, is unchanged)."""
-    ids = sorted(batch, key=lambda i: (-lengths[i], i)) if group_by_length else list(batch)
-    return [ids[i:i + size] for i in range(0, len(ids), size)]
-
-
-def padding_waste(lengths: Sequence[int], batches: Sequence[Sequence[int]],
-                  pad_to_multiple_of: int | None = None) -> float:
-    """Fraction of the padded batch tensors that is padding (0 = none)."""
-    real = total = 0
-    for batch in batches:
-        width = _round_up(max(lengths[i] for i in batch), pad_to_multiple_of)
-        real += sum(lengths[i] for i in batch)
-        total += width * len(batch)
-    return 1 - real / total if total else 0.0
-
-
 __all__ = [
-    "IGNORE_INDEX", "DEFAULT_MAX_LENGTH", "AlpacaCollator", "alpaca_original_tokenize", "original_recipe_fault", "AlpacaFormatError", "BuiltDataset", "TokenizeStats",
-    "adds_dummy_prefix", "build_dataset", "check_tokenizer", "encode_continuation", "encode_prompt", "dataset_features", "label_html", "ensure_pad_token", "global_batches", "micro_batches",
-    "pack_features", "pack_lengths", "padding_waste",
-    "resize_embeddings_mean", "resized_rows", "special_prefix", "tokenize_batch", "tokenize_example", "validate_records",
+    "IGNORE_INDEX", "DEFAULT_MAX_LENGTH", "alpaca_original_tokenize", "original_recipe_fault", "BuiltDataset",
+    "TokenizeStats", "adds_dummy_prefix", "build_dataset", "check_tokenizer", "encode_continuation", "encode_prompt",
+    "dataset_features", "label_html", "ensure_pad_token", "resize_embeddings_mean", "resized_rows", "special_prefix",
+    "tokenize_batch", "tokenize_example", "validate_records",
 ]

@@ -35,6 +35,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,12 +43,35 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+from tqdm.auto import tqdm
+
+from ..cli import ArgumentParser
+from ..data import DataSourceError, source_counts
+from ..demo.generate import load_model
 from ..files import append_durable, atomic_write_text, read_complete_jsonl
+from ..models import resolve_model
 from ..paths import resolve
-from ..train.config import TrainConfig
-from .arms import Pool, arm_records, make_pool
+from ..precision import PrecisionError
+from ..self_instruct.teacher import TeacherError
+from ..train.config import TrainConfig, TrainConfigError, check_run, report_targets, train_args
+from ..train.launch import (
+    LaunchError,
+    check_gpus,
+    launch_command,
+    launch_summary,
+    run_streaming,
+    show_command,
+    total_processes,
+)
+from ..train.recipe import MODEL_DIR, SUMMARY_FILE, read_train_log, train
+from ..train.tokenize import build_dataset
+from ..train.tracking import Tracker
+from .arms import ARM_KINDS, Arm, Pool, arm_records, make_pool
+from .errors import AblationError
+from .grade import grade_records
 from .metrics import EvalSets, evaluation_sets, measure
-from .spec import AblationError, AblationSpec, Arm, arm_config, load_spec
+from .spec import AblationSpec, arm_config, load_spec
 from .stats import summarize
 
 RESULTS_FILE = "results.jsonl"
@@ -58,7 +82,6 @@ EVAL_SETS_FILE = "eval_sets.json"
 GRADES_FILE = "grades.jsonl"
 CONSOLE_FILE = "console.log"  # one arm × seed's full console, in its run folder
 LINE_METRICS = ("val_loss", "teacher_loss", "xstest_refusal", "xstest_over_refusal")  # shown in its one line
-SEED_DEPENDENT = {"size", "dataset"}  # kinds whose data depends on the run seed (plus random selection)
 
 
 @dataclass(frozen=True)
@@ -100,7 +123,8 @@ class AblationResult:
 
 
 def seed_dependent(arm: Arm) -> bool:
-    return arm.kind in SEED_DEPENDENT or (arm.kind == "selection" and arm.params["method"] == "random")
+    """Whether the arm's records change with the run seed (one data file per seed)."""
+    return ARM_KINDS[arm.kind].seeded(arm.params)
 
 
 def _sha(text: str) -> str:
@@ -124,15 +148,11 @@ def fingerprint(cfg: TrainConfig, data: str, sets: EvalSets, spec: AblationSpec)
 def _tokenizer(model: str) -> Any:
     from transformers import AutoTokenizer
 
-    from ..models import resolve_model
-
     return AutoTokenizer.from_pretrained(resolve_model(model))
 
 
 def kept_examples(records: Sequence[dict[str, Any]], tokenizer: Any, max_length: int) -> int:
     """How many of the records training keeps at `max_length` (a prompt that leaves no room is dropped)."""
-    from ..train.tokenize import build_dataset
-
     return build_dataset(records, tokenizer, max_length=max_length).stats.kept if records else 0
 
 
@@ -140,10 +160,6 @@ def arm_jobs(spec: AblationSpec, pool: Pool, sets: EvalSets, grades: list[float 
              out: Path) -> tuple[dict[str, list[dict[str, Any]]], list[Job]]:
     """Every arm's records (one file per arm, or per arm and seed when the seed draws them) and every arm × seed
     job, each checked: it must make at least one global batch of examples training keeps."""
-    from ..data import DataSourceError
-    from ..train.config import TrainConfigError, check_run
-    from ..train.launch import total_processes
-
     base = spec.base_config()
     data: dict[str, list[dict[str, Any]]] = {}
     fitting: dict[tuple[str, int], int] = {}  # (data file, max length) -> examples training keeps
@@ -181,13 +197,8 @@ def prepare(spec: AblationSpec, output_dir: str | os.PathLike, progress: bool = 
     data, and write the specification and the evaluation sets; no training. Every mistake is an `AblationError`."""
     import datasets
 
-    from ..data import DataSourceError
-    from ..train.config import TrainConfigError
-
     datasets.disable_progress_bars()  # the run's progress is shown by its own lines and bars
     if spec.gpus:
-        from ..train.launch import LaunchError, check_gpus
-
         try:
             check_gpus(spec.gpus)
         except LaunchError as e:
@@ -210,12 +221,10 @@ def prepare(spec: AblationSpec, output_dir: str | os.PathLike, progress: bool = 
          f"{len(sets.teacher)} teacher answers and {len(sets.prompts)} prompts for every arm"
          + (f", {len(sets.ifeval)} IFEval prompts" if sets.ifeval else "")
          + (f", {len(sets.xstest)} XSTest prompts" if sets.xstest else ""))
-    graded = any(a.kind == "selection" and a.params["method"] == "graded" for a in spec.arms.values())
+    graded = any(ARM_KINDS[a.kind].graded(a.params) for a in spec.arms.values())
     out.mkdir(parents=True, exist_ok=True)
     grades = None
     if graded:
-        from .grade import grade_records
-
         grades = grade_records(pool.train, spec.grader, out / GRADES_FILE, progress=progress)
     data, jobs = arm_jobs(spec, pool, sets, grades, tokenizer, out)
     for file, records in data.items():
@@ -228,10 +237,6 @@ def prepare(spec: AblationSpec, output_dir: str | os.PathLike, progress: bool = 
 def arm_overview(prepared: Prepared) -> list[dict[str, Any]]:
     """Per arm, at the first seed: its records, their mean response length in words, their mean grade (when the
     pool was graded), their sources, and whether the loss covers the prompt."""
-    import statistics
-
-    from ..data import source_counts
-
     def key(r: dict[str, Any]) -> tuple[str, str, str]:
         return r["instruction"], r.get("input", ""), r["output"]
 
@@ -266,18 +271,12 @@ def train_job(job: Job, spec: AblationSpec, echo: Callable[[str], Any], verbose:
     """Train one arm × seed: in this process on one CPU process, else as its own `accelerate launch` (the plan
     and the command printed first). Unless `verbose`, an in-process run shows no step bar (its console goes to a
     file). Returns the run's `train_summary.json`."""
-    from ..train.config import train_args
-    from ..train.launch import launch_command, launch_plan, run_streaming, show_command
-    from ..train.recipe import SUMMARY_FILE, train
-
     if spec.gpus == 0 and spec.cpu_processes == 1:
         return train(replace(job.config, progress_bar=verbose))
-    import yaml
-
     run_dir = Path(job.config.output_dir)
     settings = run_dir / "arm_config.yaml"
     atomic_write_text(settings, yaml.safe_dump({k: v for k, v in vars(job.config).items() if k != "output_dir"}))
-    echo(launch_plan(job.config, spec.gpus, spec.cpu_processes))
+    echo(launch_summary(job.config, spec.gpus, spec.cpu_processes))
     cmd = launch_command(train_args(settings, {}, run_dir), gpus=spec.gpus, cpu_processes=spec.cpu_processes)
     echo(show_command(cmd))
     run_streaming(cmd, echo=echo)
@@ -315,9 +314,6 @@ def console_log(path: Path, verbose: bool, echo: Callable[[str], Any]) -> Iterat
 def run_job(job: Job, prepared: Prepared, echo: Callable[[str], Any], verbose: bool = True) -> dict[str, Any]:
     """Train and measure one arm × seed, append its row to `results.jsonl` durably, and return the row. Unless
     `verbose`, the run's console goes to `runs/<arm>-seed<s>/console.log` instead of `echo`."""
-    from ..demo.generate import load_model
-    from ..train.recipe import MODEL_DIR, read_train_log
-
     spec, run_dir = prepared.spec, Path(job.config.output_dir)
     shutil.rmtree(run_dir, ignore_errors=True)  # what an interrupted attempt left
     started = time.perf_counter()
@@ -345,14 +341,11 @@ def run_job(job: Job, prepared: Prepared, echo: Callable[[str], Any], verbose: b
 
 def report(job: Job, row: dict[str, Any], run_dir: Path) -> None:
     """With `report_to`, the measurements of one arm × seed as `ablation/<metric>` scalars at its last step."""
-    from ..train.config import report_targets
-    from ..train.tracking import Tracker
-
     targets = report_targets(job.config.report_to)
     if not targets:
         return
-    tracker = Tracker(targets, run_dir, {"arm": job.arm.name, "kind": job.arm.kind, "seed": job.seed, **job.arm.params},
-                      run_name=f"{job.name}-measured")
+    config = {"arm": job.arm.name, "kind": job.arm.kind, "seed": job.seed, **job.arm.params}
+    tracker = Tracker(targets, run_dir, config, run_name=f"{job.name}-measured")
     tracker.log_scalars({f"ablation/{k}": float(v) for k, v in row["metrics"].items() if v is not None}, row["steps"])
     tracker.close()
 
@@ -396,8 +389,9 @@ def job_line(k: int, total: int, job: Job, row: dict[str, Any], log: Path | None
     """The one line a finished arm × seed prints: what it trained, how long it took, its first metrics (3
     significant digits) and where its full console log is."""
     shown = [f"{m} {v:.3g}" for m, v in row["metrics"].items() if v is not None and m in LINE_METRICS][:3]
-    return (f"[{k}/{total}] {job.name}: {job.records} records, {row['steps']} steps of {job.config.global_batch_size}; "
-            f"train {row['timing']['train_s']:.0f} s, measure {row['timing']['measure_s']:.0f} s; " + ", ".join(shown)
+    return (f"[{k}/{total}] {job.name}: {job.records} records, {row['steps']} steps of "
+            f"{job.config.global_batch_size}; train {row['timing']['train_s']:.0f} s, "
+            f"measure {row['timing']['measure_s']:.0f} s; " + ", ".join(shown)
             + (f"; log {log}" if log is not None else ""))
 
 
@@ -409,8 +403,6 @@ def run_ablation(spec: AblationSpec | str | os.PathLike | dict[str, Any], output
     Each arm × seed prints one line when it is measured (with `progress`, under a bar over all of them); its
     full console (the training's plan, steps and summary, or the launched command's output) is in
     `runs/<arm>-seed<s>/console.log`. `verbose` streams that console to `echo` instead."""
-    from tqdm.auto import tqdm
-
     spec = spec if isinstance(spec, AblationSpec) else load_spec(spec)
     prepared = prepare(spec, output_dir, progress, echo)
     done = finished_rows(prepared)
@@ -418,7 +410,8 @@ def run_ablation(spec: AblationSpec | str | os.PathLike | dict[str, Any], output
     echo(f"{len(prepared.jobs)} arm × seed runs ({len(spec.arms)} arms × {len(spec.seeds)} seeds), "
          f"{len(done)} already measured; budget {prepared.jobs[0].config.max_steps} steps per run"
          + ("" if spec.budget.steps is not None else f" ({spec.budget.examples} examples seen)")
-         + ("" if verbose or not todo else f"; each run's full log: {prepared.out / 'runs' / '<arm>-seed<s>' / CONSOLE_FILE}"))
+         + ("" if verbose or not todo
+            else f"; each run's full log: {prepared.out / 'runs' / '<arm>-seed<s>' / CONSOLE_FILE}"))
     bar = tqdm(total=len(todo), desc="arm × seed runs", unit="run", disable=not progress or not todo,
                dynamic_ncols=True)
     say = tqdm.write if echo is print else echo  # a line printed under the bar, not through it
@@ -456,13 +449,12 @@ def format_table(result: AblationResult, digits: int = 3, metrics: Sequence[str]
     lines = ["| arm | records | " + " | ".join(metrics) + " |", "|---|---:|" + "---:|" * len(metrics)]
     for arm in result.spec.arms:
         if arm in records:
-            lines.append(f"| {arm} | {records[arm]} | " + " | ".join(cell(cells.get((arm, m))) for m in metrics) + " |")
+            shown = " | ".join(cell(cells.get((arm, m))) for m in metrics)
+            lines.append(f"| {arm} | {records[arm]} | {shown} |")
     return "\n".join(lines)
 
 
 def _parse_setting(text: str) -> tuple[str, Any]:
-    import yaml
-
     name, sep, value = text.partition("=")
     if not sep:
         raise AblationError(f"--base {text!r}: expected name=value, e.g. data_path=tatsu-lab/alpaca")
@@ -470,8 +462,8 @@ def _parse_setting(text: str) -> tuple[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alpaca_helpers.understand.ablate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m alpaca_helpers.understand.ablate", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--spec", default="cpu_course", help="an ablation preset (configs/ablations/) or a YAML path")
     parser.add_argument("--output_dir", default="runs/ablate", help="results, data and runs (relative = repo root)")
     parser.add_argument("--seeds", type=int, nargs="+", help="run seeds (default: the spec's)")
@@ -489,15 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = load_spec(args.spec, select_n=args.select_n, budget_steps=args.budget_steps,
                          budget_examples=args.budget_examples, base=dict(map(_parse_setting, args.base)),
-                         seeds=args.seeds, gpus=args.gpus, cpu_processes=args.cpu_processes, keep_models=args.keep_models)
+                         seeds=args.seeds, gpus=args.gpus, cpu_processes=args.cpu_processes,
+                         keep_models=args.keep_models)
         result = run_ablation(spec, args.output_dir, verbose=args.verbose)
     except Exception as e:  # one line for what a user can fix; anything else is a bug and keeps its traceback
-        from ..data import DataSourceError
-        from ..precision import PrecisionError
-        from ..self_instruct.teacher import TeacherError
-        from ..train.config import TrainConfigError
-        from ..train.launch import LaunchError
-
         if not isinstance(e, (AblationError, TrainConfigError, DataSourceError, LaunchError, TeacherError,
                               PrecisionError, FileNotFoundError)):
             raise

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..self_instruct.parse import filter_reason
+from ..train.tokenize import build_dataset
 
 CLEANING_RULES = ("alpaca_filters", "empty_output", "duplicate_task", "duplicate_output", "truncated_output")
 EMPTY_OUTPUTS = {"", "<nooutput>", "<no output>"}
@@ -32,8 +33,6 @@ def _normal(text: str) -> str:
 
 def truncated_indices(records: Sequence[Mapping[str, Any]], tokenizer: Any, max_length: int) -> set[int]:
     """Indices of the records whose output training would cut (or drop) at `max_length` tokens."""
-    from ..train.tokenize import build_dataset
-
     built = build_dataset(records, tokenizer, max_length=max_length)
     cut = {i for i, t in zip(built.dataset["example_id"], built.dataset["truncated"]) if t}
     return cut | set(built.stats.dropped_ids)

@@ -2,7 +2,7 @@
 
 AlpaGasus (Chen et al. 2023) asked ChatGPT to rate the accuracy of every Alpaca response and trained on the
 best-rated 9K of the 52K. Here the judge is read as notebook 06's weighted judge is: where its token
-probabilities are known (the embedded model in this process through `evaluate.pairwise.LocalJudge`, or an
+probabilities are known (the embedded model in this process through `evaluate.judge.LocalJudge`, or an
 OpenAI-compatible endpoint that returns log-probabilities) the grade is the expected score, the
 probability-weighted mean of the digits 1-5 it could reply with, so no reply is ever misparsed and ties are
 rare. An endpoint without log-probabilities (such as `transformers serve`) is read from the first digit it
@@ -20,10 +20,16 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from tqdm.auto import tqdm
+
+from ..demo.generate import load_model
+from ..evaluate.judge import LocalJudge
 from ..files import append_durable, read_complete_jsonl
+from ..self_instruct.teacher import Teacher, TeacherConfig
 
 GRADES = ("1", "2", "3", "4", "5")
 GRADE_PROMPT = """You are checking examples that will teach an assistant to follow instructions. Rate how good \
@@ -84,12 +90,7 @@ def make_grader(config: GraderConfig) -> tuple[Any, str]:
     """(judge, method): a `LocalJudge` on the named local model ("logprobs"), or a `Teacher` on the endpoint
     ("logprobs" when it returns them, else "text")."""
     if not config.base_url:
-        from ..demo.generate import load_model
-        from ..evaluate.pairwise import LocalJudge
-
         return LocalJudge(*load_model(config.model)), "logprobs"
-    from ..self_instruct.teacher import Teacher, TeacherConfig
-
     teacher = Teacher(TeacherConfig(base_url=config.base_url, model=config.model, api=config.api,
                                     temperature=0.0, max_tokens=8))
     teacher.check()
@@ -98,10 +99,6 @@ def make_grader(config: GraderConfig) -> tuple[Any, str]:
 
 def _grade_chunk(judge: Any, method: str, records: Sequence[Mapping[str, Any]]) -> list[float | None]:
     """Grades of one chunk: one forward pass for a `LocalJudge`, concurrent requests for an endpoint."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from ..evaluate.pairwise import LocalJudge
-
     prompts = [grade_prompt(r) for r in records]
     if isinstance(judge, LocalJudge):
         return [expected_grade(t) for t in judge.top_logprobs_batch(prompts)]
@@ -127,8 +124,6 @@ def grade_records(records: Sequence[Mapping[str, Any]], config: GraderConfig, pa
     again whole: a local judge's numbers depend (in the last bits) on the padding of its batch, so fixed chunks
     make an interrupted and resumed run give exactly the grades of an uninterrupted one.
     """
-    from tqdm.auto import tqdm
-
     grader = config.name()
     keys = [record_key(r, grader) for r in records]
     known = {row["key"]: row["grade"] for row in read_complete_jsonl(path)}

@@ -22,6 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data import load_davinci_predictions, load_eval_set
+from ..evaluate.agreement import agreement, response_losses
+from ..evaluate.agreement import answer_shape as shape_of
+from ..evaluate.answers import eval_subset, generate_answers
+from ..evaluate.ifeval import as_records as ifeval_records
+from ..evaluate.ifeval import load_ifeval, score_ifeval
+from ..evaluate.refusal import classify_refusal
+from ..evaluate.xstest import as_records as xstest_records
+from ..evaluate.xstest import load_xstest, refusal_rates, xstest_subset
 from ..files import atomic_write_text
 
 DEFAULT_METRICS = ("val_loss", "teacher_agreement", "answer_shape")
@@ -55,11 +64,7 @@ class EvalSets:
 def evaluation_sets(heldout: Sequence[Mapping[str, Any]], teacher_items: int, shape_items: int, seed: int,
                     max_length: int, max_new_tokens: int, ifeval_items: int = 0, xstest_items: int = 0) -> EvalSets:
     """The held-out records plus seeded subsets of the user-oriented instructions and of IFEval's prompts
-    (`pairwise.eval_subset`), and `xstest_items` safe and as many unsafe XSTest prompts (`xstest.xstest_subset`)."""
-    from ..data import load_davinci_predictions, load_eval_set
-    from ..evaluate.ifeval import load_ifeval
-    from ..evaluate.pairwise import eval_subset
-
+    (`answers.eval_subset`), and `xstest_items` safe and as many unsafe XSTest prompts (`xstest.xstest_subset`)."""
     records, davinci = load_eval_set(), load_davinci_predictions()
     teacher = [{**records[i], "output": davinci[i]["output"]} for i in eval_subset(records, teacher_items, seed)]
     prompts = [records[i] for i in eval_subset(records, shape_items, seed + 1)]
@@ -69,8 +74,6 @@ def evaluation_sets(heldout: Sequence[Mapping[str, Any]], teacher_items: int, sh
         ifeval = [every[i] for i in eval_subset(every, ifeval_items, seed + 2)]
     xstest = []
     if xstest_items:
-        from ..evaluate.xstest import load_xstest, xstest_subset
-
         xstest = xstest_subset(load_xstest(), xstest_items, seed + 3)
     return EvalSets([dict(r) for r in heldout], teacher, prompts, max_length, max_new_tokens, ifeval, xstest)
 
@@ -86,17 +89,13 @@ class Measured:
 
     def answers(self, records: Sequence[Mapping[str, Any]], file: str = "answers.jsonl") -> list[dict[str, Any]]:
         """Greedy answers to `records` (each with an `id`) within the answer limit, appended to `folder/file` as
-        they come (`evaluate.pairwise.generate_answers`): rows with output, new_tokens and ended."""
-        from ..evaluate.pairwise import generate_answers
-
+        they come (`evaluate.answers.generate_answers`): rows with output, new_tokens and ended."""
         done = generate_answers(self.model, self.tokenizer, records, self.folder / file, batch_size=8,
                                 progress=False, temperature=0.0, max_new_tokens=self.sets.max_new_tokens)
         return [done[r["id"]] for r in records]
 
     def response_loss(self, records: Sequence[Mapping[str, Any]]) -> float | None:
         """Mean loss per response token of the records' outputs (`evaluate.agreement`), masked as training."""
-        from ..evaluate.agreement import agreement, response_losses
-
         rows = response_losses(self.model, self.tokenizer, records, max_length=self.sets.max_length, progress=False)
         return agreement(rows)["loss"]
 
@@ -116,19 +115,16 @@ def teacher_agreement(m: Measured) -> dict[str, float | None]:
 
 def answer_shape(m: Measured) -> dict[str, float | None]:
     """The share of greedy answers that end before the limit, their mean length in tokens, the share empty."""
-    from ..evaluate.agreement import answer_shape as shape_of
-
     rows = m.answers(m.sets.prompts)
     shape = shape_of([r["output"] for r in rows], m.tokenizer, [r["ended"] for r in rows])
-    return {"ended_share": shape["ended_share"], "mean_tokens": shape["mean_tokens"], "empty_share": shape["empty_share"]}
+    return {"ended_share": shape["ended_share"], "mean_tokens": shape["mean_tokens"],
+            "empty_share": shape["empty_share"]}
 
 
 def ifeval(m: Measured) -> dict[str, float | None]:
     """IFEval's prompt-level and instruction-level strict accuracy (`evaluate.ifeval.score_ifeval`) of greedy
     answers to the sets' IFEval prompts, with the Alpaca prompt and the sets' answer limit."""
-    from ..evaluate.ifeval import as_records, score_ifeval
-
-    rows = m.answers(as_records(m.sets.ifeval), "ifeval_answers.jsonl")
+    rows = m.answers(ifeval_records(m.sets.ifeval), "ifeval_answers.jsonl")
     scores = score_ifeval({p["prompt"]: r["output"] for p, r in zip(m.sets.ifeval, rows)}, m.sets.ifeval)
     return {"ifeval_prompt_strict": scores["prompt_strict"], "ifeval_instruction_strict": scores["instruction_strict"]}
 
@@ -137,16 +133,14 @@ def xstest(m: Measured) -> dict[str, float | None]:
     """XSTest's refusal rate (unsafe prompts refused, fully or partly) and over-refusal rate (safe prompts
     refused) of greedy answers, labelled by `evaluate.refusal.classify_refusal`; every rate, per type too, goes
     to `xstest_by_type.json` in the run folder (`xstest.refusal_rates`)."""
-    from ..evaluate.refusal import classify_refusal
-    from ..evaluate.xstest import as_records, refusal_rates
-    rows = m.answers(as_records(m.sets.xstest), "xstest_answers.jsonl")
+    rows = m.answers(xstest_records(m.sets.xstest), "xstest_answers.jsonl")
     rates = refusal_rates(m.sets.xstest, [classify_refusal(r["output"]).label for r in rows])
     atomic_write_text(m.folder / XSTEST_BY_TYPE_FILE, json.dumps(rates, indent=2) + "\n")
     return {"xstest_refusal": rates["refusal"]["rate"], "xstest_over_refusal": rates["over_refusal"]["rate"]}
 
 
-METRICS: dict[str, Metric] = {"val_loss": val_loss, "teacher_agreement": teacher_agreement, "answer_shape": answer_shape,
-                              "ifeval": ifeval, "xstest": xstest}
+METRICS: dict[str, Metric] = {"val_loss": val_loss, "teacher_agreement": teacher_agreement,
+                              "answer_shape": answer_shape, "ifeval": ifeval, "xstest": xstest}
 
 
 def measure(model: Any, tokenizer: Any, sets: EvalSets, folder: str | os.PathLike,

@@ -17,7 +17,7 @@ evaluation, read from YAML or a dict and checked before any data or model loads.
       safety_3pc: {kind: mix, data_path: safety.json, share: 0.03}   # the pool plus 3% safety examples
 
 Each arm changes the training data (its kind says how) or one training setting; the model, the seed, the budget
-and the evaluation sets stay the same for all. The kinds and their parameters are in `ARM_KINDS`.
+and the evaluation sets stay the same for all. The kinds, their parameters and checks are in `arms.ARM_KINDS`.
 """
 
 from __future__ import annotations
@@ -25,58 +25,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..paths import REPO_ROOT
-from ..self_instruct.pipeline import GENERATED_SOURCE, SEED_SOURCE
-from ..train.config import FIELDS, TrainConfig, TrainConfigError, load_preset, make_config
-from .clean import CLEANING_RULES
+from ..train.config import TrainConfig, TrainConfigError, load_preset, make_config
+from .arms import ARM_KINDS, Arm
+from .errors import AblationError
 from .grade import GraderConfig
 from .metrics import DEFAULT_METRICS, METRICS
 
 ABLATIONS_DIR = REPO_ROOT / "configs" / "ablations"
-SOURCES = (SEED_SOURCE, GENERATED_SOURCE, "both")
-METHODS = ("random", "longest", "graded")
-
-# kind -> {parameter: help}; `setting` takes exactly one training setting instead.
-ARM_KINDS: dict[str, dict[str, str]] = {
-    "base": {},
-    "size": {"fraction": "a seeded random share of the pool (0 < fraction <= 1)",
-             "count": "a seeded random number of records of the pool"},
-    "diversity": {"threshold": "notebook 02's ROUGE-L filter over the pool's instructions: kept when the highest "
-                               "score against every instruction kept before is at most this; null = no filter"},
-    "source": {"source": "records whose `source` is seed, self-instruct, or both"},
-    "selection": {"method": "random (seeded), longest (longest responses, Long Is More) or graded (best "
-                            "grader score, AlpaGasus)", "n": "records kept"},
-    "cleaning": {"rules": f"cleaning rules applied (default all: {', '.join(CLEANING_RULES)})"},
-    "mask": {"train_on_prompt": "true: the loss on prompt + response; false: on the response only (Alpaca)"},
-    "setting": {},
-    "dataset": {"data_path": "another training set (file, folder or Hub name), minus the held-out tasks",
-                "data_columns": "its column mapping, as the training setting"},
-    "mix": {"data_path": "a file of extra records (e.g. safety data) added to the whole pool",
-            "share": "the extra records' share of the arm's data, in [0, 1) (0: the pool alone)"},
-}
-REQUIRED = {"diversity": {"threshold"}, "source": {"source"}, "selection": {"method", "n"}, "dataset": {"data_path"},
-            "mix": {"data_path", "share"}}
-# Settings an arm may not change: they would change what is measured, or what every arm shares.
-EVALUATION_SETTINGS = ("data_path", "data_columns", "max_examples", "val_set_size", "eval_steps")
-SHARED_SETTINGS = ("model_name_or_path", "seed", "output_dir", "max_steps", "num_train_epochs", "resume",
-                   "stop_after_steps", "device", "report_to")
-
-
-class AblationError(ValueError):
-    """A specification that cannot run; the message (one line) says what to change. Raised before training."""
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One arm: a name, a kind (`ARM_KINDS`) and that kind's parameters."""
-
-    name: str
-    kind: str
-    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -138,7 +100,8 @@ class AblationSpec:
         """One row per arm to show as a table: its name, kind and every parameter any arm has ("" where this arm
         has none, so that a column never mixes numbers with missing values)."""
         columns = list(dict.fromkeys(k for a in self.arms.values() for k in a.params))
-        return [{"arm": a.name, "kind": a.kind, **{k: a.params.get(k, "") for k in columns}} for a in self.arms.values()]
+        return [{"arm": a.name, "kind": a.kind, **{k: a.params.get(k, "") for k in columns}}
+                for a in self.arms.values()]
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-safe copy (written next to the results)."""
@@ -171,58 +134,15 @@ def _dataclass(kind: type, values: Any, where: str) -> Any:
 
 
 def check_arm(arm: Arm, base: dict[str, Any]) -> None:
-    """One arm's kind and parameters (one-line `AblationError`s)."""
+    """One arm's kind and parameters (one-line `AblationError`s), and the training settings it changes."""
     where = f"arm {arm.name!r}"
-    if arm.kind not in ARM_KINDS:
+    kind = ARM_KINDS.get(arm.kind)
+    if kind is None:
         raise AblationError(f"{where}: unknown kind {arm.kind!r} (kinds: {', '.join(ARM_KINDS)})")
-    params = arm.params
-    if arm.kind == "setting":
-        if len(params) != 1:
-            raise AblationError(f"{where}: a setting arm changes exactly one training setting, got {sorted(params) or 'none'}")
-        (name, _), = params.items()
-        if name in EVALUATION_SETTINGS:
-            raise AblationError(f"{where}: changes {name}, which would change the evaluation set every arm is measured "
-                                "on (the pool and its held-out records come from base; another data set is kind: dataset)")
-        if name in SHARED_SETTINGS:
-            raise AblationError(f"{where}: changes {name}, which every arm shares (the model, seeds and budget are "
-                                "fixed by the ablation)")
-        if name not in FIELDS:
-            raise AblationError(f"{where}: unknown training setting {name!r}")
-        _config({**base, **params}, where)
-        return
-    allowed, required = ARM_KINDS[arm.kind], REQUIRED.get(arm.kind, set())
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise AblationError(f"{where}: unknown parameter(s) {unknown} for kind {arm.kind} "
-                            f"(it takes: {', '.join(allowed) or 'none'})")
-    missing = sorted(required - set(params))
-    if missing:
-        raise AblationError(f"{where}: kind {arm.kind} needs {', '.join(missing)}")
-    if arm.kind == "size" and len(params) != 1:
-        raise AblationError(f"{where}: kind size takes one of fraction or count")
-    if arm.kind == "size" and "fraction" in params and not 0 < float(params["fraction"]) <= 1:
-        raise AblationError(f"{where}: fraction must be in (0, 1], got {params['fraction']}")
-    if arm.kind == "selection" and params["method"] not in METHODS:
-        raise AblationError(f"{where}: method {params['method']!r} unknown (methods: {', '.join(METHODS)})")
-    if arm.kind in ("size", "selection"):
-        n = params.get("n", params.get("count"))
-        if n is not None and (not isinstance(n, int) or n < 1):
-            raise AblationError(f"{where}: the number of records must be a whole number >= 1, got {n!r}")
-    if arm.kind == "source" and params["source"] not in SOURCES:
-        raise AblationError(f"{where}: source {params['source']!r} unknown (sources: {', '.join(SOURCES)})")
-    if arm.kind == "cleaning":
-        unknown_rules = sorted(set(params.get("rules", CLEANING_RULES)) - set(CLEANING_RULES))
-        if unknown_rules:
-            raise AblationError(f"{where}: unknown cleaning rule(s) {unknown_rules} (rules: {', '.join(CLEANING_RULES)})")
-    if arm.kind == "mix":
-        share = params["share"]
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
-            raise AblationError(f"{where}: share must be a number in [0, 1), got {share!r}")
-        path = str(params["data_path"])
-        if not any(p.is_file() for p in (Path(path).expanduser(), REPO_ROOT / path)):
-            raise AblationError(f"{where}: data_path {path!r} is not a file (from here or the repository root)")
-    if arm.kind == "diversity" and params["threshold"] is not None and not 0 <= float(params["threshold"]) <= 1:
-        raise AblationError(f"{where}: threshold must be in [0, 1] or null (no filter), got {params['threshold']}")
+    kind.check(arm.params, where)
+    settings = kind.settings(arm.params)
+    if settings:
+        _config({**base, **settings}, where)
 
 
 def parse_spec(raw: dict[str, Any]) -> AblationSpec:
@@ -292,9 +212,7 @@ def arm_config(spec: AblationSpec, arm: Arm, seed: int, data_file: str | os.Path
                run_dir: str | os.PathLike) -> TrainConfig:
     """The training configuration of one arm and seed: the base, the arm's setting (mask or setting arms), its
     data file, the seed, the budget's steps and no held-out split of its own (the ablation measures that)."""
-    settings = dict(arm.params) if arm.kind == "setting" else {}
-    if arm.kind == "mask":
-        settings["train_on_prompt"] = bool(arm.params.get("train_on_prompt", True))
+    settings = ARM_KINDS[arm.kind].settings(arm.params)
     cfg = _config({**spec.base, **settings, "data_path": str(data_file), "max_examples": None, "data_columns": None,
                    "val_set_size": 0, "seed": seed, "output_dir": str(run_dir),
                    **({"device": "cpu"} if spec.gpus == 0 else {})}, f"arm {arm.name!r}")
@@ -325,8 +243,6 @@ def load_spec(source: str | os.PathLike | dict[str, Any], select_n: int | None =
     spec's unless None. `select_n` sets `n` of every selection arm; `budget_steps` or `budget_examples` replace
     the budget.
     """
-    import yaml
-
     if isinstance(source, dict):
         raw = copy.deepcopy(source)
     else:
@@ -348,6 +264,7 @@ def load_spec(source: str | os.PathLike | dict[str, Any], select_n: int | None =
         raw["budget"] = {"steps": budget_steps} if budget_steps is not None else {"examples": budget_examples}
     if select_n is not None:
         for arm in (raw.get("arms") or {}).values():
-            if isinstance(arm, dict) and arm.get("kind") == "selection":
-                arm["n"] = select_n
+            kind = ARM_KINDS.get(str(arm.get("kind"))) if isinstance(arm, dict) else None
+            if kind is not None and kind.count_param is not None:
+                arm[kind.count_param] = select_n
     return parse_spec(raw)

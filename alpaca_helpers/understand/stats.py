@@ -15,10 +15,11 @@ says which, and concludes nothing from fewer than `MIN_SEEDS` seeds.
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from statistics import NormalDist
 from typing import Any
+
+from ..evaluate.stats import mean_se
 
 # Student's t, 97.5% quantile, for 1..30 degrees of freedom (beyond: the normal quantile, corrected).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -36,14 +37,13 @@ def t_quantile(df: int) -> float:
     return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
-def mean_se(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, standard error of the mean (sample standard deviation / sqrt(n); None for n < 2), n, and the
-    95% interval (None for n < 2)."""
-    n = len(values)
-    mean = statistics.fmean(values) if n else None
-    se = statistics.stdev(values) / math.sqrt(n) if n > 1 else None
-    half = t_quantile(n - 1) * se if se is not None else None
-    return {"mean": mean, "se": se, "n": n, "low": mean - half if half is not None else None,
+def mean_interval(values: Sequence[float]) -> dict[str, Any]:
+    """`evaluate.stats.mean_se` (mean, standard error, n) with the 95% interval, `low` and `high` (None for
+    n < 2)."""
+    stats = mean_se(values)
+    mean, se = stats["mean"], stats["se"]
+    half = t_quantile(stats["n"] - 1) * se if se is not None else None
+    return {**stats, "low": mean - half if half is not None else None,
             "high": mean + half if half is not None else None}
 
 
@@ -60,11 +60,12 @@ def by_arm_and_seed(rows: Iterable[Mapping[str, Any]], metric: str) -> dict[str,
 def paired_difference(arm: Mapping[int, float], baseline: Mapping[int, float]) -> dict[str, Any]:
     """Mean ± SE of arm - baseline over the seeds both have, with the 95% interval and the seeds used."""
     seeds = sorted(set(arm) & set(baseline))
-    return {**mean_se([arm[s] - baseline[s] for s in seeds]), "seeds": seeds}
+    return {**mean_interval([arm[s] - baseline[s] for s in seeds]), "seeds": seeds}
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], baseline: str, metrics: Sequence[str],
-              arms: Sequence[str] | None = None, data_varies: Mapping[str, bool] | None = None) -> list[dict[str, Any]]:
+              arms: Sequence[str] | None = None,
+              data_varies: Mapping[str, bool] | None = None) -> list[dict[str, Any]]:
     """One row per arm and metric: mean ± SE over seeds and the paired difference against `baseline`
     (`diff`, `diff_se`, `diff_low`, `diff_high`, `pairs`; None for the baseline itself).
 
@@ -79,7 +80,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], baseline: str, metrics: Sequenc
         for arm in order:
             if arm not in values:
                 continue
-            stats = mean_se(list(values[arm].values()))
+            stats = mean_interval(list(values[arm].values()))
             row = {"arm": arm, "metric": metric, "n": stats["n"], "mean": stats["mean"], "se": stats["se"],
                    "low": stats["low"], "high": stats["high"], "diff": None, "diff_se": None, "diff_low": None,
                    "diff_high": None, "pairs": 0, "covers": _covers(data_varies, arm, baseline)}
@@ -160,7 +161,8 @@ def conclusions_note(rows: Sequence[Mapping[str, Any]]) -> str:
     some intervals cover training noise only, what that means and how to get an answer."""
     compared = [r for r in rows if r["diff"] is not None]
     separated = sum(told_apart(r) for r in compared)
-    note = f"{separated} of {len(compared)} comparisons are told apart (a 95% interval over at least {MIN_SEEDS} seeds that excludes 0)."
+    note = (f"{separated} of {len(compared)} comparisons are told apart (a 95% interval over at least {MIN_SEEDS} "
+            "seeds that excludes 0).")
     fewest = min((r["pairs"] for r in compared), default=0)
     if compared and fewest < MIN_SEEDS:
         note += (f" With {fewest} seed{'s' if fewest != 1 else ''} none can be: rerun with more seeds, e.g. "
