@@ -165,9 +165,6 @@ class RedTeamRun(TeacherRun):
         return {"categories": {c.name: {"requests": requested[c.name], "kept": kept[c.name]} for c in self.categories},
                 "num_examples": self.num_examples, "per_request": self.per_request}
 
-    def totals(self, requests: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-        return {}  # a red-team summary has always left generated_tokens and parsed at RunResult's 0
-
 
 def check_settings(num_instructions: int, per_request: int, num_examples: int, concurrency: int) -> None:
     """Raise `RedTeamError` for counts that cannot work (checked before any teacher starts)."""
