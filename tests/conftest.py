@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -39,6 +40,17 @@ def stderr_warnings(executed: Path) -> list[str]:
 def default_model_dir() -> Path:
     """The embedded default model as a plain Hugging Face folder (converted once per cache)."""
     return default_model()
+
+
+@pytest.fixture
+def fine_tuned_folder(default_model_dir, tmp_path) -> Path:
+    """Stands in for notebook 04's output (`runs/04_train/final` under tmp_path): the base model's weights."""
+    tuned = tmp_path / "runs" / "04_train" / "final"
+    tuned.mkdir(parents=True)
+    for f in default_model_dir.iterdir():
+        if f.name != "alpaca_conversion.json":  # a fine-tuned save has no model-cache manifest
+            os.symlink(f, tuned / f.name)
+    return tuned
 
 
 # The tokenizer fixtures import transformers inside: every test file loads this conftest, most need no transformers.

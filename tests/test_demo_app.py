@@ -4,7 +4,6 @@ widgets are set from code, Generate is pressed, and the output widgets are read 
 from __future__ import annotations
 
 import html
-import os
 import re
 from dataclasses import replace
 
@@ -122,15 +121,10 @@ def test_an_error_shows_in_the_status_line_and_is_raised(make_app, monkeypatch):
     assert status(app) == "error: RuntimeError('no memory left')" and not app.generate_button.disabled
 
 
-def test_side_by_side_answers_with_base_and_the_picked_fine_tuned_folder(make_app, default_model_dir, tmp_path):
-    tuned = tmp_path / "runs" / "04_train" / "final"  # stands in for notebook 04's output: same weights as base
-    tuned.mkdir(parents=True)
-    for f in default_model_dir.iterdir():
-        if f.name != "alpaca_conversion.json":  # a fine-tuned save has no model-cache manifest
-            os.symlink(f, tuned / f.name)
+def test_side_by_side_answers_with_base_and_the_picked_fine_tuned_folder(make_app, fine_tuned_folder):
     app = make_app()
     assert [label for label, _ in app.model_picker.options] == [BASE, TUNED] and app.side_by_side.value
-    app.model_picker.value = str(tuned)
+    app.model_picker.value = str(fine_tuned_folder)
     app.press()
     assert [panel.children[0].value for panel in app.answers.children] == [f"<b>{BASE}</b>", f"<b>{TUNED}</b>"]
     base, picked = (shown(panel)[0] for panel in app.answers.children)

@@ -20,12 +20,8 @@ def _printed(executed) -> str:
 TUNED = "fine-tuned: 04_train/final"
 
 
-def test_notebook_05_generates_with_every_model_and_serves(execute_notebook, tmp_path, default_model_dir):
-    tuned = tmp_path / "runs" / "04_train" / "final"  # stands in for notebook 04's output: same weights as base
-    tuned.mkdir(parents=True)
-    for f in default_model_dir.iterdir():
-        if f.name != "alpaca_conversion.json":  # a fine-tuned save has no model-cache manifest
-            os.symlink(f, tuned / f.name)
+def test_notebook_05_generates_with_every_model_and_serves(execute_notebook, tmp_path, default_model_dir,
+                                                          fine_tuned_folder):
     cache_copy = tmp_path / "runs" / "ci-cache" / default_model_dir.name  # what `make test` leaves under runs/
     cache_copy.mkdir(parents=True)
     for f in default_model_dir.iterdir():
