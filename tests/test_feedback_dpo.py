@@ -1,6 +1,6 @@
-"""`alpaca_helpers.feedback.dpo`: the DPO loss by hand on tensors, only response tokens counting, the reference
-log-probabilities computed once, and the loss, rewards and reference equal to TRL's `DPOTrainer` on the same batch
-(the real embedded model)."""
+"""`alpaca_helpers.train.preference` and `alpaca_helpers.feedback.dpo`: the DPO loss by hand on tensors, only
+response tokens counting, the reference log-probabilities computed once, and the loss, rewards and reference equal
+to TRL's `DPOTrainer` on the same batch (the real embedded model)."""
 
 import math
 
@@ -10,18 +10,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import DPOConfig, DPOTrainer
 
-from alpaca_helpers.feedback.dpo import (
-    dpo_batch_loss,
-    dpo_loss,
-    dpo_metrics,
-    pair_batch,
-    pair_losses,
-    reference_logps,
-    response_features,
-    response_logps,
-    with_reference_logps,
-)
+from alpaca_helpers.feedback.dpo import dpo_batch_loss, pair_losses, reference_logps, with_reference_logps
 from alpaca_helpers.prompts import format_prompt
+from alpaca_helpers.train.preference import dpo_loss, dpo_metrics, pair_batch, response_features, response_logps
 from alpaca_helpers.train.tokenize import encode_prompt
 
 BETA = 0.1

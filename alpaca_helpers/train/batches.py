@@ -33,6 +33,7 @@ from .config import BatchSplit, validation_count
 from .tokenize import DEFAULT_MAX_LENGTH, IGNORE_INDEX
 
 TRAINED_KEYS = ("trained_index", "trained_labels")  # what `trained_positions` adds to a batch
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # what of a collated batch the model is given
 
 
 def load_records(data_path: str, max_examples: int | None = None, seed: int = 42,
@@ -42,10 +43,15 @@ def load_records(data_path: str, max_examples: int | None = None, seed: int = 42
     original order) when set."""
     records = load_source(data_path, columns)
     check_not_eval_set(records, source=data_path)
+    return sample_records(records, max_examples, seed)
+
+
+def sample_records(records: Sequence[Any], max_examples: int | None, seed: int) -> list[Any]:
+    """A seeded random sample of `max_examples` records, in their original order (all of them when unset)."""
     if max_examples is not None and max_examples < len(records):
         keep = sorted(random.Random(seed).sample(range(len(records)), max_examples))
-        records = [records[i] for i in keep]
-    return records
+        return [records[i] for i in keep]
+    return list(records)
 
 
 def split_validation(records: Sequence[dict[str, Any]], val_set_size: float,
@@ -252,7 +258,12 @@ def to_device(batch: Mapping[str, Any], device: Any) -> dict[str, Any]:
 
 
 class TrainData:
-    """Tokenized examples held as Python lists, and micro-batch collation (padding or packing)."""
+    """Tokenized examples held as Python lists, and micro-batch collation (padding or packing). Each example is
+    `rows_per_example` rows of a collated batch (`preference.PairData`: 2) and counts `loss_items[i]` in the mean
+    the loss takes (here its trained tokens)."""
+
+    rows_per_example = 1
+    noun = "examples"  # what an example is, in the run's first line
 
     def __init__(self, dataset: Any, records: Sequence[dict[str, Any]], pad_id: int, packing: bool):
         self.records = records  # example_id indexes these
@@ -262,6 +273,7 @@ class TrainData:
         self.lengths = [len(x) for x in self.input_ids]
         # Trained tokens: labels the model predicts (the first position is never predicted).
         self.trained = [sum(1 for t in lab[1:] if t != IGNORE_INDEX) for lab in self.labels]
+        self.loss_items = self.trained  # the loss is the mean over the trained tokens
         self.collator = AlpacaCollator(pad_token_id=pad_id)
         self.packing = packing
 

@@ -30,7 +30,7 @@ CONFIGS_DIR = REPO_ROOT / "configs"
 GROUPS = {  # a field's metadata["group"] -> the title `--help` lists it under, in the order of TrainConfig
     "model": "the model",
     "data": "the data and its tokenization",
-    "optimisation": "the optimisation: steps, learning rate and AdamW",
+    "optimisation": "the optimisation: the loss, steps, learning rate and AdamW",
     "batch": "the batch: its split over processes and micro-batches",
     "precision": "precision, memory and speed",
     "distributed": "devices and processes (FSDP)",
@@ -38,6 +38,9 @@ GROUPS = {  # a field's metadata["group"] -> the title `--help` lists it under, 
     "lora": "LoRA",
     "logging": "evaluation, logging and tracking",
 }
+# TrainConfig.loss -> the rows of model_max_length one example is (a DPO pair: its chosen and rejected rows), which
+# the memory plan counts; `recipe.Recipe.OBJECTIVES` has one entry for each
+LOSS_ROWS = {"sft": 1, "dpo": 2}
 
 
 class TrainConfigError(ValueError):
@@ -84,7 +87,7 @@ class TrainConfig:
     )})
     num_proc: int = field(default=1, metadata={"group": "data", "help": "processes for tokenization"})
 
-    # The optimisation: steps, learning rate and AdamW
+    # The optimisation: the loss, steps, learning rate and AdamW
     num_train_epochs: int = field(default=3, metadata={"group": "optimisation", "help": "passes over the data"})
     max_steps: int = field(default=-1, metadata={"group": "optimisation", "help": (
         "optimizer steps; overrides epochs when > 0"
@@ -106,6 +109,15 @@ class TrainConfig:
         "gradient clipping (0 = off)"
     )})
     seed: int = field(default=42, metadata={"group": "optimisation", "help": "data order and initialisation"})
+    loss: str = field(default="sft", metadata={"group": "optimisation", "help": (
+        "sft: the mean cross-entropy of the response tokens (Alpaca) | dpo: the DPO loss, the mean over preference "
+        "pairs; data_path is then a .jsonl/.json of pairs {prompt, chosen, rejected, ref_chosen_logps, "
+        "ref_rejected_logps}, the reference log-probabilities computed once before training "
+        "(feedback.dpo.reference_logps, at this model_max_length); an example is a pair"
+    )})
+    dpo_beta: float = field(default=0.1, metadata={"group": "optimisation", "help": (
+        "loss dpo: beta, how far the policy may move from the reference (the DPO paper's and TRL's 0.1)"
+    )})
 
     # The batch: its split over processes and micro-batches
     global_batch_size: int = field(default=128, metadata={"group": "batch", "help": (
@@ -344,7 +356,24 @@ def make_config(**values: Any) -> TrainConfig:
         raise TrainConfigError(f"save_dtype: expected float32, bfloat16 or float16, got {cfg.save_dtype!r}")
     if cfg.num_train_epochs < 1 and cfg.max_steps <= 0:
         raise TrainConfigError("num_train_epochs must be >= 1 (or set max_steps)")
+    check_loss(cfg)
     return cfg
+
+
+def check_loss(cfg: TrainConfig) -> None:
+    """The loss and the settings that go with it, each refusal in one line (before any data or model loads)."""
+    if cfg.loss not in LOSS_ROWS:
+        raise TrainConfigError(f"loss: expected {' or '.join(LOSS_ROWS)}, got {cfg.loss!r}")
+    if cfg.loss != "dpo":
+        return
+    if not cfg.dpo_beta > 0:
+        raise TrainConfigError(f"dpo_beta must be > 0, got {cfg.dpo_beta}")
+    refused = {"packing": "packing=true (a pair's chosen and rejected rows are scored apart)",
+               "train_on_prompt": "train_on_prompt=true (DPO scores the responses only)",
+               "data_columns": "data_columns (pairs are read by their own names: prompt, chosen, rejected)"}
+    for name, why in refused.items():
+        if getattr(cfg, name):
+            raise TrainConfigError(f"loss dpo does not take {why}: unset it")
 
 
 @dataclass(frozen=True)

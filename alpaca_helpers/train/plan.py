@@ -54,6 +54,7 @@ from ..cli import ArgumentParser
 from ..models import load_model_config
 from .config import (
     CONFIGS_DIR,
+    LOSS_ROWS,
     MICRO_BATCH_OPTIONS,
     BatchSplit,
     TrainConfig,
@@ -373,6 +374,7 @@ class PlanSettings:
     global_batch_size: int
     model_max_length: int
     per_device: int | None = None  # the micro-batch; None: auto, `choose_micro_batch` picks it
+    rows_per_example: int = 1  # rows of model_max_length an example is: 2 for a DPO pair (chosen and rejected)
     num_machines: int = 1
     activation_checkpointing: bool = False
     cpu_offload: bool = False
@@ -411,7 +413,8 @@ class PlanSettings:
         """The settings of a run of `cfg` over `world_size` processes. The run's checks decide `per_device`
         (None: auto) and `bf16` (2-byte compute: bf16 or fp16)."""
         return cls(world_size=world_size, gpu_memory_gb=gpu_memory_gb, global_batch_size=cfg.global_batch_size,
-                   model_max_length=cfg.model_max_length, per_device=per_device, num_machines=num_machines,
+                   model_max_length=cfg.model_max_length, per_device=per_device,
+                   rows_per_example=LOSS_ROWS[cfg.loss], num_machines=num_machines,
                    activation_checkpointing=cfg.activation_checkpointing, cpu_offload=cfg.cpu_offload, lora=cfg.lora,
                    lora_r=cfg.lora_r, lora_targets=cfg.lora_target_modules, lora_dropout=cfg.lora_dropout, bf16=bf16,
                    sync_every_micro_batch=cfg.reduce_scatter_every_micro_batch, fsdp=cfg.fsdp,
@@ -556,7 +559,7 @@ def _memory_plan(shape: ModelShape, s: PlanSettings, sync_every_micro_batch: boo
         else:  # autocast's bf16 copies of the weights used in matmuls (the embedding lookup is not one)
             working = (n - (shape.embedding if shape.head else 0)) * c if s.bf16 else 0
     accumulation_grads = n * 4 if (use_fsdp and not sync_every_micro_batch and batch.accumulation > 1) else 0
-    tokens = batch.per_device * s.model_max_length
+    tokens = batch.per_device * s.rows_per_example * s.model_max_length
 
     def activations(checkpointing: bool) -> float:
         per_token = activation_bytes_per_token(shape, c, checkpointing, lora_in, s.lora_r if s.lora else 0,

@@ -1,4 +1,4 @@
-"""Alpaca supervised fine-tuning: the recipe's loop, sharded with FSDP2 when run on several processes.
+"""Alpaca supervised fine-tuning (and DPO, `--loss dpo`): the recipe's loop, sharded with FSDP2 on several processes.
 
     accelerate launch -m alpaca_helpers.train --config configs/cpu_default.yaml          # laptop CPU
     accelerate launch --multi_gpu --num_processes 2 -m alpaca_helpers.train ...          # 2 CPU procs (gloo)
@@ -17,6 +17,9 @@ What differs from the original recipe's `Trainer` run, and why:
 - The last incomplete global batch of each epoch is dropped.
 - `val_set_size` holds out examples; their loss (same masking) is measured every `eval_steps`, at the end
   of each epoch and of the run.
+- `loss` dpo trains on preference pairs through the same loop (`preference`): a pair is one example, the step's
+  loss is the mean DPO loss over the global batch's pairs, and each log row adds TRL's metrics (`rewards/...`,
+  `logps/...`). `Recipe.OBJECTIVES` is the table of what differs: how the data is built and the loss computed.
 
 Outputs in `output_dir`: `train_log.jsonl` (one row per step, with `eval_loss` when measured),
 `checkpoint-<step>/` (with `save_steps`), `model/` (a plain Hugging Face folder), `train_summary.json`,
@@ -35,7 +38,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
@@ -44,7 +47,7 @@ from ..files import append_durable, atomic_write_text, read_complete_jsonl
 from ..models import load_model_config
 from ..precision import NativeBf16, native_bf16
 from .batches import (
-    TRAINED_KEYS,
+    MODEL_INPUTS,
     TrainData,
     eval_micro_batches,
     global_batches,
@@ -107,6 +110,15 @@ from .plan import (
     suggestions,
     trained_vocab,
     with_loss_scaler,
+)
+from .preference import (
+    REFERENCE_FIELDS,
+    PairData,
+    dpo_loss,
+    dpo_metric_sums,
+    load_preference_pairs,
+    response_logps,
+    trained_row_logps,
 )
 from .tokenize import IGNORE_INDEX, build_dataset, ensure_pad_token, resize_embeddings_mean
 from .tracking import Tracker
@@ -180,18 +192,28 @@ class TrainedPositionsHead:
         hidden = args[0]
         return (hidden.reshape(-1, hidden.shape[-1]).index_select(0, self.index).unsqueeze(0),) + args[1:]
 
+    def logits(self, model: Any, inputs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """(the logits at the trained positions, one (positions, vocabulary) matrix; the batch's trained positions,
+        `trained_index` and `trained_labels`)."""
+        found = inputs if "trained_index" in inputs else trained_positions(inputs)
+        self.index = found["trained_index"]
+        try:
+            logits = model(**model_inputs(inputs), use_cache=False).logits
+        finally:
+            self.index = None
+        return logits[0], found
+
     def loss(self, model: Any, inputs: dict[str, Any], num_items: float) -> Any:
         """Sum of the trained tokens' cross-entropy / `num_items` (what `labels=` gives, minus the waste)."""
         import torch.nn.functional as F
 
-        found = inputs if "trained_index" in inputs else trained_positions(inputs)
-        self.index = found["trained_index"]
-        try:
-            logits = model(**{k: v for k, v in inputs.items() if k not in ("labels", *TRAINED_KEYS)},
-                           use_cache=False).logits
-        finally:
-            self.index = None
-        return F.cross_entropy(logits[0].float(), found["trained_labels"], reduction="sum") / num_items
+        logits, found = self.logits(model, inputs)
+        return F.cross_entropy(logits.float(), found["trained_labels"], reduction="sum") / num_items
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """What of a collated batch the model is given (not the labels, trained positions or reference log-probs)."""
+    return {k: v for k, v in batch.items() if k in MODEL_INPUTS}
 
 
 def make_optimizer(model: Any, cfg: TrainConfig) -> Any:
@@ -372,6 +394,14 @@ def explain_fsdp_for_run(config: Any, processes: int, on_gpu: bool, num_machines
     return explain_fsdp(shape, plan)
 
 
+class Objective(NamedTuple):
+    """What a run minimises (`TrainConfig.loss`, a key of `Recipe.OBJECTIVES`): how its examples are built and
+    what its loss is; everything else (the split, batches, sharding, plan, checkpoints, logs) is the same."""
+
+    data: Any  # (recipe, pad id) -> (training data, held-out data or None, TokenizeStats): `TrainData`s
+    loss: Any  # (recipe, micro-batch, num_items) -> the micro-batch's loss sum / num_items
+
+
 @dataclass
 class StepTotals:
     """Running sums over the steps this process ran (for the summary's throughput)."""
@@ -390,6 +420,7 @@ class Recipe:
         self.log_path = self.out / LOG_FILE
         self.totals = StepTotals()
         self.eval_loss_at_start: float | None = None
+        self.metric_sums: dict[str, Any] = {}  # the objective's metric sums of the current step (`pair_loss`)
         self.last_eval_loss: float | None = None
         self._epoch_batches: dict[int, list[list[int]]] = {}
 
@@ -527,22 +558,11 @@ class Recipe:
               f"{memory.per_device_gb:.2f} GiB per process{sync}{auto}", flush=True)
 
     def setup_data(self) -> None:
-        """Records (any source), the held-out split, tokenization, and the step counts."""
+        """Examples (the objective's: `OBJECTIVES`), the held-out split, tokenization, and the step counts."""
         cfg = self.cfg
-        records = load_records(cfg.data_path, cfg.max_examples, cfg.seed, cfg.data_columns)
-        train_records, val_records = split_validation(records, cfg.val_set_size, cfg.seed)
-        self.sources = source_counts(train_records)
         self.pad_added = self.tokenizer.pad_token_id is None  # then the model's embeddings grow in setup_model
         pad_id = ensure_pad_token(self.tokenizer)
-        self.built = build_dataset(train_records, self.tokenizer, max_length=cfg.model_max_length,
-                                   prompt_format=cfg.prompt_format, train_on_prompt=cfg.train_on_prompt,
-                                   num_proc=cfg.num_proc)
-        self.data = TrainData(self.built.dataset, train_records, pad_id, cfg.packing)
-        self.val = None
-        if val_records:
-            built_val = build_dataset(val_records, self.tokenizer, max_length=cfg.model_max_length,
-                                      prompt_format=cfg.prompt_format)
-            self.val = TrainData(built_val.dataset, val_records, pad_id, cfg.packing)
+        self.data, self.val, self.tokenize_stats = self.OBJECTIVES[cfg.loss].data(self, pad_id)
         self.per_epoch, self.steps = total_steps(len(self.data), cfg)
         self.last_step = min(self.steps, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else self.steps
 
@@ -666,11 +686,65 @@ class Recipe:
         return self._epoch_batches[epoch][in_epoch]
 
     def loss(self, inputs: dict[str, Any], num_items: float) -> Any:
-        """Sum of the trained tokens' cross-entropy / `num_items`."""
+        """The micro-batch's loss sum / `num_items`: the objective's (`OBJECTIVES`)."""
+        return self.OBJECTIVES[self.cfg.loss].loss(self, inputs, num_items)
+
+    # --- the objectives: supervised fine-tuning and DPO -------------------------------------------------
+
+    def sft_data(self, pad_id: int) -> tuple[TrainData, TrainData | None, Any]:
+        """Alpaca records (any source), the held-out split and their tokenization, the prompt masked."""
+        cfg = self.cfg
+        records = load_records(cfg.data_path, cfg.max_examples, cfg.seed, cfg.data_columns)
+        train_records, val_records = split_validation(records, cfg.val_set_size, cfg.seed)
+        self.sources = source_counts(train_records)
+        self.built = build_dataset(train_records, self.tokenizer, max_length=cfg.model_max_length,
+                                   prompt_format=cfg.prompt_format, train_on_prompt=cfg.train_on_prompt,
+                                   num_proc=cfg.num_proc)
+        val = None
+        if val_records:
+            built_val = build_dataset(val_records, self.tokenizer, max_length=cfg.model_max_length,
+                                      prompt_format=cfg.prompt_format)
+            val = TrainData(built_val.dataset, val_records, pad_id, cfg.packing)
+        return TrainData(self.built.dataset, train_records, pad_id, cfg.packing), val, self.built.stats
+
+    def token_loss(self, inputs: dict[str, Any], num_items: float) -> Any:
+        """Sum of the trained tokens' cross-entropy / `num_items` (trained tokens)."""
         with self.autocast:
             if self.head is not None:
                 return self.head.loss(self.model, inputs, num_items)
             return self.model(**inputs, use_cache=False, num_items_in_batch=num_items).loss
+
+    def pair_data(self, pad_id: int) -> tuple[PairData, PairData | None, Any]:
+        """Preference pairs with their stored reference log-probabilities, the held-out split (of pairs) and
+        their tokenization, masked as SFT masks (`preference.PairData`)."""
+        cfg = self.cfg
+        pairs = load_preference_pairs(cfg.data_path, cfg.max_examples, cfg.seed)
+        train_pairs, val_pairs = split_validation(pairs, cfg.val_set_size, cfg.seed)
+        self.sources = source_counts(train_pairs)
+        data = PairData(train_pairs, self.tokenizer, pad_id, cfg.model_max_length, cfg.prompt_format)
+        val = (PairData(val_pairs, self.tokenizer, pad_id, cfg.model_max_length, cfg.prompt_format) if val_pairs
+               else None)
+        return data, val, data.stats
+
+    def pair_loss(self, inputs: dict[str, Any], num_items: float) -> Any:
+        """The DPO loss summed over the micro-batch's pairs / `num_items` (pairs); their metric sums (TRL's names)
+        are added to `metric_sums`. The response log-probabilities come from the logits at trained positions
+        only when the head is on, as SFT's loss does."""
+        with self.autocast:
+            if self.head is not None:
+                logits, found = self.head.logits(self.model, inputs)
+                rows = found["trained_index"] // inputs["labels"].shape[1]
+                logps = trained_row_logps(logits, found["trained_labels"], rows, len(inputs["labels"]))
+            else:
+                logps = response_logps(self.model(**model_inputs(inputs), use_cache=False).logits, inputs["labels"])
+        chosen, rejected = logps.chunk(2)
+        losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, inputs[REFERENCE_FIELDS[0]],
+                                                            inputs[REFERENCE_FIELDS[1]], self.cfg.dpo_beta)
+        for name, value in dpo_metric_sums(chosen_rewards, rejected_rewards, chosen, rejected).items():
+            self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value
+        return losses.sum() / num_items
+
+    OBJECTIVES = {"sft": Objective(sft_data, token_loss), "dpo": Objective(pair_data, pair_loss)}
 
     def train_step(self, step: int) -> dict[str, Any]:
         """One optimizer step on global batch `step`; returns its log row (the same on every rank)."""
@@ -678,6 +752,8 @@ class Recipe:
 
         env, data, batch = self.env, self.data, self.global_batch(step)
         trained_total = sum(data.trained[i] for i in batch)
+        items_total = sum(data.loss_items[i] for i in batch)  # what the loss is a mean over: tokens or pairs
+        self.metric_sums = {}  # the objective's metrics, summed over this rank's micro-batches (DPO's)
         micro = rank_micro_batches(batch, data.lengths, self.run_setup.batch, env.rank, self.cfg.group_by_length,
                                    data.trained, self.head_weight)
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -688,20 +764,25 @@ class Recipe:
             inputs = data.device_batch(ids, env.device, trained=self.head is not None)
             if self.run_setup.fsdp:  # chosen by the plan (`setup_model_source`)
                 self.model.set_requires_gradient_sync(self.sync_every or k == len(micro) - 1)
-            # Sum over this micro-batch's tokens / (global trained tokens / world): FSDP averages gradients
-            # over ranks, so the step's gradient is that of the global token mean.
-            loss = self.loss(inputs, trained_total / env.world_size)
+            # Sum over this micro-batch's tokens (or pairs) / (global trained tokens (pairs) / world): FSDP averages
+            # gradients over ranks, so the step's gradient is that of the global token (pair) mean.
+            loss = self.loss(inputs, items_total / env.world_size)
             (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             loss_sum = loss_sum + loss.detach().float()
             tokens += sum(data.lengths[i] for i in ids)
             padded += inputs["input_ids"].numel()
         grad_norm = _clip(self.model, self.cfg.max_grad_norm, self.scaler, self.optimizer)
-        # One all-reduce: the step's sums, and each rank's tokens and trained tokens (how balanced the ranks are)
+        # One all-reduce: the step's sums, the objective's metric sums, and each rank's tokens and trained tokens
+        # (how balanced the ranks are)
         world, mine = env.world_size, sum(data.trained[i] for ids in micro for i in ids)
         per_rank = [0.0] * (2 * world)
         per_rank[env.rank], per_rank[world + env.rank] = tokens, mine
-        sums = all_reduce_sum([float(loss_sum), tokens, padded, *per_rank], env.device)
-        (loss_sum, tokens, padded), rank_tokens, rank_trained = sums[:3], sums[3:3 + world], sums[3 + world:]
+        names = sorted(self.metric_sums)
+        metric_sums = torch.stack([self.metric_sums[n].float() for n in names]).tolist() if names else []
+        sums = all_reduce_sum([float(loss_sum), tokens, padded, *metric_sums, *per_rank], env.device)
+        (loss_sum, tokens, padded), sums = sums[:3], sums[3:]
+        metrics = {name: value / items_total for name, value in zip(names, sums)}  # means over the global batch
+        rank_tokens, rank_trained = sums[len(names):len(names) + world], sums[len(names) + world:]
         step_loss = loss_sum / env.world_size
         lr = self.scheduler.get_last_lr()[0]
         scaled = self.optimizer_step(step, step_loss, grad_norm, batch)
@@ -713,13 +794,15 @@ class Recipe:
         self.totals.trained_tokens += trained_total
         self.totals.seconds += seconds
         return {"step": step, "epoch": round(step / self.per_epoch, 4), "loss": step_loss, "lr": lr,
-                "grad_norm": grad_norm, **scaled, "tokens": int(tokens), "trained_tokens": int(trained_total),
+                "grad_norm": grad_norm, **metrics, **scaled, "tokens": int(tokens),
+                "trained_tokens": int(trained_total),
                 "rank_tokens": [int(x) for x in rank_tokens], "rank_trained_tokens": [int(x) for x in rank_trained],
                 "padding": round(1 - tokens / padded, 4), "seconds": round(seconds, 4),
                 "cpu_seconds": round(time.process_time() - cpu0, 4),  # this process, all its threads
                 "tokens_per_s": tokens / seconds, "trained_tokens_per_s": trained_total / seconds,
                 "tokens_per_s_per_device": tokens / seconds / env.world_size,
-                "mfu": self.mfu(tokens / len(batch), tokens / seconds, trained_total / max(tokens, 1.0)),
+                "mfu": self.mfu(tokens / (len(batch) * data.rows_per_example), tokens / seconds,
+                                trained_total / max(tokens, 1.0)),
                 "peak_memory_gb": round(peak_memory_gb(env.device), 3), **memory_reserved_field(env.device)}
 
     def optimizer_step(self, step: int, step_loss: float, grad_norm: float, batch: list[int]) -> dict[str, Any]:
@@ -796,8 +879,9 @@ class Recipe:
                 loss = self.loss(inputs, 1.0)  # a rank with no share still joins the sharded forward
                 if ids:
                     loss_sum = loss_sum + loss.detach().float()
-                    count += sum(val.trained[i] for i in ids)
+                    count += sum(val.loss_items[i] for i in ids)
         self.model.train()
+        self.metric_sums = {}
         loss_sum, count = all_reduce_sum([float(loss_sum), count], env.device)
         return loss_sum / count
 
@@ -805,11 +889,11 @@ class Recipe:
 
     def announce(self) -> None:
         """The run's first lines (rank 0) and its progress bar."""
-        cfg, split, stats = self.cfg, self.run_setup.batch, self.built.stats
+        cfg, split, stats = self.cfg, self.run_setup.batch, self.tokenize_stats
         if self.env.is_main:
             held_out = f", {len(self.val)} held out for validation" if self.val is not None else ""
             sources = f" (by source: {self.sources})" if self.sources else ""
-            print(f"{len(self.data)} training examples{sources} ({stats.dropped} dropped, {stats.truncated} "
+            print(f"{len(self.data)} training {self.data.noun}{sources} ({stats.dropped} dropped, {stats.truncated} "
                   f"truncated){held_out}; {self.steps} steps of {split.global_batch_size} = {split.per_device} per "
                   f"device × {split.accumulation} accumulation × {split.world_size} process(es); "
                   f"{self.n_params / 1e6:.1f}M parameters"
@@ -872,7 +956,8 @@ class Recipe:
                    "train_seconds": round(time.perf_counter() - self.run_start, 2),
                    "tokens_per_s": totals.tokens / totals.seconds if totals.seconds else None,
                    "trained_tokens_per_s": totals.trained_tokens / totals.seconds if totals.seconds else None,
-                   "tokenize": self.built.stats.as_dict() | {"dropped_ids": self.built.stats.dropped_ids[:20]},
+                   "tokenize": self.tokenize_stats.as_dict() | {"dropped_ids": self.tokenize_stats.dropped_ids[:20]},
+                   "loss": cfg.loss,
                    "model_dir": None}
         model = self.model
         if finished:
@@ -947,8 +1032,9 @@ def console_line(row: dict[str, Any], steps: int) -> str:
     """One console line for a log row."""
     mfu = f" mfu {row['mfu']:.1%}" if row.get("mfu") is not None else ""
     val = f" eval_loss {row['eval_loss']:.4f}" if row.get("eval_loss") is not None else ""
+    accuracy = f" reward acc {row['rewards/accuracies']:.2f}" if "rewards/accuracies" in row else ""  # DPO
     reserved = f" ({row['peak_reserved_gb']:.2f} reserved)" if row.get("peak_reserved_gb") is not None else ""
-    return (f"step {row['step']}/{steps} loss {row['loss']:.4f}{val} lr {row['lr']:.3e} "
+    return (f"step {row['step']}/{steps} loss {row['loss']:.4f}{val}{accuracy} lr {row['lr']:.3e} "
             f"grad_norm {row['grad_norm']:.3f} tok/s {row['tokens_per_s']:.0f} "
             f"trained tok/s {row['trained_tokens_per_s']:.0f} padding {row['padding']:.0%}{mfu} "
             f"peak mem {row['peak_memory_gb']:.2f} GB{reserved}")
