@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 from test_train import make_tiny_llama
+from test_train_fsdp import RUN, launch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from alpaca_helpers.data import load_seed_tasks
@@ -134,6 +135,27 @@ def test_a_killed_dpo_run_resumes_to_the_same_rows(tmp_path, tiny_model, pairs_f
     rows, resumed = read_train_log(whole / "train_log.jsonl"), read_train_log(stopped / "train_log.jsonl")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6] and "eval_loss" in resumed[3]
     assert all(same_rows(a, b) for a, b in zip(rows, resumed))
+
+
+@pytest.mark.slow
+def test_two_sharded_processes_train_the_same_dpo_steps_as_one(tmp_path, tiny_model, pairs_file):
+    """`accelerate launch` on 2 CPU processes (gloo, FSDP2), as test_train_fsdp.py launches SFT: the same losses, TRL's
+    metrics and held-out losses as one process, step by step (fp32, 1e-4); rank 1 also runs an empty held-out share."""
+    dpo = ["--loss", "dpo", "--data_path", str(pairs_file), "--dpo_beta", "0.5", "--save_steps", "0"]
+    proc = launch(tiny_model, tmp_path / "sharded", *dpo)
+    assert "FSDP over 2" in proc.stdout and "training preference pairs" in proc.stdout
+    flags = dict(zip(RUN[::2], RUN[1::2]))
+    single = {k.lstrip("-"): v for k, v in flags.items()} | {"model_name_or_path": str(tiny_model), "loss": "dpo",
+                                                              "data_path": str(pairs_file), "dpo_beta": 0.5,
+                                                              "save_steps": 0, "output_dir": str(tmp_path / "one")}
+    train(make_config(**single))
+    one, two = read_train_log(tmp_path / "one" / "train_log.jsonl"), read_train_log(tmp_path / "sharded" /
+                                                                                     "train_log.jsonl")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two):
+        for key in ("loss", "eval_loss", *METRICS):
+            assert (key in a) == (key in b) and a.get(key, 0.0) == pytest.approx(b.get(key, 0.0), abs=1e-4), key
+    assert two[-1]["loss"] < two[0]["loss"]
 
 
 def test_the_memory_plan_counts_two_rows_per_pair(tiny_model):
