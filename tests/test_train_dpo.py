@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -18,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from alpaca_helpers.data import load_seed_tasks
 from alpaca_helpers.feedback.dpo import reference_logps, with_reference_logps
 from alpaca_helpers.feedback.pairs import save_pairs
+from alpaca_helpers.paths import REPO_ROOT
 from alpaca_helpers.prompts import format_prompt
 from alpaca_helpers.train.config import LOSS_ROWS, TrainConfigError, check_run, make_config
 from alpaca_helpers.train.distributed import dist_env
@@ -134,6 +140,34 @@ def test_a_killed_dpo_run_resumes_to_the_same_rows(tmp_path, tiny_model, pairs_f
     assert summary["finished"]
     rows, resumed = read_train_log(whole / "train_log.jsonl"), read_train_log(stopped / "train_log.jsonl")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6] and "eval_loss" in resumed[3]
+    assert all(same_rows(a, b) for a, b in zip(rows, resumed))
+
+
+@pytest.mark.slow
+def test_a_dpo_run_killed_for_real_resumes_to_the_same_rows(tmp_path, tiny_model, pairs_file):
+    """`python -m alpaca_helpers.train --loss dpo` in its own process, SIGKILLed once its first checkpoint is on disk
+    (wherever it then is: a later checkpoint, a torn log line); `--resume true` then gives the log rows of an
+    uninterrupted run, every step, to 1e-6."""
+    settings = {"save_steps": 2, "max_steps": 16, "val_set_size": 4, "eval_steps": 4}
+    train(dpo_config(tiny_model, pairs_file, tmp_path / "whole", **settings))
+    killed = tmp_path / "killed"
+    flags = [f"--{k}={v}" for k, v in vars(dpo_config(tiny_model, pairs_file, killed, **settings)).items()
+             if v is not None]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}  # the threads of this process: the same float sums
+    proc = subprocess.Popen([sys.executable, "-m", "alpaca_helpers.train", *flags], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint-2").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    assert not (killed / "model").exists()
+    stopped_at = len(read_train_log(killed / "train_log.jsonl"))
+    summary = train(dpo_config(tiny_model, pairs_file, killed, **settings, resume=True))
+    assert summary["finished"] and stopped_at < 16
+    rows, resumed = read_train_log(tmp_path / "whole" / "train_log.jsonl"), read_train_log(killed / "train_log.jsonl")
+    assert [r["step"] for r in resumed] == list(range(1, 17))
     assert all(same_rows(a, b) for a, b in zip(rows, resumed))
 
 
