@@ -48,7 +48,8 @@ def notebook_parameters(notebook: Path) -> set[str]:
 
 # What a notebook reads from an earlier notebook of the same course run (its output folder, relative path).
 # The chain: 01 generates, 02 filters and writes the training set (seed tasks + what passed), 03 tokenizes and
-# 04 trains on that set, 06 evaluates what 04 trained, 07 runs its ablation on the same set, 08 its safety dose.
+# 04 trains on that set, 06 evaluates what 04 trained, 07 runs its ablation on the same set, 08 its safety dose,
+# 09 learns from feedback, starting from what 04 trained, on prompts built from the same set.
 TRAIN_SET = "02_dedup_analysis/train_set.json"
 COURSE_LINKS: dict[str, dict[str, str]] = {
     "02_dedup_analysis": {"data_path": "01_self_instruct/regen.json"},
@@ -57,6 +58,7 @@ COURSE_LINKS: dict[str, dict[str, str]] = {
     "06_evaluate": {"model_path": "04_train/model"},
     "07_understand": {"data_path": TRAIN_SET},
     "08_safety": {"data_path": TRAIN_SET},
+    "09_feedback": {"model_name_or_path": "04_train/model", "data_path": TRAIN_SET},
 }
 
 

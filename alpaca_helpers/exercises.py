@@ -65,6 +65,8 @@ EXERCISES: dict[str, Exercise] = {
     "06.1": Exercise("Cohen's kappa by hand"),
     "07.1": Exercise("Long Is More by hand: the mean length of the 4 longest responses", requires={"n": 4}),
     "08.1": Exercise("The content filter's precision on XSTest, by hand"),
+    "09.1": Exercise("What does beta do at DPO's first step?", requires={"beta_try": 0.5}, rel_tol=1e-4,
+                     hint="compute it with dpo_batch_loss(start_model, start_tokenizer, batch_pairs, beta_try)"),
 }
 
 

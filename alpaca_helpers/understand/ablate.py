@@ -72,7 +72,7 @@ from .errors import AblationError
 from .grade import grade_records
 from .metrics import EvalSets, evaluation_sets, measure
 from .spec import AblationSpec, arm_config, load_spec
-from .stats import summarize
+from .stats import summarize, summary_markdown
 
 RESULTS_FILE = "results.jsonl"
 TIDY_FILE = "results.csv"
@@ -267,20 +267,26 @@ def finished_rows(prepared: Prepared) -> dict[tuple[str, int], dict[str, Any]]:
     return done
 
 
-def train_job(job: Job, spec: AblationSpec, echo: Callable[[str], Any], verbose: bool = True) -> dict[str, Any]:
-    """Train one arm × seed: in this process on one CPU process, else as its own `accelerate launch` (the plan
-    and the command printed first). Unless `verbose`, an in-process run shows no step bar (its console goes to a
-    file). Returns the run's `train_summary.json`."""
-    if spec.gpus == 0 and spec.cpu_processes == 1:
-        return train(replace(job.config, progress_bar=verbose))
-    run_dir = Path(job.config.output_dir)
+def train_or_launch(config: TrainConfig, gpus: int, cpu_processes: int, echo: Callable[[str], Any],
+                    verbose: bool = True) -> dict[str, Any]:
+    """Train one run: in this process on one CPU process, else as its own `accelerate launch` (the plan and the
+    command printed first). Unless `verbose`, an in-process run shows no step bar (its console goes to a file).
+    Returns the run's `train_summary.json`."""
+    if gpus == 0 and cpu_processes == 1:
+        return train(replace(config, progress_bar=verbose))
+    run_dir = Path(config.output_dir)
     settings = run_dir / "arm_config.yaml"
-    atomic_write_text(settings, yaml.safe_dump({k: v for k, v in vars(job.config).items() if k != "output_dir"}))
-    echo(launch_summary(job.config, spec.gpus, spec.cpu_processes))
-    cmd = launch_command(train_args(settings, {}, run_dir), gpus=spec.gpus, cpu_processes=spec.cpu_processes)
+    atomic_write_text(settings, yaml.safe_dump({k: v for k, v in vars(config).items() if k != "output_dir"}))
+    echo(launch_summary(config, gpus, cpu_processes))
+    cmd = launch_command(train_args(settings, {}, run_dir), gpus=gpus, cpu_processes=cpu_processes)
     echo(show_command(cmd))
     run_streaming(cmd, echo=echo)
     return json.loads((run_dir / SUMMARY_FILE).read_text())
+
+
+def train_job(job: Job, spec: AblationSpec, echo: Callable[[str], Any], verbose: bool = True) -> dict[str, Any]:
+    """Train one arm × seed (`train_or_launch` with the ablation's processes)."""
+    return train_or_launch(job.config, spec.gpus, spec.cpu_processes, echo, verbose)
 
 
 @contextlib.contextmanager
@@ -436,22 +442,7 @@ def format_table(result: AblationResult, digits: int = 3, metrics: Sequence[str]
     named), with the paired difference against the baseline and its 95% interval."""
     metrics = list(metrics) if metrics is not None else metric_names(result.rows)
     records = {r["arm"]: r["records"] for r in result.rows}
-    cells = {(t["arm"], t["metric"]): t for t in result.table}
-
-    def cell(t: dict[str, Any] | None) -> str:
-        if t is None or t["mean"] is None:
-            return ""
-        text = f"{t['mean']:.{digits}f}" + (f" ± {t['se']:.{digits}f}" if t["se"] is not None else "")
-        if t["diff"] is not None and t["diff_low"] is not None:
-            text += f" (Δ {t['diff']:+.{digits}f} [{t['diff_low']:+.{digits}f}, {t['diff_high']:+.{digits}f}])"
-        return text
-
-    lines = ["| arm | records | " + " | ".join(metrics) + " |", "|---|---:|" + "---:|" * len(metrics)]
-    for arm in result.spec.arms:
-        if arm in records:
-            shown = " | ".join(cell(cells.get((arm, m))) for m in metrics)
-            lines.append(f"| {arm} | {records[arm]} | {shown} |")
-    return "\n".join(lines)
+    return summary_markdown(result.table, list(result.spec.arms), metrics, digits, {"records": records})
 
 
 def _parse_setting(text: str) -> tuple[str, Any]:

@@ -171,3 +171,29 @@ def conclusions_note(rows: Sequence[Mapping[str, Any]]) -> str:
         note += (" Where an arm and the baseline train on the same data at every seed, the interval covers training "
                  "noise only (the order of the records), not another draw of the data.")
     return note
+
+
+def summary_markdown(table: Sequence[Mapping[str, Any]], arms: Sequence[str], metrics: Sequence[str],
+                     digits: int = 3, columns: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """`summarize`'s rows as a Markdown table: per arm (in `arms`' order, those with rows), any extra `columns`
+    ({title: {arm: value}}), then each metric's mean ± SE over seeds with the paired difference against the
+    baseline and its 95% interval."""
+    columns = dict(columns or {})
+    cells = {(t["arm"], t["metric"]): t for t in table}
+
+    def cell(t: Mapping[str, Any] | None) -> str:
+        if t is None or t["mean"] is None:
+            return ""
+        text = f"{t['mean']:.{digits}f}" + (f" ± {t['se']:.{digits}f}" if t["se"] is not None else "")
+        if t["diff"] is not None and t["diff_low"] is not None:
+            text += f" (Δ {t['diff']:+.{digits}f} [{t['diff_low']:+.{digits}f}, {t['diff_high']:+.{digits}f}])"
+        return text
+
+    present = {t["arm"] for t in table}
+    lines = ["| arm | " + "".join(f"{c} | " for c in columns) + " | ".join(metrics) + " |",
+             "|---|" + "---:|" * (len(columns) + len(metrics))]
+    for arm in (a for a in arms if a in present):
+        extra = "".join(f"{values.get(arm, '')} | " for values in columns.values())
+        lines.append(f"| {arm} | {extra}" + " | ".join(cell(cells.get((arm, m))) for m in metrics) + " |")
+    return "\n".join(lines)
+
