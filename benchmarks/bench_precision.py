@@ -87,7 +87,7 @@ def agreement_arm(arm: str, model_dir: str, records: list[dict]) -> tuple[float,
 def main() -> None:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    parser.add_argument("--agreement_items", type=int, default=64, help="answers scored per model (notebook 06: 64)")
+    parser.add_argument("--agreement_items", type=int, default=64, help="answers scored per model (notebook 06: 32)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

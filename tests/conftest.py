@@ -14,6 +14,8 @@ from alpaca_helpers.exercises import EXERCISES_FILE, grade, grade_one
 from alpaca_helpers.expectations import unmet
 from alpaca_helpers.models import default_model
 from alpaca_helpers.paths import REPO_ROOT
+from alpaca_helpers.self_instruct.server import serve
+from alpaca_helpers.self_instruct.teacher import Teacher, TeacherConfig
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
@@ -51,6 +53,18 @@ def fine_tuned_folder(default_model_dir, tmp_path) -> Path:
         if f.name != "alpaca_conversion.json":  # a fine-tuned save has no model-cache manifest
             os.symlink(f, tuned / f.name)
     return tuned
+
+
+@pytest.fixture(scope="session")
+def teacher_server(tmp_path_factory, default_model_dir):
+    """The default model served once per session by the real `transformers serve` (continuous batching, as
+    self-instruct and red teaming run it), warmed up: a fresh server's first answer is slow. Shared by the test
+    files that talk to a real teacher, so each does not start its own."""
+    log = tmp_path_factory.mktemp("teacher_server") / "server.log"
+    with serve(default_model_dir, continuous_batching=True, log_path=log) as server:
+        Teacher(TeacherConfig(base_url=server.base_url, model=server.model, extra_body=server.sampling_body(),
+                              temperature=0.7, max_tokens=1)).complete("Hello")
+        yield server
 
 
 # The tokenizer fixtures import transformers inside: every test file loads this conftest, most need no transformers.

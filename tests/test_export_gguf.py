@@ -1,7 +1,8 @@
 """GGUF export: the file loads back in transformers (`gguf_file=`), its tokenizer and logits match the source
 folder's within the bounds stated below, and the default model's greedy answers are identical in f16. Run on the
 real default model and, in every dtype, on the fine-tuned folder of a real (2-step, CPU) training run. The exports
-are a few hundred MB each: every file is deleted after its test."""
+are a few hundred MB each: every file is deleted after its test. A SentencePiece LLaMA vocabulary (token scores and
+types, the added <pad>) is exported and checked on the trained folder of tests/test_rehearsal_7b.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import json
 import subprocess
 import sys
 
-import gguf
 import numpy as np
 import pytest
 import torch
@@ -20,8 +20,6 @@ from alpaca_helpers.demo.decoding import STOP_MARKERS, Decoding
 from alpaca_helpers.demo.export_gguf import ExportError, _hf_to_gguf_rotary, export_gguf
 from alpaca_helpers.demo.generate import generate_batch, load_model
 from alpaca_helpers.prompts import PROMPT_NO_INPUT, format_prompt
-from alpaca_helpers.train.rehearsal import small_llama
-from alpaca_helpers.train.tokenize import ensure_pad_token
 
 pytestmark = pytest.mark.slow
 
@@ -114,34 +112,6 @@ def test_the_default_model_round_trips_with_its_tokenizer(default_tokenizer, tmp
     assert 'TEMPLATE """' + PROMPT_NO_INPUT.format(instruction="{{ .Prompt }}") + '"""' in modelfile
     assert [line.split(" ", 2)[2].strip('"') for line in modelfile.splitlines()
             if line.startswith("PARAMETER stop ")] == list(STOP_MARKERS)
-
-
-def test_a_sentencepiece_llama_exports_its_vocabulary_with_scores(tmp_path):
-    """LLaMA-1/2's tokenizer (SentencePiece BPE, byte fallback; the real vocabulary) with the <pad> that training
-    adds: written as llama.cpp's "llama" tokenizer model, scores from the merges, byte and control types, the
-    unused embedding rows as UNUSED; transformers reads it back to the same ids (tests/test_rehearsal_7b.py
-    checks every shipped prompt on a trained folder)."""
-    folder = small_llama(tmp_path / "llama", num_hidden_layers=1)
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
-    ensure_pad_token(tokenizer, model)  # 32,001 tokens, 32,064 rows, as training leaves them
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    result = export_gguf(folder, tmp_path / "gguf" / "llama.gguf", progress=False)
-    fields = gguf.GGUFReader(result.path).fields
-    assert bytes(fields["tokenizer.ggml.model"].parts[-1]).decode() == "llama"
-    scores = [float(fields["tokenizer.ggml.scores"].parts[i][0]) for i in fields["tokenizer.ggml.scores"].data]
-    types = [int(fields["tokenizer.ggml.token_type"].parts[i][0]) for i in fields["tokenizer.ggml.token_type"].data]
-    assert len(scores) == len(types) == 32_064
-    assert types[:3] == [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
-    assert set(types[3:259]) == {gguf.TokenType.BYTE} and types[32_000] == gguf.TokenType.CONTROL
-    assert set(types[32_001:]) == {gguf.TokenType.UNUSED} and "tokenizer.ggml.merges" not in fields
-    # "▁t", "er", then "▁▁" (last in LLaMA's merges): earlier merges score higher, as in tokenizer.model
-    assert scores[260] > scores[261] > scores[259]
-    exported = AutoTokenizer.from_pretrained(result.path.parent, gguf_file=result.path.name)
-    for text in PROMPTS + ["  two spaces, a <pad> and </s>", "naïve café ☕ 3.14159", "\n\n   x"]:
-        assert exported(text)["input_ids"] == tokenizer(text)["input_ids"], text
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
-        assert getattr(exported, name) == getattr(tokenizer, name), name
 
 
 def test_rotary_rows_are_reordered_the_way_transformers_undoes_them():

@@ -62,7 +62,7 @@ def outputs_of(executed) -> str:
 
 
 def test_notebook_02_in_a_course_shaped_run_analyses_the_training_set(execute_notebook, tmp_path):
-    # A laptop run of notebook 01 keeps about 8 records, all of which passed the filter: too few to study alone.
+    # A laptop run of notebook 01 keeps a handful of records, all of which passed the filter: too few to study alone.
     seeds = [r["instruction"] for r in load_seed_tasks()]
     pool = load_eval_set()[:30]
     records = [r for r, k in zip(pool, filter_similar([r["instruction"] for r in pool], seeds)) if k][:8]

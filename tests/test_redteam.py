@@ -1,6 +1,6 @@
-"""Automatic red teaming against the real local server (one per module): a short real run, a real `kill -9` then
-resume of the CLI, its one-line failures, scoring with the offline content filter and the refusal classifier, and
-refusals written by the teacher."""
+"""Automatic red teaming against the real local server (one per session, tests/conftest.py): a short real run, a
+real `kill -9` then resume of the CLI, its one-line failures, scoring with the offline content filter and the refusal
+classifier, and refusals written by the teacher."""
 
 import json
 import os
@@ -28,7 +28,7 @@ from alpaca_helpers.safety.redteam import (
     score_redteam,
 )
 from alpaca_helpers.safety.safety_set import build_safety_set, template_refusals
-from alpaca_helpers.self_instruct.server import free_port, serve
+from alpaca_helpers.self_instruct.server import free_port
 from alpaca_helpers.self_instruct.teacher import Teacher, TeacherConfig
 
 pytestmark = pytest.mark.slow
@@ -39,10 +39,8 @@ DECODING = dict(temperature=0.7, max_tokens=64)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, default_model_dir):
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with serve(default_model_dir, continuous_batching=True, log_path=log) as s:
-        yield s
+def server(teacher_server):
+    return teacher_server  # one real server for the session (conftest), shared with the self-instruct tests
 
 
 def make_teacher(server, **overrides):

@@ -11,7 +11,8 @@ It covers what the 7B run does and no other test did with LLaMA's tokenizer: the
 embeddings resized (32,000 -> 32,001 -> 32,064 rows) on rank 1's meta skeleton and filled by broadcast from
 rank 0; a checkpoint, a real SIGKILL of the launched run, and a resume through the notebook's `extra_args`;
 the final save reloaded with plain transformers, answering greedily and stopping at eos; and the GGUF export,
-whose SentencePiece vocabulary gives the Hugging Face tokenizer's ids on every shipped example's prompt.
+whose SentencePiece vocabulary (its scores and token types) gives the Hugging Face tokenizer's ids on every shipped
+example's prompt.
 Measured: 76 s of wall time for the whole file on 2 shared CPU cores (both notebook runs 62 s).
 """
 
@@ -26,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+import gguf
 import papermill
 import psutil
 import pytest
@@ -202,26 +204,43 @@ def test_the_saved_folder_reloads_and_answers_end_at_eos(rehearsal):
 
 
 def test_the_gguf_export_keeps_the_tokenizer_and_the_answers(rehearsal):
-    """`python -m alpaca_helpers.demo.export_gguf` on model/: a SentencePiece ("llama") vocabulary whose
-    tokenizer, as transformers reads it back, gives the Hugging Face tokenizer's ids on every shipped example's
-    prompt; the GGUF model answers the same, ending at eos."""
+    """`python -m alpaca_helpers.demo.export_gguf` on model/ (LLaMA-1/2's real tokenizer, SentencePiece BPE with
+    byte fallback, plus the <pad> that training added): written as llama.cpp's "llama" tokenizer model, scores
+    from the merges, byte and control types, the unused embedding rows as UNUSED; transformers reads it back to
+    the Hugging Face tokenizer's ids on every shipped example's prompt; the GGUF model answers the same, ending at
+    eos."""
     folder, gguf_dir = rehearsal["run"]["model_dir"], rehearsal["root"] / "gguf"
     proc = subprocess.run([sys.executable, "-m", "alpaca_helpers.demo.export_gguf", folder,
                            str(gguf_dir / "alpaca-7b-rehearsal.gguf"), "--no-progress"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    fields = gguf.GGUFReader(gguf_dir / "alpaca-7b-rehearsal.gguf").fields
+    assert bytes(fields["tokenizer.ggml.model"].parts[-1]).decode() == "llama"
+    scores = [float(fields["tokenizer.ggml.scores"].parts[i][0]) for i in fields["tokenizer.ggml.scores"].data]
+    types = [int(fields["tokenizer.ggml.token_type"].parts[i][0]) for i in fields["tokenizer.ggml.token_type"].data]
+    assert len(scores) == len(types) == 32_064
+    assert types[:3] == [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    assert set(types[3:259]) == {gguf.TokenType.BYTE} and types[32_000] == gguf.TokenType.CONTROL
+    assert set(types[32_001:]) == {gguf.TokenType.UNUSED} and "tokenizer.ggml.merges" not in fields
+    # "▁t", "er", then "▁▁" (last in LLaMA's merges): earlier merges score higher, as in tokenizer.model
+    assert scores[260] > scores[261] > scores[259]
     hf = AutoTokenizer.from_pretrained(folder)
-    gguf = AutoTokenizer.from_pretrained(gguf_dir, gguf_file="alpaca-7b-rehearsal.gguf")
+    exported = AutoTokenizer.from_pretrained(gguf_dir, gguf_file="alpaca-7b-rehearsal.gguf")
     for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
-        assert getattr(gguf, name) == getattr(hf, name), name
+        assert getattr(exported, name) == getattr(hf, name), name
+    texts = [format_prompt({"instruction": "Name three primary colors."}), "The capital of France is",
+             format_prompt({"instruction": "Translate to French.", "input": "Good morning, 12345 alpacas!"}),
+             "  two spaces, a <pad> and </s>", "naïve café ☕ 3.14159", "\n\n   x"]
+    for text in texts:
+        assert exported(text)["input_ids"] == hf(text)["input_ids"], text
     prompts = shipped_prompts()
     assert len(prompts) > 1_000
-    assert [encode_prompt(gguf, p) for p in prompts] == [encode_prompt(hf, p) for p in prompts]
+    assert [encode_prompt(exported, p) for p in prompts] == [encode_prompt(hf, p) for p in prompts]
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file="alpaca-7b-rehearsal.gguf",
                                                  dtype=torch.float32).eval()
-    rows = generate_tokens(model, gguf, prompts[:3],
+    rows = generate_tokens(model, exported, prompts[:3],
                            decoding=Decoding(temperature=0, max_new_tokens=MAX_NEW_TOKENS, stop_at_markers=False))
-    assert [gguf.decode(row) for row in rows] == [ANSWER] * 3
+    assert [exported.decode(row) for row in rows] == [ANSWER] * 3
 
 
 def test_the_rehearsal_fits_its_ci_budget(rehearsal):

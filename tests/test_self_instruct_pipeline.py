@@ -1,5 +1,5 @@
-"""The self-instruct pipeline against the real local server (one per module): injected faults, a real `kill -9`
-then resume to a complete run (the happy path), and the CLI's one-line failures."""
+"""The self-instruct pipeline against the real local server (one per session, tests/conftest.py): injected faults,
+a real `kill -9` then resume to a complete run (the happy path), and the CLI's one-line failures."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from rouge_score import rouge_scorer
 from alpaca_helpers.data import load_alpaca, load_seed_tasks
 from alpaca_helpers.self_instruct.parse import filter_reason
 from alpaca_helpers.self_instruct.pipeline import CHECKPOINT_FILE, META_FILE, OUTPUT_FILE, generate
-from alpaca_helpers.self_instruct.server import free_port, serve
+from alpaca_helpers.self_instruct.server import free_port
 from alpaca_helpers.self_instruct.teacher import Teacher, TeacherConfig, TeacherError, TeacherUnreachable
 
 pytestmark = pytest.mark.slow
@@ -26,11 +26,8 @@ DECODING = dict(temperature=0.7, max_tokens=128)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, default_model_dir):
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with serve(default_model_dir, continuous_batching=True, log_path=log) as s:
-        make_teacher(s, max_tokens=1).complete("Hello")  # warm up: a fresh server's first answer is slow
-        yield s
+def server(teacher_server):
+    return teacher_server  # one real server for the session (conftest), shared with tests/test_redteam.py
 
 
 def make_teacher(server, base_url=None, **overrides):
