@@ -122,7 +122,7 @@ def make_judge(settings: FeedbackSettings, model: Any, tokenizer: Any) -> Any:
                                  api_key_env=settings.api_key_env, temperature=0.0, max_tokens=16))
 
 
-def judge_pairs(judge: Any, pairs: Sequence[Mapping[str, Any]], prompts: Mapping[Any, Mapping[str, Any]],
+def judge_each_pair(judge: Any, pairs: Sequence[Mapping[str, Any]], prompts: Mapping[Any, Mapping[str, Any]],
                 method: str) -> list[dict[str, Any]]:
     """The judge's view of each pair, asked in both orders (position bias cancels): `preference` is its
     probability (or, from text, 1 / 0.5 / 0) that the verifier's chosen answer is the better one."""
@@ -217,26 +217,34 @@ def prepare_pairs(settings: FeedbackSettings, model: Any, tokenizer: Any, run: S
     asked = pairs if settings.judge_pairs is None else pairs[:settings.judge_pairs]
     by_key = {p["key"]: p for p in run.prompts.train}
     judge = make_judge(settings, model, tokenizer)
-    run.judged = judge_pairs(judge, asked, by_key, settings.judge_method) if asked else []
+    run.judged = judge_each_pair(judge, asked, by_key, settings.judge_method) if asked else []
     run.pairs = with_reference_logps(pairs, reference_logps(model, tokenizer, pairs))
     atomic_write_text(judged_path, "".join(json.dumps(j) + "\n" for j in run.judged))
     save_pairs(run.pairs, pairs_path)
 
 
+def greedy_metrics(settings: FeedbackSettings, model: Any, tokenizer: Any, run: SeedRun, folder: Path, sets: Any,
+                   arm: str) -> dict[str, float | None]:
+    """One model's metrics, greedy, on the seed's held-out prompts and the IFEval subset (answers in
+    `<arm>_held_out.jsonl` and `<arm>_ifeval.jsonl`), with its teacher loss."""
+    ifeval = ifeval_as_prompts(sets.ifeval)
+    loss = teacher_agreement(Measured(model, tokenizer, sets, folder))["teacher_loss"]
+    held = greedy_answers(model, tokenizer, run.prompts.held_out, settings, folder / f"{arm}_held_out.jsonl")
+    ifeval_rows = greedy_answers(model, tokenizer, ifeval, settings, folder / f"{arm}_ifeval.jsonl")
+    return arm_metrics(run.prompts.held_out, held, ifeval, ifeval_rows, loss)
+
+
 def measure_start(settings: FeedbackSettings, model: Any, tokenizer: Any, run: SeedRun, folder: Path,
                   sets: Any) -> list[dict[str, Any]]:
     """The `sft` and `best_of_n` rows of one seed: the starting model greedy, and the best of its samples."""
+    sft = greedy_metrics(settings, model, tokenizer, run, folder, sets, "sft")
     ifeval = ifeval_as_prompts(sets.ifeval)
-    loss = teacher_agreement(Measured(model, tokenizer, sets, folder))["teacher_loss"]
-    held = greedy_answers(model, tokenizer, run.prompts.held_out, settings, folder / "sft_held_out.jsonl")
-    ifeval_rows = greedy_answers(model, tokenizer, ifeval, settings, folder / "sft_ifeval.jsonl")
-    sft = _row("sft", run.seed, arm_metrics(run.prompts.held_out, held, ifeval, ifeval_rows, loss))
     held_samples = sample_answers(model, tokenizer, run.prompts.held_out, settings, folder / "bon_held_out.jsonl",
                                   run.seed + 1)
     ifeval_samples = sample_answers(model, tokenizer, ifeval, settings, folder / "bon_ifeval.jsonl", run.seed + 2)
     best = arm_metrics(run.prompts.held_out, best_rows(run.prompts.held_out, held_samples), ifeval,
-                       best_rows(ifeval, ifeval_samples), loss)
-    return [sft, _row("best_of_n", run.seed, best, n=settings.samples)]
+                       best_rows(ifeval, ifeval_samples), sft["teacher_loss"])
+    return [_row("sft", run.seed, sft), _row("best_of_n", run.seed, best, n=settings.samples)]
 
 
 def train_dpo(settings: FeedbackSettings, run: SeedRun, folder: Path, echo: Callable[[str], Any],
@@ -255,15 +263,11 @@ def train_dpo(settings: FeedbackSettings, run: SeedRun, folder: Path, echo: Call
 def measure_dpo(settings: FeedbackSettings, run: SeedRun, folder: Path, run_dir: Path, sets: Any) -> dict[str, Any]:
     """The `dpo` row of one seed: the trained model, greedy, on the same sets."""
     model, tokenizer = load_model(run_dir / MODEL_DIR, cached=False)
-    ifeval = ifeval_as_prompts(sets.ifeval)
-    loss = teacher_agreement(Measured(model, tokenizer, sets, folder))["teacher_loss"]
-    held = greedy_answers(model, tokenizer, run.prompts.held_out, settings, folder / "dpo_held_out.jsonl")
-    ifeval_rows = greedy_answers(model, tokenizer, ifeval, settings, folder / "dpo_ifeval.jsonl")
+    metrics = greedy_metrics(settings, model, tokenizer, run, folder, sets, "dpo")
     del model
     gc.collect()
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-    return _row("dpo", run.seed, arm_metrics(run.prompts.held_out, held, ifeval, ifeval_rows, loss),
-                pairs=len(run.pairs), steps=summary["steps"])
+    return _row("dpo", run.seed, metrics, pairs=len(run.pairs), steps=summary["steps"])
 
 
 # ---------------------------------------------------------------- the whole comparison
