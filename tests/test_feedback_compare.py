@@ -18,6 +18,7 @@ from alpaca_helpers.feedback.compare import (
     seed_prompts,
 )
 from alpaca_helpers.feedback.settings import FeedbackError, load_settings
+from alpaca_helpers.self_instruct.server import free_port
 
 PROMPT = {"key": 7, "instruction": "Describe a cat.", "input": "",
           "instruction_id_list": ["change_case:english_lowercase", "punctuation:no_comma"], "kwargs": [{}, {}]}
@@ -78,6 +79,12 @@ def test_presets_load_and_mistakes_are_one_line(tmp_path, capsys):
     assert main(["--preset", "nope", "--output_dir", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: nope: no such feedback preset")
+    # A judge endpoint that is down is refused before any sampling (nothing listens on a free port).
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    assert main(["--judge_base_url", down, "--judge_model", "m", "--output_dir", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: judge_base_url: teacher endpoint {down} is unreachable")
+    assert not (tmp_path / "y").exists()  # nothing written: the same folder takes the corrected endpoint
 
 
 def test_an_output_folder_of_other_settings_is_refused(tmp_path):

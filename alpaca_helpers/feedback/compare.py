@@ -40,7 +40,7 @@ from ..evaluate.answers import generate_answers, read_answers
 from ..evaluate.judge import LocalJudge, run_judge
 from ..evaluate.weighted_judge import preference_of, run_weighted_judge
 from ..files import append_durable, atomic_write_text, read_complete_jsonl
-from ..self_instruct.teacher import Teacher, TeacherConfig
+from ..self_instruct.teacher import Teacher, TeacherConfig, TeacherUnreachable
 from ..train.batches import load_records, sample_records
 from ..train.recipe import MODEL_DIR, SUMMARY_FILE, read_train_log
 from ..understand.ablate import train_or_launch
@@ -59,6 +59,7 @@ METRICS = ("constraints_prompt", "constraints_instruction", "ifeval_prompt_stric
            "mean_tokens", "teacher_loss")
 SETTINGS_FILE = "feedback.json"
 RESULTS_FILE = "results.jsonl"
+PAIRS_FILE, JUDGED_FILE = "pairs.jsonl", "judged.jsonl"  # per seed: the DPO pairs, and the judge's verdicts
 TRAIN_DIR = "dpo"
 EVAL_SEED = 0  # the IFEval subset and the teacher's answers are the same for every seed and arm
 MAX_LENGTH = 512  # tokens of prompt + answer when scoring teacher agreement
@@ -198,11 +199,18 @@ def _row(arm: str, seed: int, metrics: Mapping[str, float | None], **extra: Any)
     return {"arm": arm, "seed": seed, "metrics": dict(metrics), **extra}
 
 
+def load_stored_pairs(run: SeedRun, folder: Path) -> bool:
+    """Load the seed's pairs and the judge's verdicts into `run` if an earlier run stored both; says whether it did."""
+    pairs_path, judged_path = folder / PAIRS_FILE, folder / JUDGED_FILE
+    if not (pairs_path.is_file() and judged_path.is_file()):
+        return False
+    run.pairs, run.judged = load_pairs(pairs_path), read_complete_jsonl(judged_path)
+    return True
+
+
 def prepare_pairs(settings: FeedbackSettings, model: Any, tokenizer: Any, run: SeedRun, folder: Path) -> None:
     """Samples, pairs, the judge's verdicts and the reference log-probabilities of one seed (kept when done)."""
-    pairs_path, judged_path = folder / "pairs.jsonl", folder / "judged.jsonl"
-    if pairs_path.is_file() and judged_path.is_file():
-        run.pairs, run.judged = load_pairs(pairs_path), read_complete_jsonl(judged_path)
+    if load_stored_pairs(run, folder):
         return
     samples = sample_answers(model, tokenizer, run.prompts.train, settings, folder / "samples.jsonl", run.seed)
     pairs = build_pairs(run.prompts.train, [[r["output"] for r in rows] for rows in samples], run.seed)
@@ -219,8 +227,8 @@ def prepare_pairs(settings: FeedbackSettings, model: Any, tokenizer: Any, run: S
     judge = make_judge(settings, model, tokenizer)
     run.judged = judge_each_pair(judge, asked, by_key, settings.judge_method) if asked else []
     run.pairs = with_reference_logps(pairs, reference_logps(model, tokenizer, pairs))
-    atomic_write_text(judged_path, "".join(json.dumps(j) + "\n" for j in run.judged))
-    save_pairs(run.pairs, pairs_path)
+    atomic_write_text(folder / JUDGED_FILE, "".join(json.dumps(j) + "\n" for j in run.judged))
+    save_pairs(run.pairs, folder / PAIRS_FILE)
 
 
 def greedy_metrics(settings: FeedbackSettings, model: Any, tokenizer: Any, run: SeedRun, folder: Path, sets: Any,
@@ -254,7 +262,7 @@ def train_dpo(settings: FeedbackSettings, run: SeedRun, folder: Path, echo: Call
     run_dir = folder / TRAIN_DIR
     if not (run_dir / SUMMARY_FILE).is_file() or not (run_dir / MODEL_DIR).is_dir():
         shutil.rmtree(run_dir, ignore_errors=True)
-        config = settings.train_config(run_dir, str(folder / "pairs.jsonl"), run.seed)
+        config = settings.train_config(run_dir, str(folder / PAIRS_FILE), run.seed)
         train_or_launch(config, settings.gpus, settings.cpu_processes, echo, verbose)
     run.train_log = read_train_log(run_dir / "train_log.jsonl")
     return run_dir
@@ -306,17 +314,18 @@ def run_seed(settings: FeedbackSettings, records: Sequence[Mapping[str, Any]], s
     folder.mkdir(parents=True, exist_ok=True)
     run = SeedRun(seed, seed_prompts(settings, records, seed))
     atomic_write_text(folder / "prompts.json", json.dumps(asdict(run.prompts), indent=1) + "\n")
-    model, tokenizer = load_model(settings.model_name_or_path)
-    prepare_pairs(settings, model, tokenizer, run, folder)
     rows = [done[(arm, seed)] for arm in ("sft", "best_of_n") if (arm, seed) in done]
-    if len(rows) < 2:
-        rows = measure_start(settings, model, tokenizer, run, folder, sets)
-        for row in rows:
-            append_durable(out / RESULTS_FILE, json.dumps(row))
+    if not load_stored_pairs(run, folder) or len(rows) < 2:  # else the starting model has nothing left to do
+        model, tokenizer = load_model(settings.model_name_or_path)
+        prepare_pairs(settings, model, tokenizer, run, folder)
+        if len(rows) < 2:
+            rows = measure_start(settings, model, tokenizer, run, folder, sets)
+            for row in rows:
+                append_durable(out / RESULTS_FILE, json.dumps(row))
+        del model
+        gc.collect()
     echo(f"seed {seed}: {len(run.pairs)} pairs from {len(run.prompts.train)} prompts; "
          f"judge agrees with the verifier on {judge_agreement(run.judged)['agree']} of {len(run.judged)}")
-    del model
-    gc.collect()
     run_dir = train_dpo(settings, run, folder, echo, verbose)
     if ("dpo", seed) in done:
         return run, [*rows, done[("dpo", seed)]]
@@ -328,8 +337,14 @@ def run_seed(settings: FeedbackSettings, records: Sequence[Mapping[str, Any]], s
 def run_feedback(settings: FeedbackSettings, output_dir: str | os.PathLike, echo: Callable[[str], Any] = print,
                  verbose: bool = False) -> FeedbackResult:
     """Run (or continue) the comparison of every seed into `output_dir`; returns the rows, the table and the runs.
-    Unless `verbose`, a DPO run in this process shows no step bar."""
+    A judge endpoint that does not answer is refused first (`FeedbackError`). Unless `verbose`, a DPO run in this
+    process shows no step bar."""
     out = Path(output_dir)
+    if settings.judge_base_url:  # an endpoint that is down fails now, not after the sampling
+        try:
+            make_judge(settings, None, None).check()
+        except TeacherUnreachable as e:
+            raise FeedbackError(f"judge_base_url: {e}") from None
     check_output_dir(settings, out)
     records = load_records(settings.data_path)
     sets = evaluation_sets([], settings.teacher_items, 0, EVAL_SEED, MAX_LENGTH, settings.max_new_tokens,
