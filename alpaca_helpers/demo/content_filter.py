@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-import openai
 from glin_profanity import Filter
 from glin_profanity.scanners import PromptInjectionScanner
 
@@ -149,6 +148,8 @@ class ContentFilter:
 
     def _openai_client(self):
         if self._client is None:
+            import openai
+
             key = os.environ.get(self.api_key_env) or "not-needed"  # a local endpoint needs none
             self._client = openai.OpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout,
                                          max_retries=self.max_retries)

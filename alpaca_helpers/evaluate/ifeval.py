@@ -25,10 +25,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import langdetect
-import nltk
-import punkt
-
 from ..files import atomic_write_text, json_lines
 from ..paths import cache_dir, data_dir
 from .answers import answers_by_model
@@ -62,6 +58,8 @@ def punkt_data_dir() -> Path:
     root = cache_dir() / "nltk_data"
     folder = root / "tokenizers" / "punkt_tab" / "english"
     if not all((folder / name).is_file() for name in PUNKT_FILES):
+        import punkt
+
         model = punkt.load_model("english")
         texts = {"abbrev_types.txt": sorted(model.abbrev_types), "sent_starters.txt": sorted(model.sent_starters),
                  "collocations.tab": ["\t".join(pair) for pair in sorted(model.collocations)],
@@ -74,6 +72,9 @@ def punkt_data_dir() -> Path:
 def prepare_checks() -> None:
     """Make the checks run offline and reproducibly: NLTK finds the punkt_tab folder above (no download), and
     `langdetect` (the language checks) is seeded, as it otherwise answers at random on ambiguous text."""
+    import langdetect
+    import nltk
+
     root = str(punkt_data_dir())
     if root not in nltk.data.path:
         nltk.data.path.insert(0, root)

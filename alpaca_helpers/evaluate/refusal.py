@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from ..paths import data_dir
 from .judge import TOP_LOGPROBS, JudgeRun, judge_each
 from .raters import cohen_kappa
@@ -208,6 +206,8 @@ def confusion_table(confusion: Mapping[str, Mapping[str, int]], predicted_by: st
     """`label_agreement`'s confusion counts as a pandas DataFrame to read by rows: one row per label people gave
     ("labelled complies"), one column per label `predicted_by` gave ("rules: complies"), a count in each cell,
     and the row and column totals ("all")."""
+    import pandas as pd
+
     rows = {f"labelled {a}": {f"{predicted_by}: {b}": int(confusion.get(a, {}).get(b, 0)) for b in LABELS}
             for a in LABELS}
     table = pd.DataFrame.from_dict(rows, orient="index")

@@ -21,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-import openai
-
 # List prices in USD per 1M tokens (input, output), as published by OpenAI; check before trusting.
 # text-davinci-003 (what Alpaca used, retired January 2024) cost $0.02 per 1K tokens both ways.
 PRICES_PER_MILLION: dict[str, tuple[float, float]] = {
@@ -174,6 +172,8 @@ def returned_tokens(generated: int, text: str, cut: str, count_tokens: Callable[
 
 
 def _retryable(exc: BaseException) -> bool:
+    import openai
+
     if isinstance(exc, (openai.APIConnectionError, MalformedResponse)):  # includes APITimeoutError
         return True
     if isinstance(exc, openai.APIStatusError):
@@ -182,6 +182,8 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def _status(exc: BaseException) -> int | None:
+    import openai
+
     return exc.status_code if isinstance(exc, openai.APIStatusError) else None
 
 
@@ -189,6 +191,8 @@ def transport_error(exc: BaseException) -> str | None:
     """A short name for a failed request's transport error (timeout, HTTP status, connection), else None.
 
     Never the server's message: it may echo the key."""
+    import openai
+
     if isinstance(exc, openai.APITimeoutError):
         return "timeout"
     if isinstance(exc, openai.APIStatusError):
@@ -205,6 +209,8 @@ def _describe(exc: BaseException) -> str:
 
 
 def _fatal_message(exc: BaseException, config: TeacherConfig) -> str:
+    import openai
+
     if isinstance(exc, (openai.AuthenticationError, openai.PermissionDeniedError)):
         # The server's message may echo part of the key: leave it out.
         return (f"teacher request failed ({_describe(exc)}): {config.base_url} rejected the API key read from "
@@ -228,6 +234,8 @@ class Teacher:
     def __init__(self, config: TeacherConfig, count_tokens: Callable[[str], int] | None = None) -> None:
         """`count_tokens` (the served model's tokenizer, e.g. `LocalServer.count_tokens()`) counts a reply that was
         cut at a stop string the server ran past; without it that count is estimated from the characters kept."""
+        import openai
+
         self.config = config
         self._count_tokens = count_tokens
         # A local server needs no key; the openai client wants a non-empty one, so a placeholder goes there.

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from huggingface_hub import try_to_load_from_cache
 
 from ..cli import ArgumentParser
@@ -276,6 +275,8 @@ def error_lines(lines: Sequence[str]) -> list[str]:
 
 def read_log(output_dir: str | os.PathLike) -> Any:
     """The per-step training log (`train_log.jsonl`) as a pandas DataFrame."""
+    import pandas as pd
+
     return pd.DataFrame(read_train_log(Path(output_dir) / LOG_FILE))  # a torn last line is left out
 
 
