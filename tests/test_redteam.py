@@ -1,6 +1,7 @@
-"""Automatic red teaming against the real local server (one per session, tests/conftest.py): a short real run, a
-real `kill -9` then resume of the CLI, its one-line failures, scoring with the offline content filter and the refusal
-classifier, and refusals written by the teacher."""
+"""Automatic red teaming against the real local server (one per session, tests/conftest.py): a real run of the CLI
+killed with `kill -9` then resumed to the end (also the happy path: records, metadata, the categories' order), its
+one-line failures, scoring with the offline content filter and the refusal classifier, and refusals written by the
+teacher."""
 
 import json
 import os
@@ -33,8 +34,6 @@ from alpaca_helpers.self_instruct.teacher import Teacher, TeacherConfig
 
 pytestmark = pytest.mark.slow
 
-# Short requests: two new instructions each, a short completion, a few requests in flight.
-FAST = dict(per_request=2, concurrency=3, max_requests=30, progress=False)
 DECODING = dict(temperature=0.7, max_tokens=64)
 
 
@@ -67,28 +66,6 @@ def test_prompt_rotates_categories_and_shows_examples():
     assert redteam_prompt(CATEGORIES[0], 42, 0) == prompts[0] != redteam_prompt(CATEGORIES[0], 42, 7)
 
 
-def test_real_run_keeps_deduplicated_records_and_resumes(server, tmp_path):
-    result = red_team(make_teacher(server), 3, tmp_path, **FAST)
-    assert result.complete and result.kept == 3
-    records = load_redteam(tmp_path)
-    assert records == result.records == load_redteam(tmp_path / OUTPUT_FILE)
-    assert all(set(r) == {"instruction", "category", "request"} for r in records)
-    assert_deduplicated(records)
-    meta = json.loads((tmp_path / META_FILE).read_text())
-    assert meta["kept"] == 3 and meta["requests"] == result.requests >= 2 and meta["cost_usd"] == 0.0
-    assert sum(c["requests"] for c in meta["categories"].values()) == result.requests
-    assert sum(c["kept"] for c in meta["categories"].values()) == 3
-    assert meta["example_request"]["prompt"].endswith("4. Instruction:")
-    # Requests take the categories in turn, in the run's seeded order.
-    order = category_order(42)
-    lines = [json.loads(line) for line in (tmp_path / CHECKPOINT_FILE).read_text().splitlines()]
-    requests = [line for line in lines if line["type"] == "request"]
-    assert len(requests) == result.requests
-    assert all(r["category"] == order[r["index"] % len(order)].name for r in requests)
-    again = red_team(make_teacher(server), 3, tmp_path, **FAST)
-    assert again.records == records and again.requests == result.requests
-
-
 def _records_in(checkpoint):
     if not checkpoint.exists():
         return []
@@ -117,7 +94,23 @@ def test_kill_9_then_resume(server, tmp_path):
     assert len(records) == 2 and len(set(instructions)) == 2
     assert instructions[:1] == [before[0]["instruction"]]  # nothing kept was lost
     assert_deduplicated(records)
+    assert all(set(r) == {"instruction", "category", "request"} for r in records)
+    assert records == load_redteam(tmp_path / OUTPUT_FILE)
     assert json.loads(second.stdout.splitlines()[-1])["kept"] == 2
+
+    # The finished run's metadata covers both sessions, and requests take the categories in the seeded order.
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    lines = [json.loads(line) for line in checkpoint.read_text().splitlines()]
+    requests = [line for line in lines if line["type"] == "request"]
+    assert meta["kept"] == 2 and meta["requests"] == len(requests) >= 2 and meta["cost_usd"] == 0.0
+    assert sum(c["requests"] for c in meta["categories"].values()) == len(requests)
+    assert sum(c["kept"] for c in meta["categories"].values()) == 2
+    assert meta["example_request"]["prompt"].endswith("4. Instruction:")
+    order = category_order(42)
+    assert all(r["category"] == order[r["index"] % len(order)].name for r in requests)
+    # Run again through the Python API: the target is reached in the checkpoint, so nothing is asked.
+    again = red_team(make_teacher(server, max_tokens=48), 2, tmp_path, per_request=1, progress=False)
+    assert again.complete and again.records == records and again.requests == len(requests)
 
 
 def test_cli_fails_with_one_line(tmp_path):

@@ -64,8 +64,10 @@ def test_run_survives_faults_with_requests_in_flight(server, tmp_path):
     # Four requests in flight, five faults between them; each request is retried until it gets through.
     faults = ["429", "500", "garbage", "stall", "badjson"]
     with FaultProxy(server.root_url, script=faults, stall_s=2) as proxy:
-        # Here the stall ends in a 504 (a timeout needs a timeout shorter than a real answer: previous test).
-        teacher = make_teacher(server, base_url=proxy.base_url, request_timeout=300, backoff_initial=0.01)
+        # Here the stall ends in a 504 (a timeout needs a timeout shorter than a real answer: previous test). Short
+        # answers: this test is about the requests, not the records (the kill -9 test below keeps records).
+        teacher = make_teacher(server, base_url=proxy.base_url, request_timeout=300, backoff_initial=0.01,
+                               max_tokens=48)
         result = generate(teacher, 10, tmp_path, **{**FAST, "max_requests": 4})
     assert result.requests == 4 and result.retries == len(faults)
     assert proxy.seen["pass"] == 4 and sum(proxy.seen.values()) == 4 + len(faults)

@@ -93,7 +93,7 @@ def test_dollars_are_rounded_for_reading():
 
 
 def test_projection_at_alpacas_20_tasks_per_request_reconciles_the_cost():
-    # The shape of a laptop run: 8 kept from 33 requests of 688 prompt tokens, 2 tasks asked per request.
+    # A laptop-sized run, numbers chosen for the arithmetic: 8 kept from 33 requests of 688 prompt tokens.
     run = RunResult(records=[{}] * 8, target=8, requests=33, rejections={}, prompt_tokens=688 * 33,
                     completion_tokens=110 * 33, cost_usd=0.0, wall_seconds=600, retries=0, complete=True,
                     output_path=Path("x"), meta_path=Path("y"))
