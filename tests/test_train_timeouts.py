@@ -34,7 +34,7 @@ RUN = ["--max_examples", "24", "--global_batch_size", "4", "--per_device_train_b
 # sleep before each save (checkpoint and final folder), longer than the short limit, shorter than the long one.
 WRAPPER = '''
 import os, sys, time
-from alpaca_helpers.train import distributed, recipe
+from alpaca_helpers.train import recipe
 
 fault, seconds, rank = sys.argv[1], float(sys.argv[2]), int(os.environ["RANK"])
 if fault == "hang" and rank == 1:
@@ -47,12 +47,13 @@ if fault == "hang" and rank == 1:
 
     recipe.Recipe.train_step = train_step
 if fault == "slow_save" and rank == 0:
-    for name in ("save_checkpoint", "save_hf_folder"):
-        def slow(*args, _real=getattr(distributed, name), **kwargs):
+    for name in ("save_checkpoint", "save_hf_folder"):  # the names the recipe calls (imported from distributed)
+        def slow(*args, _real=getattr(recipe, name), _name=name, **kwargs):
+            print(f"fault: {_name} sleeps {seconds} s", flush=True)
             time.sleep(seconds)
             return _real(*args, **kwargs)
 
-        setattr(distributed, name, slow)
+        setattr(recipe, name, slow)
 raise SystemExit(recipe.main(sys.argv[3:]))
 '''
 
@@ -107,6 +108,8 @@ def test_a_slow_rank_0_save_under_the_long_limit_succeeds(tmp_path, tiny):
     out = tmp_path / "out"
     assert (out / "checkpoint-2" / "trainer_state.json").is_file() and (out / "model" / "config.json").is_file()
     assert any(line.startswith("done: 3/3 steps") for line in lines), lines[-20:]
+    assert [line for line in lines if line.startswith("fault: ")] == ["fault: save_checkpoint sleeps 4.0 s",
+                                                                      "fault: save_hf_folder sleeps 4.0 s"]
     assert elapsed > 8  # both slow saves happened
 
 
