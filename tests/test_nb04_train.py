@@ -52,7 +52,11 @@ def test_notebook_04_trains_on_cpu_and_compares_answers(execute_notebook, tmp_pa
     assert "CUDA context" not in text and "GPU(s)" not in text  # a CPU plan speaks of processes
     # the step by hand, shown and run on the run's step-1 examples: the same loss as the run's first step
     assert "def train_step_by_hand" in text and "loss.backward()" in text
-    assert abs(summary["by_hand_loss"] - summary["first_loss"]) < 1e-3 * summary["first_loss"]
+    # in fp32 to 0.1%; where the CPU has bf16 (`bf16: auto`) the run rounds and the notebook says so
+    tolerance = 1e-3 if summary["compute_dtype"] == "fp32" else 1e-2
+    assert abs(summary["by_hand_loss"] - summary["first_loss"]) < tolerance * summary["first_loss"]
+    caveat = f"the run computed in {summary['compute_dtype']} and the step by hand in fp32"
+    assert (caveat in text) == (summary["compute_dtype"] != "fp32")
     # under the answers, what changed, or why nothing did (two steps, the first at warm-up's learning rate 0)
     if summary["answers_identical"]:
         assert "note: both answers are the same" in text
