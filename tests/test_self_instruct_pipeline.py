@@ -14,7 +14,7 @@ from rouge_score import rouge_scorer
 
 from alpaca_helpers.data import load_alpaca, load_seed_tasks
 from alpaca_helpers.self_instruct.parse import filter_reason
-from alpaca_helpers.self_instruct.pipeline import CHECKPOINT_FILE, META_FILE, OUTPUT_FILE, generate
+from alpaca_helpers.self_instruct.pipeline import CHECKPOINT_FILE, META_FILE, OUTPUT_FILE, generate, main
 from alpaca_helpers.self_instruct.server import free_port
 from alpaca_helpers.self_instruct.teacher import Teacher, TeacherConfig, TeacherError, TeacherUnreachable
 
@@ -92,6 +92,13 @@ def test_unreachable_endpoint_fails_at_start(server, tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 1
     assert cli.stderr.startswith("error: teacher endpoint") and cli.stderr.count("\n") == 1
+
+
+def test_counts_below_one_are_refused_in_one_line_before_a_teacher_starts(tmp_path, capsys):
+    for flag in ("--num_instructions", "--tasks_per_prompt", "--concurrency"):
+        assert main([flag, "0", "--output_dir", str(tmp_path / "out")]) == 2
+        assert capsys.readouterr().err == f"error: {flag} must be at least 1\n"
+    assert not (tmp_path / "out").exists()
 
 
 def _records_in(checkpoint):

@@ -125,6 +125,9 @@ def generate(teacher: Teacher, num_instructions: int, output_dir: str | os.PathL
 
 # ------------------------------------------------------------------------------------------------- CLI
 
+COUNTS = ("num_instructions", "tasks_per_prompt", "concurrency")  # settings that cannot be below 1
+
+
 def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m alpaca_helpers.self_instruct", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -141,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     """The CLI: 0 when the target is reached, 3 when requests ran out first, 2 on a setting, 1 when the teacher or
     the local server failed (`error: ...`)."""
     args = _parser().parse_args(argv)
+    below_one = [f"--{name}" for name in COUNTS if getattr(args, name) < 1]
+    if below_one:  # before a local teacher starts: 0 instructions would start one, then do nothing
+        print(f"error: {', '.join(below_one)} must be at least 1", file=sys.stderr)
+        return 2
     out = resolve(args.output_dir)
     # `kill` (SIGTERM) then unwinds like Ctrl-C: the local server is stopped, the checkpoint is intact.
     signal.signal(signal.SIGTERM, exit_on_sigterm)
