@@ -31,6 +31,13 @@ from alpaca_helpers.train.config import check_run, make_config, parse_config
 from alpaca_helpers.train.recipe import device_native_bf16, main, train
 
 
+@pytest.fixture(autouse=True)
+def machine_as_it_is(monkeypatch):
+    """These tests read the machine itself: an `ALPACA_BF16` of the caller's (`ALPACA_BF16=false make test`) is
+    removed; the tests of the override set it themselves."""
+    monkeypatch.delenv(FORCE_ENV, raising=False)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory, default_model_dir):
     return make_tiny_llama(tmp_path_factory.mktemp("tiny_precision") / "model", default_model_dir)
