@@ -209,9 +209,8 @@ def load_stored_pairs(run: SeedRun, folder: Path) -> bool:
 
 
 def prepare_pairs(settings: FeedbackSettings, model: Any, tokenizer: Any, run: SeedRun, folder: Path) -> None:
-    """Samples, pairs, the judge's verdicts and the reference log-probabilities of one seed (kept when done)."""
-    if load_stored_pairs(run, folder):
-        return
+    """Samples, pairs, the judge's verdicts and the reference log-probabilities of one seed, stored for a later run
+    (`load_stored_pairs`)."""
     samples = sample_answers(model, tokenizer, run.prompts.train, settings, folder / "samples.jsonl", run.seed)
     pairs = build_pairs(run.prompts.train, [[r["output"] for r in rows] for rows in samples], run.seed)
     if not pairs:
@@ -315,9 +314,11 @@ def run_seed(settings: FeedbackSettings, records: Sequence[Mapping[str, Any]], s
     run = SeedRun(seed, seed_prompts(settings, records, seed))
     atomic_write_text(folder / "prompts.json", json.dumps(asdict(run.prompts), indent=1) + "\n")
     rows = [done[(arm, seed)] for arm in ("sft", "best_of_n") if (arm, seed) in done]
-    if not load_stored_pairs(run, folder) or len(rows) < 2:  # else the starting model has nothing left to do
+    stored = load_stored_pairs(run, folder)
+    if not stored or len(rows) < 2:  # else the starting model has nothing left to do
         model, tokenizer = load_model(settings.model_name_or_path)
-        prepare_pairs(settings, model, tokenizer, run, folder)
+        if not stored:
+            prepare_pairs(settings, model, tokenizer, run, folder)
         if len(rows) < 2:
             rows = measure_start(settings, model, tokenizer, run, folder, sets)
             for row in rows:
