@@ -19,6 +19,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -56,6 +57,8 @@ def main() -> int:
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     checkouts = {"base": Path(args.base).resolve(), "new": REPO}
+    if not (checkouts["base"] / ".venv" / "bin" / "python").is_file():
+        parser.error(f"--base {args.base}: not a checkout with its .venv set up (make -C {args.base} setup)")
     rows = []
     print("| file | base wall s | new wall s | base session s | new session s |", flush=True)
     print("|---|---:|---:|---:|---:|", flush=True)
@@ -67,6 +70,9 @@ def main() -> int:
         rows.append({"file": name, "order": list(order), **{arm: list(t) for arm, t in times.items()}})
         print(f"| {name} | {times['base'][0]:.1f} | {times['new'][0]:.1f} | {times['base'][1]:.1f} | "
               f"{times['new'][1]:.1f} |", flush=True)
+    if not rows:
+        print("error: no test file passed in both checkouts", file=sys.stderr)
+        return 1
     wall = {arm: sum(r[arm][0] for r in rows) for arm in checkouts}
     session = {arm: sum(r[arm][1] for r in rows) for arm in checkouts}
     print(f"| **{len(rows)} files** | {wall['base']:.1f} | {wall['new']:.1f} | {session['base']:.1f} | "
